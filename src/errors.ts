@@ -1,0 +1,207 @@
+/**
+ * One error taxonomy for the whole pipeline. Every code has a stage, a default
+ * message and whether retrying can help; `queueDecision` turns any error into
+ * what a queue stage does next, `httpAnswer` into what the admin API answers.
+ * docs/errors.md documents every code (a test keeps the two in step).
+ */
+
+export type Stage = 'config' | 'broker' | 'normalize' | 'fhir' | 'analytics' | 'admin' | 'cli';
+
+interface CodeSpec {
+  readonly stage: Stage;
+  readonly retryable: boolean;
+  readonly http: number;
+  readonly message: string;
+}
+
+export const ERROR_CODES = {
+  ConfigInvalid: {
+    stage: 'config',
+    retryable: false,
+    http: 500,
+    message: 'The configuration is invalid',
+  },
+  PortInUse: {
+    stage: 'config',
+    retryable: false,
+    http: 500,
+    message: 'A listening port is already taken',
+  },
+  NotAuthorized: {
+    stage: 'broker',
+    retryable: false,
+    http: 401,
+    message: 'Device credentials refused',
+  },
+  TopicNotAllowed: {
+    stage: 'broker',
+    retryable: false,
+    http: 403,
+    message: 'A device may publish only under its own topic',
+  },
+  PayloadTooLarge: {
+    stage: 'broker',
+    retryable: false,
+    http: 413,
+    message: 'The payload exceeds the size limit',
+  },
+  InvalidPayload: {
+    stage: 'normalize',
+    retryable: false,
+    http: 400,
+    message: 'The payload is not a JSON object or array',
+  },
+  TemplateNotMatched: {
+    stage: 'normalize',
+    retryable: false,
+    http: 422,
+    message: 'No device template matched the message',
+  },
+  TemplateExpression: {
+    stage: 'normalize',
+    retryable: false,
+    http: 422,
+    message: 'A template expression failed',
+  },
+  TemplateInvalid: {
+    stage: 'normalize',
+    retryable: false,
+    http: 422,
+    message: 'A mapping template is invalid',
+  },
+  RequiredValueMissing: {
+    stage: 'normalize',
+    retryable: false,
+    http: 422,
+    message: 'A required value is missing',
+  },
+  InvalidTimestamp: {
+    stage: 'normalize',
+    retryable: false,
+    http: 422,
+    message: 'The timestamp is missing or does not parse',
+  },
+  FhirTemplateMissing: {
+    stage: 'normalize',
+    retryable: false,
+    http: 422,
+    message: 'No FHIR template for the measurement type',
+  },
+  DeviceNotFound: {
+    stage: 'normalize',
+    retryable: false,
+    http: 404,
+    message: 'The device is not registered',
+  },
+  PatientNotFound: {
+    stage: 'normalize',
+    retryable: false,
+    http: 404,
+    message: 'The device has no patient binding',
+  },
+  DeviceSpoofing: {
+    stage: 'normalize',
+    retryable: false,
+    http: 403,
+    message: 'The payload names another device or patient',
+  },
+  FhirRejected: {
+    stage: 'fhir',
+    retryable: false,
+    http: 422,
+    message: 'The FHIR server rejected the resource',
+  },
+  FhirUnavailable: {
+    stage: 'fhir',
+    retryable: true,
+    http: 503,
+    message: 'The FHIR server is unreachable or overloaded',
+  },
+  ClickHouseUnavailable: {
+    stage: 'analytics',
+    retryable: true,
+    http: 503,
+    message: 'ClickHouse is unreachable',
+  },
+  QueueUnavailable: {
+    stage: 'broker',
+    retryable: true,
+    http: 503,
+    message: 'Redis is unreachable',
+  },
+  QueryRefused: { stage: 'admin', retryable: false, http: 400, message: 'The query was refused' },
+  Internal: { stage: 'admin', retryable: true, http: 500, message: 'Unexpected internal error' },
+} as const satisfies Record<string, CodeSpec>;
+
+export type ErrorCode = keyof typeof ERROR_CODES;
+
+export interface PipelineErrorOptions {
+  readonly cause?: unknown;
+  /** Structured facts safe to log: never payload values or patient data. */
+  readonly details?: Readonly<Record<string, unknown>>;
+  /** Overrides the code's stage when the same code arises elsewhere. */
+  readonly stage?: Stage;
+  /** Milliseconds the server asked us to wait (Retry-After). */
+  readonly retryAfterMs?: number;
+}
+
+export class PipelineError extends Error {
+  readonly code: ErrorCode;
+  readonly stage: Stage;
+  readonly retryable: boolean;
+  readonly details: Readonly<Record<string, unknown>>;
+  readonly retryAfterMs: number | undefined;
+
+  constructor(code: ErrorCode, message?: string, options: PipelineErrorOptions = {}) {
+    const spec = ERROR_CODES[code];
+    super(
+      message ?? spec.message,
+      options.cause === undefined ? undefined : { cause: options.cause },
+    );
+    this.name = 'PipelineError';
+    this.code = code;
+    this.stage = options.stage ?? spec.stage;
+    this.retryable = spec.retryable;
+    this.details = options.details ?? {};
+    this.retryAfterMs = options.retryAfterMs;
+  }
+}
+
+export function isPipelineError(err: unknown): err is PipelineError {
+  return err instanceof PipelineError;
+}
+
+/** Wraps anything thrown into a PipelineError, keeping the original as `cause`. */
+export function toPipelineError(err: unknown, fallback: ErrorCode = 'Internal'): PipelineError {
+  if (err instanceof PipelineError) return err;
+  const message = err instanceof Error ? err.message : String(err);
+  return new PipelineError(fallback, message, { cause: err });
+}
+
+export type QueueDecision =
+  | { readonly action: 'retry'; readonly delayMs?: number }
+  | { readonly action: 'dead-letter'; readonly code: ErrorCode };
+
+/** The one place that decides what a queue stage does with a failure. */
+export function queueDecision(err: unknown): QueueDecision {
+  const e = toPipelineError(err);
+  if (e.retryable) {
+    return e.retryAfterMs === undefined
+      ? { action: 'retry' }
+      : { action: 'retry', delayMs: e.retryAfterMs };
+  }
+  return { action: 'dead-letter', code: e.code };
+}
+
+export interface HttpErrorBody {
+  readonly error: { readonly code: ErrorCode; readonly message: string };
+}
+
+/** The one shape of an error answer on the admin API. */
+export function httpAnswer(err: unknown): { status: number; body: HttpErrorBody } {
+  const e = toPipelineError(err);
+  return {
+    status: ERROR_CODES[e.code].http,
+    body: { error: { code: e.code, message: e.message } },
+  };
+}

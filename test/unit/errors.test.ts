@@ -1,0 +1,45 @@
+import { readFileSync } from 'node:fs';
+import { describe, expect, it } from 'vitest';
+import {
+  ERROR_CODES,
+  PipelineError,
+  httpAnswer,
+  queueDecision,
+  toPipelineError,
+} from '../../src/errors.js';
+
+describe('the error taxonomy', () => {
+  it('documents every code in docs/errors.md', () => {
+    const doc = readFileSync(new URL('../../docs/errors.md', import.meta.url), 'utf8');
+    const missing = Object.keys(ERROR_CODES).filter((code) => !doc.includes(`\`${code}\``));
+    expect(missing).toEqual([]);
+  });
+
+  it('retries transient errors, honouring the server-given delay', () => {
+    expect(queueDecision(new PipelineError('FhirUnavailable'))).toEqual({ action: 'retry' });
+    expect(
+      queueDecision(new PipelineError('FhirUnavailable', 'busy', { retryAfterMs: 3000 })),
+    ).toEqual({ action: 'retry', delayMs: 3000 });
+  });
+
+  it('dead-letters permanent errors with their code', () => {
+    expect(queueDecision(new PipelineError('RequiredValueMissing'))).toEqual({
+      action: 'dead-letter',
+      code: 'RequiredValueMissing',
+    });
+  });
+
+  it('wraps foreign errors, keeping them as cause', () => {
+    const cause = new TypeError('boom');
+    const e = toPipelineError(cause);
+    expect(e.code).toBe('Internal');
+    expect(e.cause).toBe(cause);
+  });
+
+  it('answers HTTP errors in one shape', () => {
+    expect(httpAnswer(new PipelineError('NotAuthorized', 'token required'))).toEqual({
+      status: 401,
+      body: { error: { code: 'NotAuthorized', message: 'token required' } },
+    });
+  });
+});
