@@ -1,0 +1,107 @@
+/**
+ * Group commit into the "ingest" queue. Messages arriving while a write is in
+ * flight are gathered into the next job, so a lone device waits one Redis round
+ * trip and a busy broker writes hundreds of messages per job. `enqueue` resolves
+ * only once the job holding the message is stored in Redis: the broker sends a
+ * QoS 1 PUBACK after that, never before.
+ *
+ * Contract: enqueue(message) → resolves when durable, rejects (QueueUnavailable)
+ * when Redis refused the write; the caller then withholds the PUBACK.
+ */
+import { randomUUID } from 'node:crypto';
+import { PipelineError } from '../src/errors.js';
+import type { IngestJobData, TelemetryMessage } from '../src/queues.js';
+
+/** The one thing the batcher needs from a queue: store a job durably. */
+export interface JobSink {
+  add(name: string, data: IngestJobData): Promise<unknown>;
+}
+
+export interface IngestBatcherOptions {
+  readonly sink: JobSink;
+  /** Most messages per job. */
+  readonly maxMessages: number;
+  /** Jobs being written at once; more overlap round trips, fewer make bigger batches. */
+  readonly maxInFlight?: number;
+}
+
+interface Pending {
+  readonly message: TelemetryMessage;
+  readonly resolve: () => void;
+  readonly reject: (err: Error) => void;
+}
+
+export class IngestBatcher {
+  readonly #sink: JobSink;
+  readonly #maxMessages: number;
+  readonly #maxInFlight: number;
+  #pending: Pending[] = [];
+  #inFlight = 0;
+  #scheduled = false;
+  #idleWaiters: (() => void)[] = [];
+
+  constructor(options: IngestBatcherOptions) {
+    this.#sink = options.sink;
+    this.#maxMessages = options.maxMessages;
+    this.#maxInFlight = options.maxInFlight ?? 2;
+  }
+
+  /** Messages accepted but not yet durable. */
+  get backlog(): number {
+    return this.#pending.length;
+  }
+
+  enqueue(message: TelemetryMessage): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      this.#pending.push({ message, resolve, reject });
+      this.#schedule();
+    });
+  }
+
+  /** Resolves when nothing is pending or in flight (used at shutdown). */
+  drain(): Promise<void> {
+    if (this.#pending.length === 0 && this.#inFlight === 0) return Promise.resolve();
+    return new Promise((resolve) => this.#idleWaiters.push(resolve));
+  }
+
+  // Wait one macrotask so that every PUBLISH parsed from the same socket read
+  // joins the same job.
+  #schedule(): void {
+    if (this.#scheduled) return;
+    this.#scheduled = true;
+    setImmediate(() => {
+      this.#scheduled = false;
+      this.#flush();
+    });
+  }
+
+  #flush(): void {
+    while (this.#pending.length > 0 && this.#inFlight < this.#maxInFlight) {
+      const batch = this.#pending.splice(0, this.#maxMessages);
+      this.#inFlight++;
+      const data: IngestJobData = { traceId: randomUUID(), messages: batch.map((p) => p.message) };
+      this.#sink
+        .add('batch', data)
+        .then(
+          () => {
+            for (const p of batch) p.resolve();
+          },
+          (err: unknown) => {
+            const e = new PipelineError(
+              'QueueUnavailable',
+              `could not store messages in Redis: ${(err as Error).message}`,
+              {
+                cause: err,
+              },
+            );
+            for (const p of batch) p.reject(e);
+          },
+        )
+        .finally(() => {
+          this.#inFlight--;
+          if (this.#pending.length > 0) this.#flush();
+          else if (this.#inFlight === 0) for (const w of this.#idleWaiters.splice(0)) w();
+        });
+    }
+  }
+}

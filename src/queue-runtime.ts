@@ -1,0 +1,72 @@
+/**
+ * BullMQ plumbing shared by every role: connections, the four queues, job
+ * options and the one retry policy (exponential backoff with full jitter, capped,
+ * Retry-After honoured).
+ */
+import { Queue, type JobsOptions } from 'bullmq';
+import { Redis } from 'ioredis';
+import { toPipelineError } from './errors.js';
+import {
+  QUEUE,
+  type AnalyticsJobData,
+  type DeadLetterJobData,
+  type FhirJobData,
+  type IngestJobData,
+} from './queues.js';
+
+/** Retry policy: first retry after ~0.5 s, doubling, at most 60 s apart. */
+export const RETRY = { baseMs: 500, capMs: 60_000, attempts: 200 } as const;
+
+export function backoffDelay(attemptsMade: number, err: unknown, random = Math.random): number {
+  const retryAfter = toPipelineError(err).retryAfterMs;
+  if (retryAfter !== undefined) return Math.min(retryAfter, RETRY.capMs * 5);
+  const ceiling = Math.min(RETRY.capMs, RETRY.baseMs * 2 ** Math.max(0, attemptsMade - 1));
+  // Full jitter (AWS architecture blog): spreads retries of many workers apart.
+  return Math.round(ceiling / 2 + random() * (ceiling / 2));
+}
+
+export const JOB_OPTIONS: JobsOptions = {
+  attempts: RETRY.attempts,
+  backoff: { type: 'iomt' },
+  removeOnComplete: { age: 3600, count: 5000 },
+  removeOnFail: { age: 14 * 24 * 3600 },
+};
+
+/** Workers block on Redis: ioredis must retry forever for them (BullMQ's rule). */
+export function createRedis(url: string, forWorker = false): Redis {
+  return new Redis(url, {
+    maxRetriesPerRequest: forWorker ? null : 3,
+    enableReadyCheck: true,
+    lazyConnect: false,
+  });
+}
+
+export interface Queues {
+  readonly ingest: Queue<IngestJobData>;
+  readonly fhir: Queue<FhirJobData>;
+  readonly analytics: Queue<AnalyticsJobData>;
+  readonly deadLetter: Queue<DeadLetterJobData>;
+  close(): Promise<void>;
+}
+
+export function createQueues(connection: Redis, prefix: string): Queues {
+  const opts = { connection, prefix, defaultJobOptions: JOB_OPTIONS };
+  const ingest = new Queue<IngestJobData>(QUEUE.ingest, opts);
+  const fhir = new Queue<FhirJobData>(QUEUE.fhir, opts);
+  const analytics = new Queue<AnalyticsJobData>(QUEUE.analytics, opts);
+  // Dead letters wait for an operator: never removed automatically.
+  const deadLetter = new Queue<DeadLetterJobData>(QUEUE.deadLetter, {
+    connection,
+    prefix,
+    defaultJobOptions: { removeOnComplete: false, removeOnFail: false },
+  });
+  return {
+    ingest,
+    fhir,
+    analytics,
+    deadLetter,
+    async close() {
+      await Promise.all([ingest.close(), fhir.close(), analytics.close(), deadLetter.close()]);
+    },
+  };
+}

@@ -1,0 +1,30 @@
+/**
+ * ClickHouse mirror (queue "analytics"). Inserts the committed Observations in
+ * one batch; ReplacingMergeTree keyed on the Observation id makes a replayed
+ * job harmless. ClickHouse down → the job retries; FHIR writes go on meanwhile.
+ */
+import type { Job } from 'bullmq';
+import type { AnalyticsStore } from '../src/clickhouse/index.js';
+import type { Logger } from '../src/logger.js';
+import type { Metrics } from '../src/metrics.js';
+import type { AnalyticsJobData } from '../src/queues.js';
+
+export interface AnalyticsMirrorDeps {
+  readonly store: AnalyticsStore;
+  readonly log: Logger;
+  readonly metrics?: Metrics;
+}
+
+export function createAnalyticsProcessor(
+  deps: AnalyticsMirrorDeps,
+): (job: Job<AnalyticsJobData>) => Promise<void> {
+  return async function process(job) {
+    const { observations, committedAt, traceId } = job.data;
+    await deps.store.insertObservations(observations, committedAt);
+    deps.metrics?.analyticsRows.inc(observations.length);
+    deps.log.debug(
+      { event: 'mirrored', traceId, jobId: job.id, rows: observations.length },
+      'batch mirrored',
+    );
+  };
+}

@@ -1,0 +1,43 @@
+/**
+ * Writing dead letters: a bad message never blocks good ones. Each keeps its
+ * raw payload (or resource), stage, stable code and the cause's message.
+ */
+import type { Queue } from 'bullmq';
+import type { PipelineError } from '../src/errors.js';
+import type { Metrics } from '../src/metrics.js';
+import type { DeadLetterJobData, ObservationEnvelope, TelemetryMessage } from '../src/queues.js';
+
+export interface DeadLetterInput {
+  readonly traceId: string;
+  readonly error: PipelineError;
+  readonly deviceId: string;
+  readonly message?: TelemetryMessage;
+  readonly observation?: ObservationEnvelope;
+  /** Stable per failure, so a retried job does not write the same dead letter twice. */
+  readonly key: string;
+}
+
+export async function deadLetter(
+  queue: Queue<DeadLetterJobData>,
+  items: readonly DeadLetterInput[],
+  metrics?: Metrics,
+): Promise<void> {
+  if (items.length === 0) return;
+  await queue.addBulk(
+    items.map((d) => ({
+      name: d.error.code,
+      data: {
+        traceId: d.traceId,
+        stage: d.error.stage,
+        code: d.error.code,
+        reason: d.error.message,
+        deviceId: d.deviceId,
+        failedAt: Date.now(),
+        ...(d.message ? { message: d.message } : {}),
+        ...(d.observation ? { observation: d.observation } : {}),
+      },
+      opts: { jobId: d.key },
+    })),
+  );
+  for (const d of items) metrics?.errors.inc({ code: d.error.code, stage: d.error.stage });
+}

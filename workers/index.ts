@@ -1,0 +1,131 @@
+/**
+ * The worker role: BullMQ consumers for the stages this process runs. Every
+ * stage is an independent consumer of its queue, so more copies scale it out.
+ * A job that exhausts its retries is moved to the dead-letter queue whole.
+ */
+import { Worker, type Job, type Processor } from 'bullmq';
+import type { Redis } from 'ioredis';
+import type { AnalyticsStore } from '../src/clickhouse/index.js';
+import type { Config } from '../src/config.js';
+import type { DeviceRegistry } from '../src/devices/registry.js';
+import { toPipelineError } from '../src/errors.js';
+import type { FhirStore } from '../src/fhir/store.js';
+import type { Logger } from '../src/logger.js';
+import type { MappingSet } from '../src/mapping/index.js';
+import type { Metrics } from '../src/metrics.js';
+import { backoffDelay, type Queues } from '../src/queue-runtime.js';
+import { QUEUE, type IngestJobData } from '../src/queues.js';
+import { createAnalyticsProcessor } from './analytics-mirror.js';
+import { deadLetter } from './dead-letter.js';
+import { createFhirWriterProcessor } from './fhir-writer.js';
+import { createNormalizeProcessor } from './normalize.js';
+
+export interface WorkerDeps {
+  readonly config: Config;
+  /** A dedicated connection with maxRetriesPerRequest: null. */
+  readonly connection: Redis;
+  readonly queues: Queues;
+  readonly registry: DeviceRegistry;
+  readonly mappings: () => MappingSet;
+  readonly fhirStore: FhirStore;
+  /** Required when this process runs the "analytics" stage. */
+  readonly analyticsStore?: AnalyticsStore;
+  readonly log: Logger;
+  readonly metrics?: Metrics;
+}
+
+export interface RunningWorkers {
+  readonly workers: readonly Worker[];
+  close(): Promise<void>;
+}
+
+export function startWorkers(deps: WorkerDeps): RunningWorkers {
+  const { config, queues, log } = deps;
+  const stages = new Set(config.worker.stages);
+  const workers: Worker[] = [];
+
+  function run<T>(name: string, processor: Processor<T>): void {
+    const worker = new Worker<T>(name, processor, {
+      connection: deps.connection,
+      prefix: config.redis.prefix,
+      concurrency: config.worker.concurrency,
+      settings: {
+        backoffStrategy: (attemptsMade: number, _type?: string, err?: Error) =>
+          backoffDelay(attemptsMade, err),
+      },
+    });
+    worker.on('error', (err) =>
+      log.error({ event: 'worker-error', queue: name, err }, 'worker error'),
+    );
+    worker.on('failed', (job: Job<T> | undefined, err: Error) => {
+      if (!job) return;
+      const e = toPipelineError(err);
+      const final = job.attemptsMade >= (job.opts.attempts ?? 1);
+      log.warn(
+        {
+          event: 'job-failed',
+          queue: name,
+          jobId: job.id,
+          attempt: job.attemptsMade,
+          final,
+          code: e.code,
+          reason: e.message,
+        },
+        'job failed',
+      );
+      deps.metrics?.errors.inc({ code: e.code, stage: e.stage });
+      if (final && name === QUEUE.ingest) {
+        // Out of retries: keep every message of the batch for replay.
+        const data = job.data as unknown as IngestJobData;
+        deadLetter(
+          queues.deadLetter,
+          data.messages.map((message) => ({
+            traceId: data.traceId,
+            error: e,
+            deviceId: message.deviceId,
+            message,
+            key: `${job.id}:${message.id}`,
+          })),
+        ).catch((dlqErr: unknown) =>
+          log.error({ event: 'dead-letter-failed', err: dlqErr }, 'could not dead-letter'),
+        );
+      }
+    });
+    workers.push(worker);
+  }
+
+  if (stages.has('normalize')) {
+    run(
+      QUEUE.ingest,
+      createNormalizeProcessor({
+        ...deps,
+        fhirQueue: queues.fhir,
+        deadLetterQueue: queues.deadLetter,
+      }),
+    );
+  }
+  if (stages.has('fhir')) {
+    run(
+      QUEUE.fhir,
+      createFhirWriterProcessor({
+        ...deps,
+        store: deps.fhirStore,
+        analyticsQueue: queues.analytics,
+        deadLetterQueue: queues.deadLetter,
+      }),
+    );
+  }
+  if (stages.has('analytics')) {
+    if (!deps.analyticsStore) throw new Error('the analytics stage needs an analytics store');
+    run(QUEUE.analytics, createAnalyticsProcessor({ ...deps, store: deps.analyticsStore }));
+  }
+  log.info({ event: 'workers-started', stages: [...stages] }, 'workers started');
+
+  return {
+    workers,
+    async close() {
+      // Let running jobs finish (they are idempotent if cut short anyway).
+      await Promise.all(workers.map((w) => w.close()));
+    },
+  };
+}
