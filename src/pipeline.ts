@@ -55,7 +55,11 @@ export async function startPipeline(
   const registry = new DeviceRegistry(redis, config.redis.prefix);
   const fhirStore = createFhirStore({ baseUrl: config.fhir.url, timeoutMs: config.fhir.timeoutMs });
   const runsAnalytics = roles.includes('worker') && config.worker.stages.includes('analytics');
-  const analyticsStore = runsAnalytics ? createAnalyticsStore(config.clickhouse, log) : undefined;
+  // The embedded engine belongs to the process running the mirror; a ClickHouse
+  // server can also be queried by an admin-only process.
+  const queriesAnalytics = roles.includes('admin') && config.clickhouse.url !== undefined;
+  const analyticsStore =
+    runsAnalytics || queriesAnalytics ? createAnalyticsStore(config.clickhouse, log) : undefined;
 
   let workers: RunningWorkers | undefined;
   let broker: RunningBroker | undefined;

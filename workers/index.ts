@@ -8,13 +8,18 @@ import type { Redis } from 'ioredis';
 import type { AnalyticsStore } from '../src/clickhouse/index.js';
 import type { Config } from '../src/config.js';
 import type { DeviceRegistry } from '../src/devices/registry.js';
-import { toPipelineError } from '../src/errors.js';
+import { queueDecision, toPipelineError, type PipelineError } from '../src/errors.js';
 import type { FhirStore } from '../src/fhir/store.js';
 import type { Logger } from '../src/logger.js';
 import type { MappingSet } from '../src/mapping/index.js';
 import type { Metrics } from '../src/metrics.js';
 import { backoffDelay, type Queues } from '../src/queue-runtime.js';
-import { QUEUE, type IngestJobData } from '../src/queues.js';
+import {
+  QUEUE,
+  type AnalyticsJobData,
+  type FhirJobData,
+  type IngestJobData,
+} from '../src/queues.js';
 import { createAnalyticsProcessor } from './analytics-mirror.js';
 import { deadLetter } from './dead-letter.js';
 import { createFhirWriterProcessor } from './fhir-writer.js';
@@ -44,8 +49,53 @@ export function startWorkers(deps: WorkerDeps): RunningWorkers {
   const stages = new Set(config.worker.stages);
   const workers: Worker[] = [];
 
+  /** Everything a job held, as dead letters: nothing is dropped when a stage gives up. */
+  function deadLettersOf(name: string, job: Job, error: PipelineError) {
+    if (name === QUEUE.ingest) {
+      const data = job.data as IngestJobData;
+      return data.messages.map((message) => ({
+        traceId: data.traceId,
+        error,
+        deviceId: message.deviceId,
+        message,
+        key: `${job.id}:${message.id}`,
+      }));
+    }
+    const data = job.data as FhirJobData | AnalyticsJobData;
+    return data.observations.map((observation) => ({
+      traceId: data.traceId,
+      error,
+      deviceId: observation.provenance.deviceId,
+      observation,
+      key: `${name}:${job.id}:${observation.observation.id ?? ''}`,
+    }));
+  }
+
   function run<T>(name: string, processor: Processor<T>): void {
-    const worker = new Worker<T>(name, processor, {
+    // A permanent failure of a whole job is not retried: its content goes to the
+    // dead-letter queue at once and the job completes (queueDecision decides).
+    const guarded: Processor<T> = async (job, token) => {
+      try {
+        return (await processor(job, token)) as unknown;
+      } catch (err) {
+        const decision = queueDecision(err);
+        if (decision.action === 'retry') throw err;
+        const e = toPipelineError(err);
+        log.warn(
+          {
+            event: 'job-dead-lettered',
+            queue: name,
+            jobId: job.id,
+            code: e.code,
+            reason: e.message,
+          },
+          'job dead-lettered',
+        );
+        await deadLetter(queues.deadLetter, deadLettersOf(name, job as Job, e), deps.metrics);
+        return undefined;
+      }
+    };
+    const worker = new Worker<T>(name, guarded, {
       connection: deps.connection,
       prefix: config.redis.prefix,
       concurrency: config.worker.concurrency,
@@ -74,19 +124,9 @@ export function startWorkers(deps: WorkerDeps): RunningWorkers {
         'job failed',
       );
       deps.metrics?.errors.inc({ code: e.code, stage: e.stage });
-      if (final && name === QUEUE.ingest) {
-        // Out of retries: keep every message of the batch for replay.
-        const data = job.data as unknown as IngestJobData;
-        deadLetter(
-          queues.deadLetter,
-          data.messages.map((message) => ({
-            traceId: data.traceId,
-            error: e,
-            deviceId: message.deviceId,
-            message,
-            key: `${job.id}:${message.id}`,
-          })),
-        ).catch((dlqErr: unknown) =>
+      if (final) {
+        // Out of retries: keep everything the job held, for replay.
+        deadLetter(queues.deadLetter, deadLettersOf(name, job as Job, e)).catch((dlqErr: unknown) =>
           log.error({ event: 'dead-letter-failed', err: dlqErr }, 'could not dead-letter'),
         );
       }

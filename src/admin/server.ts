@@ -6,7 +6,7 @@
 import { timingSafeEqual } from 'node:crypto';
 import Fastify, { type FastifyInstance } from 'fastify';
 import type { Redis } from 'ioredis';
-import type { AnalyticsStore } from '../clickhouse/index.js';
+import type { AnalyticsStore, QueryFormat } from '../clickhouse/index.js';
 import type { Config } from '../config.js';
 import { httpAnswer, PipelineError } from '../errors.js';
 import type { FhirStore } from '../fhir/store.js';
@@ -43,6 +43,21 @@ async function check(name: string, probe: () => Promise<unknown>): Promise<[stri
   }
 }
 
+const QUERY_FORMATS: readonly QueryFormat[] = [
+  'JSONEachRow',
+  'JSON',
+  'CSV',
+  'TSV',
+  'PrettyCompact',
+];
+
+/** One statement, read-only by its first keyword; a trailing semicolon is allowed. */
+export function isReadOnlyQuery(sql: string): boolean {
+  const body = sql.trim().replace(/;\s*$/, '');
+  if (body === '' || body.includes(';')) return false;
+  return /^(select|with|show|describe|desc|explain)\b/i.test(body);
+}
+
 export function buildAdmin(deps: AdminDeps): FastifyInstance {
   const app = Fastify({ logger: false });
   const token = deps.config.admin.token;
@@ -71,6 +86,34 @@ export function buildAdmin(deps: AdminDeps): FastifyInstance {
     const ready = Object.values(checks).every((v) => v === 'ok');
     await reply.code(ready ? 200 : 503).send({ status: ready ? 'ready' : 'not-ready', checks });
   });
+  // Analysts' read-only SQL over the embedded engine (the process owning it answers).
+  app.post<{ Body: { sql?: unknown; format?: unknown } }>(
+    '/api/analytics/query',
+    async (req, reply) => {
+      const store = deps.analyticsStore;
+      if (!store)
+        throw new PipelineError(
+          'QueryRefused',
+          'this process does not own the analytics store (run the worker role with the analytics stage)',
+        );
+      const sql = typeof req.body?.sql === 'string' ? req.body.sql : '';
+      const format = req.body?.format ?? 'JSONEachRow';
+      if (!isReadOnlyQuery(sql))
+        throw new PipelineError(
+          'QueryRefused',
+          'only one read-only statement (SELECT, WITH, SHOW, DESCRIBE, EXPLAIN) is allowed',
+        );
+      if (!QUERY_FORMATS.includes(format as QueryFormat))
+        throw new PipelineError(
+          'QueryRefused',
+          `format must be one of ${QUERY_FORMATS.join(', ')}`,
+        );
+      const text = await store.query(sql, format as QueryFormat);
+      await reply
+        .type(format === 'JSON' || format === 'JSONEachRow' ? 'application/json' : 'text/plain')
+        .send(text);
+    },
+  );
   app.get('/metrics', async (_req, reply) => {
     await reply
       .header('content-type', deps.metrics.registry.contentType)
