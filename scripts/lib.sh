@@ -25,10 +25,14 @@ redis_up() {
   ' "$1"
 }
 
-# ensure_node_modules → npm ci when node_modules is missing or older than the lock file.
+# ensure_node_modules → installs the locked dependencies when node_modules is
+# missing or older than the lock file. Not `npm ci`: chdb lists optional
+# per-platform packages that the registry does not serve (darwin, linux-arm64),
+# so npm ci's lock check refuses; `npm install` installs exactly the locked
+# versions and leaves package-lock.json unchanged (checked in CI).
 ensure_node_modules() {
   if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
-    echo "== installing npm dependencies (npm ci; chdb is large, first time takes a while)"
-    npm ci --no-audit --no-fund
+    echo "== installing npm dependencies (chdb is large: the first time takes a while)"
+    npm install --no-audit --no-fund
   fi
 }
