@@ -51,15 +51,31 @@ function versionFromEtag(etag: string | undefined): string | undefined {
 export function createFhirStore(options: FhirStoreOptions): FhirStore {
   const client = new Client({ baseUrl: options.baseUrl });
   const known = new Set<string>();
+  /** Ensures in progress, so concurrent jobs for one device share one request. */
+  const inFlight = new Map<string, Promise<void>>();
   const limit = options.knownSubjectsLimit ?? 100_000;
   const requestOptions = () => ({
     signal: AbortSignal.timeout(options.timeoutMs),
     headers: { 'Cache-Control': 'no-cache' },
   });
 
-  async function ensureOne(s: SubjectRef): Promise<void> {
+  function ensureOne(s: SubjectRef): Promise<void> {
     const key = `${s.resourceType}/${s.id}/${s.patientId ?? ''}`;
-    if (known.has(key)) return;
+    if (known.has(key)) return Promise.resolve();
+    let pending = inFlight.get(key);
+    if (!pending) {
+      pending = createIfMissing(s)
+        .then(() => {
+          if (known.size >= limit) known.clear();
+          known.add(key);
+        })
+        .finally(() => inFlight.delete(key));
+      inFlight.set(key, pending);
+    }
+    return pending;
+  }
+
+  async function createIfMissing(s: SubjectRef, attempt = 1): Promise<void> {
     let existing: Patient | Device | undefined;
     try {
       existing = (await client.read({
@@ -95,11 +111,14 @@ export function createFhirStore(options: FhirStoreOptions): FhirStore {
           options: requestOptions(),
         });
       } catch (err) {
+        const status = (err as { response?: { status?: number } }).response?.status;
+        // 409/412: another writer (another worker process) created it at the same
+        // moment (HAPI-0825). Read again: it is most likely there now.
+        if ((status === 409 || status === 412) && attempt < 3)
+          return createIfMissing(s, attempt + 1);
         throw fhirError(err, `write ${s.resourceType}/${s.id}`);
       }
     }
-    if (known.size >= limit) known.clear();
-    known.add(key);
   }
 
   return {
