@@ -194,8 +194,32 @@ async function main(): Promise<void> {
     console.log(`Mosquitto QoS 1 acks:     skipped (${(err as Error).message})`);
   }
 
-  // 3. The pipeline.
   const log = createLogger('warn');
+
+  // 3. Our broker alone (the broker role, as deployed apart from the workers).
+  {
+    const brokerOnly = await startPipeline(config, ['broker'], log);
+    try {
+      const url = `mqtt://127.0.0.1:${brokerOnly.broker!.port}`;
+      const clients = await Promise.all(
+        Array.from({ length: DEVICES }, async (_, d) => {
+          const id = `bench-${runId}-b${d}`;
+          const { secret } = await brokerOnly.registry.add(id, `bench-${runId}-p${d}`);
+          return { client: await connect(url, id, secret), topic: `devices/${id}/telemetry` };
+        }),
+      );
+      const rate = await ackRate(clients, MESSAGES, Date.parse('2026-01-15T00:00:00Z'));
+      console.log(
+        `Our broker alone, acks:   ${rate.toFixed(0)} msg/s (broker role only; PUBACK after the job is in Redis)`,
+      );
+      for (const c of clients) c.client.end(true);
+      await brokerOnly.queues.ingest.obliterate({ force: true });
+    } finally {
+      await brokerOnly.close();
+    }
+  }
+
+  // 4. The whole pipeline in one process.
   const pipeline = await startPipeline(config, ['broker', 'worker'], log);
   try {
     const url = `mqtt://127.0.0.1:${pipeline.broker!.port}`;
@@ -209,7 +233,7 @@ async function main(): Promise<void> {
     const started = process.hrtime.bigint();
     const rate = await ackRate(clients, MESSAGES, Date.parse('2026-02-01T00:00:00Z'));
     console.log(
-      `Our broker QoS 1 acks:    ${rate.toFixed(0)} msg/s (PUBACK after the job is in Redis)`,
+      `Broker beside workers:    ${rate.toFixed(0)} msg/s acks (one process runs broker and workers)`,
     );
     const expected = Math.ceil(MESSAGES / DEVICES) * DEVICES * 3;
     const written = async () =>
