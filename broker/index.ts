@@ -1,24 +1,36 @@
 /**
- * The MQTT broker role: aedes with our hooks, in the order a PUBLISH meets them:
- *   1. authenticate   — CONNECT username/password against the device registry
- *   2. authorizePublish — own telemetry topic only, size limit, then durable
- *      enqueue; aedes sends the QoS 1 PUBACK only after this callback
- *   3. authorizeSubscribe — own topic tree only
+ * The MQTT broker role: aedes with our hooks. Every connection first passes the
+ * frame guard (no packet over the size limit is buffered), then a PUBLISH
+ * meets, in order:
+ *   1. authenticate      — address limit, client certificate, or username/secret
+ *   2. checkPublish      — authenticated, own telemetry topic only, size limit
+ *   3. throttle          — per-device token bucket: over the rate, the PUBACK waits
+ *   4. backpressure      — backlog over the high-water mark: the PUBACK waits
+ *   5. durable enqueue   — group commit into "ingest"; aedes sends the QoS 1
+ *                          PUBACK only after this callback (MQTT-4.3.2-2 allows
+ *                          us to hold it until the message is ours)
+ *   and authorizeSubscribe — own topic tree only.
  * Stateless beside Redis: run more copies behind a TCP load balancer.
  */
-import { createServer, type Server } from 'node:net';
 import { isUtf8 } from 'node:buffer';
 import { randomBytes } from 'node:crypto';
-import { Aedes, type AedesOptions } from 'aedes';
+import type { IncomingMessage } from 'node:http';
+import type { Duplex } from 'node:stream';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { Aedes, type AedesOptions, type Client } from 'aedes';
 import type { Config } from '../src/config.js';
 import type { DeviceRegistry } from '../src/devices/registry.js';
+import type { ErrorCode } from '../src/errors.js';
 import type { Logger } from '../src/logger.js';
-import type { TelemetryMessage } from '../src/queues.js';
 import type { Metrics } from '../src/metrics.js';
-import { createAuthenticate } from './authenticate.js';
+import type { TelemetryMessage } from '../src/queues.js';
+import { createAuthenticate, deviceOf } from './authenticate.js';
 import { checkPublish, createAuthorizeSubscribe } from './authorize.js';
+import { Backpressure } from './backpressure.js';
+import { guardFrames } from './frame-guard.js';
 import { IngestBatcher, type JobSink } from './ingest-batcher.js';
-import { listen } from './listen.js';
+import { startListeners, type Listener } from './listeners.js';
+import { DeviceThrottle, FailedAuthLimiter } from './rate-limits.js';
 
 export { IngestBatcher } from './ingest-batcher.js';
 export { telemetryTopic } from './authorize.js';
@@ -28,24 +40,67 @@ export interface BrokerOptions {
   readonly registry: DeviceRegistry;
   /** The "ingest" queue (or anything that stores a job durably). */
   readonly ingest: JobSink;
+  /** Reads the backlog for backpressure (jobs); without it the broker never pauses. */
+  readonly backlog?: () => Promise<number>;
   readonly log: Logger;
   readonly metrics?: Metrics;
 }
 
 export interface RunningBroker {
+  /** The MQTT TCP port. */
   readonly port: number;
+  readonly tlsPort: number | undefined;
+  readonly wsPort: number | undefined;
   readonly aedes: Aedes;
+  readonly backpressure: Backpressure | undefined;
   close(): Promise<void>;
 }
+
+/** The taxonomy code of each PUBLISH refusal (docs/errors.md), by reason. */
+const REFUSAL_CODE: Readonly<Record<string, ErrorCode>> = {
+  'payload-too-large': 'PayloadTooLarge',
+  'not-authenticated': 'NotAuthorized',
+  'other-device-topic': 'TopicNotAllowed',
+  'topic-not-allowed': 'TopicNotAllowed',
+};
+
+/** Room in a PUBLISH for the fixed header's rest: topic, packet id (MQTT 3.1.1 §3.3.2). */
+const FRAME_OVERHEAD_BYTES = 1024;
 
 export async function startBroker(options: BrokerOptions): Promise<RunningBroker> {
   const { config, registry, log, metrics } = options;
   const brokerId = randomBytes(4).toString('hex');
   let seq = 0;
   const batcher = new IngestBatcher({
-    sink: options.ingest,
+    // Each stored job also counts toward the backlog until the next poll.
+    sink: {
+      add: async (name, data) => {
+        const job = await options.ingest.add(name, data);
+        backpressure?.noteJobAdded();
+        return job;
+      },
+    },
     maxMessages: config.mqtt.batchMaxMessages,
   });
+  const throttle = new DeviceThrottle({
+    ratePerSecond: config.mqtt.deviceMaxRate,
+    burst: config.mqtt.deviceBurst,
+  });
+  const pruneTimer = setInterval(() => throttle.prune(Date.now()), 60_000).unref();
+  const limiter = new FailedAuthLimiter({
+    maxFailures: config.mqtt.authMaxFailures,
+    windowMs: config.mqtt.authFailureWindowMs,
+  });
+  const backpressure = options.backlog
+    ? new Backpressure({
+        high: config.mqtt.backlogHigh,
+        low: config.mqtt.backlogLow,
+        pollMs: config.mqtt.backlogPollMs,
+        backlog: options.backlog,
+        log,
+        ...(metrics ? { metrics } : {}),
+      })
+    : undefined;
 
   const authorizePublish: NonNullable<AedesOptions['authorizePublish']> = (
     client,
@@ -58,12 +113,14 @@ export async function startBroker(options: BrokerOptions): Promise<RunningBroker
       log.warn(
         {
           event: 'publish-refused',
+          code: REFUSAL_CODE[verdict.reason] ?? 'TopicNotAllowed',
           deviceId: verdict.deviceId,
           reason: verdict.reason,
           topic: packet.topic,
         },
         'publish refused',
       );
+      // MQTT 3.1.1 has no negative PUBACK: refusing closes the connection (MQTT-3.3.5-2).
       done(new Error(`publish refused: ${verdict.reason}`));
       return;
     }
@@ -79,47 +136,107 @@ export async function startBroker(options: BrokerOptions): Promise<RunningBroker
       payload: payload.toString(utf8 ? 'utf8' : 'base64'),
       encoding: utf8 ? 'utf8' : 'base64',
     };
+    // QoS 0 is best effort (no PUBACK to withhold) but counted like the rest.
     metrics?.messagesReceived.inc({ qos: String(packet.qos) });
-    batcher.enqueue(message).then(
-      () => done(null),
-      (err: unknown) => {
-        // Not durable: no PUBACK; closing makes the device resend (QoS 1).
-        log.error(
-          { event: 'enqueue-failed', deviceId: verdict.deviceId, err },
-          'could not enqueue message',
-        );
-        done(err as Error);
-      },
+    // The message id is the correlation id: dead letters, Observation.meta.source
+    // and ClickHouse rows carry it too.
+    log.debug(
+      { event: 'received', messageId: message.id, deviceId: message.deviceId, qos: packet.qos },
+      'message received',
     );
+    admit(verdict.deviceId)
+      .then(() => batcher.enqueue(message))
+      .then(
+        () => done(null),
+        (err: unknown) => {
+          // Not durable: no PUBACK; closing makes the device resend (QoS 1).
+          log.error(
+            { event: 'enqueue-failed', deviceId: verdict.deviceId, err },
+            'could not enqueue message',
+          );
+          done(err as Error);
+        },
+      );
   };
+
+  /** Steps 3 and 4: wait for the device's rate, then for the backlog. */
+  async function admit(deviceId: string): Promise<void> {
+    const wait = throttle.take(deviceId, Date.now());
+    if (wait > 0) {
+      metrics?.messagesThrottled.inc();
+      await sleep(wait);
+    }
+    if (backpressure) await backpressure.admit();
+  }
 
   const aedes = await Aedes.createBroker({
     id: `iomt-${brokerId}`,
-    authenticate: createAuthenticate(registry, log),
+    authenticate: createAuthenticate({ registry, limiter, log, ...(metrics ? { metrics } : {}) }),
     authorizePublish,
     authorizeSubscribe: createAuthorizeSubscribe(log),
   });
   aedes.on('clientDisconnect', (client) =>
     log.debug({ event: 'disconnected', clientId: client.id }, 'client disconnected'),
   );
+  // Protocol violations aedes itself refuses (wildcards in a PUBLISH topic,
+  // malformed packets, keepalive timeouts): the connection is closed.
+  aedes.on('clientError', (client, err) =>
+    log.warn(
+      { event: 'client-error', deviceId: deviceOf(client)?.deviceId ?? null, reason: err.message },
+      'connection closed on a protocol error',
+    ),
+  );
 
-  const server: Server = createServer(aedes.handle);
-  let port: number;
+  const maxFrame = config.mqtt.maxPayloadBytes + FRAME_OVERHEAD_BYTES;
+  const handle = (stream: Duplex, req?: IncomingMessage) => {
+    guardFrames(stream, maxFrame, (violation) => {
+      metrics?.messagesRefused.inc({ reason: violation });
+      // aedes hangs its Client on the stream (lib/client.js: conn.client = this).
+      const client = (stream as { client?: Client }).client ?? null;
+      log.warn(
+        {
+          event: 'packet-refused',
+          code: 'PayloadTooLarge',
+          deviceId: deviceOf(client)?.deviceId ?? null,
+          reason: violation,
+          address:
+            (stream as { remoteAddress?: string }).remoteAddress ?? req?.socket.remoteAddress,
+          limit: maxFrame,
+        },
+        'packet refused before buffering',
+      );
+    });
+    aedes.handle(stream, req);
+  };
+  let listeners: Listener[];
   try {
-    port = await listen(server, config.mqtt.port, config.mqtt.host, 'MQTT_PORT');
+    listeners = await startListeners(config, handle, maxFrame, log, (reason, address) => {
+      metrics?.connectionsRefused.inc({ reason: 'tls-handshake-failed' });
+      log.warn(
+        { event: 'connect-refused', reason: 'tls-handshake-failed', detail: reason, address },
+        'TLS handshake refused',
+      );
+    });
   } catch (err) {
+    clearInterval(pruneTimer);
     await new Promise<void>((resolve) => aedes.close(() => resolve()));
     throw err;
   }
-  log.info({ event: 'broker-listening', port, host: config.mqtt.host }, 'MQTT broker listening');
+  backpressure?.start();
+  const portOf = (kind: Listener['kind']) => listeners.find((l) => l.kind === kind)?.port;
 
   return {
-    port,
+    port: portOf('tcp') ?? 0,
+    tlsPort: portOf('tls'),
+    wsPort: portOf('ws'),
     aedes,
+    backpressure,
     async close() {
-      // Stop accepting connections first, then let enqueued messages reach Redis,
-      // then close client sessions.
-      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+      // Stop accepting connections first, then let held and enqueued messages
+      // reach Redis (their PUBACKs go out), then close client sessions.
+      const closed = Promise.all(listeners.map((l) => l.close()));
+      clearInterval(pruneTimer);
+      backpressure?.stop();
       await batcher.drain();
       await new Promise<void>((resolve) => aedes.close(() => resolve()));
       await closed;

@@ -80,6 +80,15 @@ fi
 export MQTT_PORT
 export ADMIN_PORT="${ADMIN_PORT:-$(first_free_port 8088)}"
 export LOG_LEVEL="${LOG_LEVEL:-info}"
+# The admin API (metrics, queries) always needs a bearer token: make one for
+# this machine once, readable only by its owner.
+if [ -z "${ADMIN_TOKEN:-}" ]; then
+  if [ ! -s .run/admin-token ]; then
+    (umask 077; node -e 'process.stdout.write(require("node:crypto").randomBytes(24).toString("hex"))' >.run/admin-token)
+  fi
+  ADMIN_TOKEN="$(cat .run/admin-token)"
+fi
+export ADMIN_TOKEN
 echo "== starting the pipeline (iomt all): MQTT on $MQTT_PORT, admin on $ADMIN_PORT, logs in .run/pipeline.log"
 node bin/iomt.mjs all >.run/pipeline.log 2>&1 &
 PIPELINE_PID=$!
@@ -99,8 +108,8 @@ cat <<INFO
 Observations are arriving. See them:
   FHIR      curl '$FHIR_URL/Observation?_sort=-_lastUpdated&_count=5'
   patient   curl '$FHIR_URL/Observation?subject=Patient/sim-patient-001&_count=5'
-  ClickHouse  MQTT_PORT=$MQTT_PORT ADMIN_PORT=$ADMIN_PORT node bin/iomt.mjs query "SELECT patient_id, code, value_num, effective_start FROM observations ORDER BY effective_start DESC LIMIT 10"
-  metrics   curl http://127.0.0.1:$ADMIN_PORT/metrics
+  ClickHouse  ADMIN_PORT=$ADMIN_PORT ADMIN_TOKEN=\$(cat .run/admin-token) node bin/iomt.mjs query "SELECT patient_id, code, value_num, effective_start FROM observations ORDER BY effective_start DESC LIMIT 10"
+  metrics   curl -H "authorization: Bearer \$(cat .run/admin-token)" http://127.0.0.1:$ADMIN_PORT/metrics
 Ctrl-C stops everything this script started.
 
 INFO

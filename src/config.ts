@@ -72,6 +72,11 @@ const optionalUrl =
   (raw) =>
     raw === '' ? undefined : url(...protocols)(raw);
 
+const optionalInt =
+  (min: number, max: number): Parser<number | undefined> =>
+  (raw) =>
+    raw.trim() === '' ? undefined : int(min, max)(raw);
+
 function setting<T>(env: string, def: T, parse: Parser<T>, doc: string): Setting<T> {
   return { env, default: def, parse, doc };
 }
@@ -107,6 +112,110 @@ export const SETTINGS = {
       int(1, 100000),
       'Most messages in one ingest job.',
     ),
+    tlsPort: setting(
+      'MQTT_TLS_PORT',
+      8883,
+      int(0, 65535),
+      'MQTT over TLS port; the listener starts when MQTT_TLS_CERT_FILE and MQTT_TLS_KEY_FILE are set.',
+    ),
+    tlsCertFile: setting(
+      'MQTT_TLS_CERT_FILE',
+      undefined as string | undefined,
+      optionalStr,
+      'PEM server certificate (chain) of the TLS listener.',
+    ),
+    tlsKeyFile: setting(
+      'MQTT_TLS_KEY_FILE',
+      undefined as string | undefined,
+      optionalStr,
+      'PEM private key of the TLS listener (never logged).',
+    ),
+    tlsCaFile: setting(
+      'MQTT_TLS_CA_FILE',
+      undefined as string | undefined,
+      optionalStr,
+      'PEM CA bundle that signs device client certificates (needed unless MQTT_TLS_CLIENT_CERT=none).',
+    ),
+    tlsClientCert: setting(
+      'MQTT_TLS_CLIENT_CERT',
+      'none',
+      oneOf('none', 'optional', 'required'),
+      'Client certificates on the TLS listener: none, optional (certificate or password), required.',
+    ),
+    wsPort: setting(
+      'MQTT_WS_PORT',
+      undefined as number | undefined,
+      optionalInt(0, 65535),
+      'MQTT over WebSocket port (unset = no WebSocket listener; 0 picks a free port).',
+    ),
+    authMaxFailures: setting(
+      'MQTT_AUTH_MAX_FAILURES',
+      10,
+      int(1, 1000000),
+      'Failed CONNECTs from one client address within the window before it is refused outright.',
+    ),
+    authFailureWindowMs: setting(
+      'MQTT_AUTH_FAILURE_WINDOW_MS',
+      60000,
+      int(1000, 86400000),
+      'Window of the failed-CONNECT limit, milliseconds.',
+    ),
+    deviceMaxRate: setting(
+      'MQTT_DEVICE_MAX_RATE',
+      50,
+      int(1, 1000000),
+      'Sustained PUBLISH rate allowed per device, messages per second.',
+    ),
+    deviceBurst: setting(
+      'MQTT_DEVICE_BURST',
+      200,
+      int(1, 10000000),
+      'PUBLISH burst allowed per device above the sustained rate, messages.',
+    ),
+    backlogHigh: setting(
+      'BROKER_BACKLOG_HIGH',
+      2000,
+      int(1, 100000000),
+      'High-water mark: jobs waiting in the ingest and fhir queues at which brokers stop reading.',
+    ),
+    backlogLow: setting(
+      'BROKER_BACKLOG_LOW',
+      1000,
+      int(0, 100000000),
+      'Low-water mark: jobs waiting at which brokers read again (below BROKER_BACKLOG_HIGH).',
+    ),
+    backlogPollMs: setting(
+      'BROKER_BACKLOG_POLL_MS',
+      500,
+      int(50, 60000),
+      'How often a broker reads the backlog, milliseconds.',
+    ),
+  },
+  input: {
+    maxJsonDepth: setting(
+      'INPUT_MAX_JSON_DEPTH',
+      32,
+      int(1, 10000),
+      'Deepest nesting of objects and arrays accepted in a payload.',
+    ),
+    maxArrayLength: setting(
+      'INPUT_MAX_ARRAY_LENGTH',
+      10000,
+      int(1, 10000000),
+      'Most elements in one JSON array of a payload.',
+    ),
+    maxFutureMs: setting(
+      'INPUT_MAX_FUTURE_MS',
+      300000,
+      int(0, 31536000000),
+      'Latest accepted device timestamp after broker receipt, milliseconds (5 min: clock skew).',
+    ),
+    maxAgeMs: setting(
+      'INPUT_MAX_AGE_MS',
+      2592000000,
+      int(0, 3153600000000),
+      'Oldest accepted device timestamp before broker receipt, milliseconds (30 days: store-and-forward).',
+    ),
   },
   fhir: {
     url: setting(
@@ -139,6 +248,12 @@ export const SETTINGS = {
       str,
       'Device.identifier.system for the MQTT device id.',
     ),
+    identityResolution: setting(
+      'IDENTITY_RESOLUTION',
+      'Create',
+      oneOf('Create', 'Lookup', 'LookupWithEncounter'),
+      'Create: Patient and Device from the registry, created with deterministic ids; Lookup: the FHIR Device must exist and name its Patient; LookupWithEncounter: also the Encounter.',
+    ),
   },
   clickhouse: {
     url: setting(
@@ -156,9 +271,45 @@ export const SETTINGS = {
       str,
       'Data directory of the embedded engine (one owning process).',
     ),
+    retentionDays: setting(
+      'CLICKHOUSE_RETENTION_DAYS',
+      0,
+      int(0, 36500),
+      'Days raw analytics rows (observations, components, samples, device_messages) are kept after their time; 0 keeps them forever.',
+    ),
+    rollupRetentionDays: setting(
+      'CLICKHOUSE_ROLLUP_RETENTION_DAYS',
+      0,
+      int(0, 36500),
+      'Days the per-minute and per-hour rollups are kept; 0 keeps them forever.',
+    ),
+    queryTimeoutS: setting(
+      'CLICKHOUSE_QUERY_TIMEOUT_S',
+      30,
+      int(1, 3600),
+      'Longest analyst query over the admin API, seconds (embedded: it holds the engine meanwhile).',
+    ),
   },
   mappings: {
     dir: setting('MAPPINGS_DIR', './mappings', str, 'Folder with device/ and fhir/ templates.'),
+    unmatched: setting(
+      'MAPPINGS_UNMATCHED',
+      'dead-letter',
+      oneOf('dead-letter', 'count'),
+      'A message no device template matches: dead-letter it (TemplateNotMatched) or only count it.',
+    ),
+    reload: setting(
+      'MAPPINGS_RELOAD',
+      'watch',
+      oneOf('watch', 'off'),
+      'watch: validate changed templates, activate them, and publish the version through Redis; off: load once.',
+    ),
+    reloadPollMs: setting(
+      'MAPPINGS_RELOAD_POLL_MS',
+      2000,
+      int(200, 600000),
+      'How often a worker checks the folder and the active version in Redis, milliseconds.',
+    ),
   },
   worker: {
     concurrency: setting(
@@ -166,6 +317,18 @@ export const SETTINGS = {
       4,
       int(1, 256),
       'Jobs processed at once per queue per worker process.',
+    ),
+    lockMs: setting(
+      'WORKER_LOCK_MS',
+      30000,
+      int(1000, 600000),
+      "Job lock of a worker, milliseconds; a crashed worker's jobs are retried after about this long.",
+    ),
+    retryCapMs: setting(
+      'WORKER_RETRY_MAX_DELAY_MS',
+      60000,
+      int(100, 3600000),
+      'Longest wait between two retries of a job, milliseconds (backoff doubles from 0.5 s).',
     ),
     stages: setting(
       'WORKER_STAGES',
@@ -181,7 +344,13 @@ export const SETTINGS = {
       'ADMIN_TOKEN',
       undefined as string | undefined,
       optionalStr,
-      'Bearer token for the admin API (never logged).',
+      'Bearer token for the admin API, at least 16 characters (never logged).',
+    ),
+    auth: setting(
+      'ADMIN_AUTH',
+      'token',
+      oneOf('token', 'none'),
+      'token: the admin role needs ADMIN_TOKEN; none: no token at all (development only).',
     ),
   },
   log: {
@@ -213,6 +382,22 @@ export function settingKeys(): string[] {
   return Object.values(SETTINGS).flatMap((group) =>
     Object.values(group as Record<string, Setting<unknown>>).map((s) => s.env),
   );
+}
+
+/** Rules that involve more than one setting, each naming its keys. */
+function crossCheck(c: Record<string, Record<string, unknown>>): string[] {
+  const problems: string[] = [];
+  const mqtt = c.mqtt ?? {};
+  if (Number(mqtt.backlogLow) >= Number(mqtt.backlogHigh))
+    problems.push('BROKER_BACKLOG_LOW: must be below BROKER_BACKLOG_HIGH');
+  if ((mqtt.tlsCertFile === undefined) !== (mqtt.tlsKeyFile === undefined))
+    problems.push('MQTT_TLS_CERT_FILE, MQTT_TLS_KEY_FILE: set both or neither');
+  if (mqtt.tlsClientCert !== 'none' && mqtt.tlsCaFile === undefined)
+    problems.push('MQTT_TLS_CA_FILE: required when MQTT_TLS_CLIENT_CERT is optional or required');
+  const token = c.admin?.token;
+  if (typeof token === 'string' && token.length < 16)
+    problems.push('ADMIN_TOKEN: must be at least 16 characters (e.g. openssl rand -hex 32)');
+  return problems;
 }
 
 /**
@@ -254,6 +439,7 @@ export function loadConfig(
       else target[key] = value;
     }
   }
+  problems.push(...crossCheck(out));
   if (problems.length > 0) {
     throw new PipelineError('ConfigInvalid', `invalid configuration:\n  ${problems.join('\n  ')}`, {
       details: { problems },

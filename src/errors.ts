@@ -45,6 +45,12 @@ export const ERROR_CODES = {
     http: 413,
     message: 'The payload exceeds the size limit',
   },
+  RateLimited: {
+    stage: 'broker',
+    retryable: true,
+    http: 429,
+    message: 'Too many messages or failed connection attempts',
+  },
   InvalidPayload: {
     stage: 'normalize',
     retryable: false,
@@ -81,6 +87,18 @@ export const ERROR_CODES = {
     http: 422,
     message: 'The timestamp is missing or does not parse',
   },
+  TimestampOutOfRange: {
+    stage: 'normalize',
+    retryable: false,
+    http: 422,
+    message: 'The timestamp is too far in the future or the past',
+  },
+  InvalidValue: {
+    stage: 'normalize',
+    retryable: false,
+    http: 422,
+    message: 'A value is not a finite number where the template expects a quantity',
+  },
   FhirTemplateMissing: {
     stage: 'normalize',
     retryable: false,
@@ -98,6 +116,18 @@ export const ERROR_CODES = {
     retryable: false,
     http: 404,
     message: 'The device has no patient binding',
+  },
+  PatientDeviceMismatch: {
+    stage: 'normalize',
+    retryable: false,
+    http: 409,
+    message: 'The payload names a patient other than the one the FHIR Device names',
+  },
+  EncounterNotFound: {
+    stage: 'normalize',
+    retryable: false,
+    http: 404,
+    message: 'No Encounter with the identifier the reading names',
   },
   DeviceSpoofing: {
     stage: 'normalize',
@@ -130,6 +160,12 @@ export const ERROR_CODES = {
     message: 'Redis is unreachable',
   },
   QueryRefused: { stage: 'admin', retryable: false, http: 400, message: 'The query was refused' },
+  DeadLetterNotFound: {
+    stage: 'cli',
+    retryable: false,
+    http: 404,
+    message: 'No dead letter with that id',
+  },
   Internal: { stage: 'admin', retryable: true, http: 500, message: 'Unexpected internal error' },
 } as const satisfies Record<string, CodeSpec>;
 

@@ -2,10 +2,14 @@
  * Prometheus metrics, one registry per process (passed down, never global).
  * Names and labels are documented in docs/operations.md.
  */
-import { Counter, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+
+/** Job counts by queue and state, read from Redis when /metrics is scraped. */
+export type QueueDepthSource = () => Promise<Record<string, Record<string, number>>>;
 
 export function createMetrics(options: { defaultMetrics?: boolean } = {}) {
   const registry = new Registry();
+  let queueDepths: QueueDepthSource | undefined;
   if (options.defaultMetrics ?? true)
     collectDefaultMetrics({ register: registry, prefix: 'iomt_process_' });
   const metrics = {
@@ -22,9 +26,30 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}) {
       labelNames: ['reason'] as const,
       registers: [registry],
     }),
+    messagesThrottled: new Counter({
+      name: 'iomt_messages_throttled_total',
+      help: 'PUBLISHes whose PUBACK was delayed because the device exceeded MQTT_DEVICE_MAX_RATE',
+      registers: [registry],
+    }),
     messagesNormalized: new Counter({
       name: 'iomt_messages_normalized_total',
       help: 'Messages turned into measurements',
+      registers: [registry],
+    }),
+    messagesUnmatched: new Counter({
+      name: 'iomt_messages_unmatched_total',
+      help: 'Messages no device template matched (dead-lettered unless MAPPINGS_UNMATCHED=count)',
+      registers: [registry],
+    }),
+    mappingReloads: new Counter({
+      name: 'iomt_mapping_reloads_total',
+      help: 'Template changes seen by this process, by outcome (activated / rejected)',
+      labelNames: ['outcome'] as const,
+      registers: [registry],
+    }),
+    mappingsInvalid: new Gauge({
+      name: 'iomt_mapping_templates_invalid',
+      help: '1 while the templates on disk do not validate (the active version keeps running), else 0',
       registers: [registry],
     }),
     measurements: new Counter({
@@ -35,7 +60,7 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}) {
     }),
     fhirResources: new Counter({
       name: 'iomt_fhir_resources_total',
-      help: 'Resources written to the FHIR server, by outcome (created / updated)',
+      help: 'Observations saved on the FHIR server, by outcome (created / updated / unchanged)',
       labelNames: ['outcome'] as const,
       registers: [registry],
     }),
@@ -53,9 +78,75 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}) {
     endToEndSeconds: new Histogram({
       name: 'iomt_receipt_to_fhir_seconds',
       help: 'Broker receipt to FHIR commit, seconds',
-      buckets: [0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60],
+      buckets: [0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1, 2, 5, 10, 30, 60],
       registers: [registry],
     }),
+    deviceToFhirSeconds: new Histogram({
+      name: 'iomt_device_to_fhir_seconds',
+      help: "Device timestamp (Observation.effective) to FHIR commit, seconds (includes the device's clock skew)",
+      buckets: [0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 3600],
+      registers: [registry],
+    }),
+    stageSeconds: new Histogram({
+      name: 'iomt_stage_seconds',
+      help: 'Time to process one job, by stage (normalize / fhir / analytics), seconds',
+      labelNames: ['stage'] as const,
+      buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30],
+      registers: [registry],
+    }),
+    jobsStalled: new Counter({
+      name: 'iomt_jobs_stalled_total',
+      help: 'Jobs taken back from a worker that stopped renewing its lock (crashed), by queue',
+      labelNames: ['queue'] as const,
+      registers: [registry],
+    }),
+    connectionsRefused: new Counter({
+      name: 'iomt_connections_refused_total',
+      help: 'MQTT CONNECTs refused by the broker, by reason',
+      labelNames: ['reason'] as const,
+      registers: [registry],
+    }),
+    brokerBacklog: new Gauge({
+      name: 'iomt_broker_backlog_jobs',
+      help: 'Jobs waiting in the ingest and fhir queues, as last read by this broker',
+      registers: [registry],
+    }),
+    brokerPaused: new Gauge({
+      name: 'iomt_broker_paused',
+      help: '1 while this broker has stopped reading from devices (backlog over the high-water mark)',
+      registers: [registry],
+    }),
+    brokerPauses: new Counter({
+      name: 'iomt_broker_pauses_total',
+      help: 'Times this broker stopped reading because the backlog passed the high-water mark',
+      registers: [registry],
+    }),
+    queueJobs: new Gauge({
+      name: 'iomt_queue_jobs',
+      help: 'Jobs per queue and state (waiting, active, delayed, failed), read at scrape time',
+      labelNames: ['queue', 'state'] as const,
+      registers: [registry],
+      async collect() {
+        if (!queueDepths) return;
+        this.reset();
+        for (const [queue, states] of Object.entries(await queueDepths()))
+          for (const [state, n] of Object.entries(states)) this.set({ queue, state }, n);
+      },
+    }),
+    deadLetters: new Gauge({
+      name: 'iomt_dead_letter_jobs',
+      help: 'Dead letters waiting for an operator (iomt dlq list)',
+      registers: [registry],
+      async collect() {
+        if (!queueDepths) return;
+        const states = (await queueDepths())['dead-letter'] ?? {};
+        this.set(Object.values(states).reduce((a, b) => a + b, 0));
+      },
+    }),
+    /** Lets the process that owns the queues report their depths at scrape time. */
+    setQueueDepthSource(source: QueueDepthSource): void {
+      queueDepths = source;
+    },
   };
   return metrics;
 }

@@ -6,12 +6,25 @@
 import { createAnalyticsStore, type AnalyticsStore } from './clickhouse/index.js';
 import type { Config } from './config.js';
 import { DeviceRegistry } from './devices/registry.js';
-import { PipelineError } from './errors.js';
+import { PipelineError, toPipelineError } from './errors.js';
 import { createFhirStore, type FhirStore } from './fhir/store.js';
 import type { Logger } from './logger.js';
-import { formatProblem, loadMappings, type MappingSet } from './mapping/index.js';
+import { GatewayLinks } from './devices/gateways.js';
+import {
+  formatProblem,
+  loadMappings,
+  startTemplateActivation,
+  type MappingSet,
+  type TemplateActivation,
+} from './mapping/index.js';
 import { createMetrics, type Metrics } from './metrics.js';
-import { createQueues, createRedis, type Queues } from './queue-runtime.js';
+import {
+  backlogJobs,
+  createQueues,
+  createRedis,
+  queueDepths,
+  type Queues,
+} from './queue-runtime.js';
 import { startBroker, type RunningBroker } from '../broker/index.js';
 import { startWorkers, type RunningWorkers } from '../workers/index.js';
 import { startAdmin, type RunningAdmin } from './admin/server.js';
@@ -29,6 +42,8 @@ export interface Pipeline {
   readonly broker: RunningBroker | undefined;
   readonly admin: RunningAdmin | undefined;
   readonly workers: RunningWorkers | undefined;
+  /** Template activation (MAPPINGS_RELOAD=watch) in a process running workers. */
+  readonly templates: TemplateActivation | undefined;
   close(): Promise<void>;
 }
 
@@ -48,11 +63,24 @@ export async function startPipeline(
   roles: readonly Role[],
   log: Logger,
 ): Promise<Pipeline> {
+  if (
+    roles.includes('admin') &&
+    config.admin.auth === 'token' &&
+    config.admin.token === undefined
+  ) {
+    throw new PipelineError(
+      'ConfigInvalid',
+      'ADMIN_TOKEN is not set: the admin API (metrics, queries) needs a bearer token. ' +
+        'Set ADMIN_TOKEN (e.g. openssl rand -hex 32), or ADMIN_AUTH=none on a development machine.',
+    );
+  }
   const metrics = createMetrics();
   const redis = createRedis(config.redis.url);
   const workerRedis = roles.includes('worker') ? createRedis(config.redis.url, true) : undefined;
   const queues = createQueues(redis, config.redis.prefix);
   const registry = new DeviceRegistry(redis, config.redis.prefix);
+  metrics.setQueueDepthSource(() => queueDepths(queues));
+  let templatesVersion: string | undefined;
   const fhirStore = createFhirStore({ baseUrl: config.fhir.url, timeoutMs: config.fhir.timeoutMs });
   const runsAnalytics = roles.includes('worker') && config.worker.stages.includes('analytics');
   // The embedded engine belongs to the process running the mirror; a ClickHouse
@@ -64,11 +92,19 @@ export async function startPipeline(
   let workers: RunningWorkers | undefined;
   let broker: RunningBroker | undefined;
   let admin: RunningAdmin | undefined;
+  let templates: TemplateActivation | undefined;
+  // SUBSCRIBE holds a connection of its own (the template version channel).
+  const templatesRedis =
+    roles.includes('worker') && config.mappings.reload === 'watch'
+      ? createRedis(config.redis.url)
+      : undefined;
   const close = async () => {
     // Intake first (no new messages), then workers (finish jobs), then stores and Redis.
     await broker?.close();
     await admin?.close();
     await workers?.close();
+    await templates?.close();
+    templatesRedis?.disconnect();
     await queues.close();
     await analyticsStore?.close();
     redis.disconnect();
@@ -76,9 +112,30 @@ export async function startPipeline(
   };
 
   try {
-    if (analyticsStore) await analyticsStore.migrate();
+    // ClickHouse down at start is not fatal: the mirror applies the schema when it
+    // answers, and FHIR writes go on meanwhile. A refused migration still is.
+    if (analyticsStore)
+      await analyticsStore.migrate().catch((err: unknown) => {
+        if (!toPipelineError(err).retryable) throw err;
+        log.warn(
+          { event: 'clickhouse-unavailable', reason: (err as Error).message },
+          'ClickHouse unavailable at start; the mirror retries',
+        );
+      });
     if (roles.includes('worker') && workerRedis) {
-      const mappings = await loadMappingsOrThrow(config.mappings.dir);
+      if (templatesRedis) {
+        templates = await startTemplateActivation({
+          dir: config.mappings.dir,
+          prefix: config.redis.prefix,
+          redis,
+          subscriber: templatesRedis,
+          pollMs: config.mappings.reloadPollMs,
+          log,
+          metrics,
+        });
+      }
+      const mappings = templates?.current() ?? (await loadMappingsOrThrow(config.mappings.dir));
+      templatesVersion = mappings.version;
       log.info(
         {
           event: 'mappings-loaded',
@@ -92,7 +149,9 @@ export async function startPipeline(
         connection: workerRedis,
         queues,
         registry,
-        mappings: () => mappings,
+        // Each job takes the active set once: a swap never splits a job.
+        mappings: templates ? () => templates!.current() : () => mappings,
+        gateways: new GatewayLinks(redis, config.redis.prefix),
         fhirStore,
         ...(analyticsStore ? { analyticsStore } : {}),
         log,
@@ -100,9 +159,27 @@ export async function startPipeline(
       });
     }
     if (roles.includes('broker'))
-      broker = await startBroker({ config, registry, ingest: queues.ingest, log, metrics });
+      broker = await startBroker({
+        config,
+        registry,
+        ingest: queues.ingest,
+        backlog: () => backlogJobs(queues),
+        log,
+        metrics,
+      });
     if (roles.includes('admin'))
-      admin = await startAdmin({ config, log, metrics, redis, fhirStore, analyticsStore });
+      admin = await startAdmin({
+        config,
+        log,
+        metrics,
+        redis,
+        fhirStore,
+        analyticsStore,
+        ...(roles.includes('worker')
+          ? { templatesVersion: () => templates?.current().version ?? templatesVersion }
+          : {}),
+        ...(templates ? { templatesStatus: () => templates!.status() } : {}),
+      });
   } catch (err) {
     await close().catch(() => undefined);
     throw err;
@@ -118,6 +195,7 @@ export async function startPipeline(
     broker,
     admin,
     workers,
+    templates,
     close,
   };
 }

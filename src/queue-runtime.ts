@@ -17,10 +17,15 @@ import {
 /** Retry policy: first retry after ~0.5 s, doubling, at most 60 s apart. */
 export const RETRY = { baseMs: 500, capMs: 60_000, attempts: 200 } as const;
 
-export function backoffDelay(attemptsMade: number, err: unknown, random = Math.random): number {
+export function backoffDelay(
+  attemptsMade: number,
+  err: unknown,
+  random = Math.random,
+  capMs: number = RETRY.capMs,
+): number {
   const retryAfter = toPipelineError(err).retryAfterMs;
-  if (retryAfter !== undefined) return Math.min(retryAfter, RETRY.capMs * 5);
-  const ceiling = Math.min(RETRY.capMs, RETRY.baseMs * 2 ** Math.max(0, attemptsMade - 1));
+  if (retryAfter !== undefined) return Math.min(retryAfter, capMs * 5);
+  const ceiling = Math.min(capMs, RETRY.baseMs * 2 ** Math.max(0, attemptsMade - 1));
   // Full jitter (AWS architecture blog): spreads retries of many workers apart.
   return Math.round(ceiling / 2 + random() * (ceiling / 2));
 }
@@ -47,6 +52,30 @@ export interface Queues {
   readonly analytics: Queue<AnalyticsJobData>;
   readonly deadLetter: Queue<DeadLetterJobData>;
   close(): Promise<void>;
+}
+
+/**
+ * The backlog brokers watch for backpressure: jobs not yet done in the two
+ * queues that hold messages before FHIR (waiting, retrying or running). The
+ * analytics queue is left out on purpose: its jobs are already in FHIR, and a
+ * ClickHouse outage must not stop intake.
+ */
+export async function backlogJobs(queues: Pick<Queues, 'ingest' | 'fhir'>): Promise<number> {
+  const states = ['waiting', 'active', 'delayed', 'prioritized'] as const;
+  const [ingest, fhir] = await Promise.all([
+    queues.ingest.getJobCountByTypes(...states),
+    queues.fhir.getJobCountByTypes(...states),
+  ]);
+  return ingest + fhir;
+}
+
+/** Job counts per queue and state, for the iomt_queue_jobs gauge. */
+export async function queueDepths(queues: Queues): Promise<Record<string, Record<string, number>>> {
+  const all = [queues.ingest, queues.fhir, queues.analytics, queues.deadLetter];
+  const counts = await Promise.all(
+    all.map((q) => q.getJobCounts('waiting', 'active', 'delayed', 'prioritized', 'failed')),
+  );
+  return Object.fromEntries(all.map((q, i) => [q.name, counts[i] ?? {}]));
 }
 
 export function createQueues(connection: Redis, prefix: string): Queues {

@@ -42,11 +42,19 @@ export interface ObservationProvenance {
   readonly receivedAt: number;
   readonly templateName: string;
   readonly templateVersion: string;
+  /** Set when a gateway published the reading for another device (its device id). */
+  readonly gatewayId?: string;
 }
 
 export interface ObservationEnvelope {
   readonly observation: Observation;
   readonly provenance: ObservationProvenance;
+  /**
+   * A grouped Observation (hourly/daily window, correlation id): the FHIR writer
+   * merges it into the stored one (read, merge, PUT with If-Match) instead of
+   * replacing it.
+   */
+  readonly merge?: boolean;
 }
 
 /** A subject the FHIR writer ensures exists before the Observations that reference it. */
@@ -59,10 +67,30 @@ export interface SubjectRef {
   readonly patientId?: string;
 }
 
+/**
+ * One message's fate, for the analytics table device_messages (the audit trail).
+ * The normalize stage decides it for messages it dead-letters; the FHIR writer
+ * for the others, once their Observations are written or refused.
+ */
+export interface MessageOutcome {
+  readonly message: TelemetryMessage;
+  /** The patient the device was bound to ('' when unknown). */
+  readonly patientId: string;
+  readonly outcome: 'processed' | 'dead_lettered';
+  readonly errorCode?: ErrorCode;
+  readonly errorStage?: Stage;
+  readonly observationCount: number;
+  readonly templateVersion: string;
+  /** When the outcome was decided, epoch milliseconds (the later verdict wins). */
+  readonly decidedAt: number;
+}
+
 export interface FhirJobData {
   readonly traceId: string;
   readonly subjects: readonly SubjectRef[];
   readonly observations: readonly ObservationEnvelope[];
+  /** The messages these Observations came from, outcome pending until written. */
+  readonly messages?: readonly MessageOutcome[];
 }
 
 export interface AnalyticsJobData {
@@ -70,6 +98,8 @@ export interface AnalyticsJobData {
   /** FHIR commit time, epoch milliseconds. */
   readonly committedAt: number;
   readonly observations: readonly ObservationEnvelope[];
+  /** Message outcomes for device_messages. */
+  readonly messages?: readonly MessageOutcome[];
 }
 
 export interface DeadLetterJobData {

@@ -18,9 +18,20 @@ export interface AnalyticsMirrorDeps {
 export function createAnalyticsProcessor(
   deps: AnalyticsMirrorDeps,
 ): (job: Job<AnalyticsJobData>) => Promise<void> {
+  // ClickHouse may be down when the process starts: the schema is applied before
+  // the first insert that finds it up (migrations are idempotent).
+  let schema: Promise<void> | undefined;
+  const ensureSchema = () =>
+    (schema ??= deps.store.migrate().catch((err: unknown) => {
+      schema = undefined;
+      throw err;
+    }));
   return async function process(job) {
     const { observations, committedAt, traceId } = job.data;
+    await ensureSchema();
     await deps.store.insertObservations(observations, committedAt);
+    // device_messages: the fates of the messages (a later verdict replaces an earlier one).
+    await deps.store.insertMessages(job.data.messages ?? []);
     deps.metrics?.analyticsRows.inc(observations.length);
     deps.log.debug(
       { event: 'mirrored', traceId, jobId: job.id, rows: observations.length },

@@ -36,7 +36,8 @@ export async function deadLetter(
         ...(d.message ? { message: d.message } : {}),
         ...(d.observation ? { observation: d.observation } : {}),
       },
-      opts: { jobId: d.key },
+      // BullMQ refuses custom job ids containing ":" (its key separator).
+      opts: { jobId: d.key.replaceAll(':', '_') },
     })),
   );
   for (const d of items) metrics?.errors.inc({ code: d.error.code, stage: d.error.stage });

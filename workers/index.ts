@@ -8,6 +8,7 @@ import type { Redis } from 'ioredis';
 import type { AnalyticsStore } from '../src/clickhouse/index.js';
 import type { Config } from '../src/config.js';
 import type { DeviceRegistry } from '../src/devices/registry.js';
+import type { GatewayLinks } from '../src/devices/gateways.js';
 import { queueDecision, toPipelineError, type PipelineError } from '../src/errors.js';
 import type { FhirStore } from '../src/fhir/store.js';
 import type { Logger } from '../src/logger.js';
@@ -31,6 +32,8 @@ export interface WorkerDeps {
   readonly connection: Redis;
   readonly queues: Queues;
   readonly registry: DeviceRegistry;
+  /** Which devices a gateway may publish for (normalize stage). */
+  readonly gateways?: GatewayLinks;
   readonly mappings: () => MappingSet;
   readonly fhirStore: FhirStore;
   /** Required when this process runs the "analytics" stage. */
@@ -38,6 +41,15 @@ export interface WorkerDeps {
   readonly log: Logger;
   readonly metrics?: Metrics;
 }
+
+/** Stalls before BullMQ gives a job up as failed: high, because a stall is a crash, not bad data. */
+const MAX_STALLS = 1000;
+
+const STAGE_OF_QUEUE: Readonly<Record<string, string>> = {
+  [QUEUE.ingest]: 'normalize',
+  [QUEUE.fhir]: 'fhir',
+  [QUEUE.analytics]: 'analytics',
+};
 
 export interface RunningWorkers {
   readonly workers: readonly Worker[];
@@ -75,6 +87,7 @@ export function startWorkers(deps: WorkerDeps): RunningWorkers {
     // A permanent failure of a whole job is not retried: its content goes to the
     // dead-letter queue at once and the job completes (queueDecision decides).
     const guarded: Processor<T> = async (job, token) => {
+      const started = performance.now();
       try {
         return (await processor(job, token)) as unknown;
       } catch (err) {
@@ -93,16 +106,32 @@ export function startWorkers(deps: WorkerDeps): RunningWorkers {
         );
         await deadLetter(queues.deadLetter, deadLettersOf(name, job as Job, e), deps.metrics);
         return undefined;
+      } finally {
+        deps.metrics?.stageSeconds.observe(
+          { stage: STAGE_OF_QUEUE[name] ?? name },
+          (performance.now() - started) / 1000,
+        );
       }
     };
     const worker = new Worker<T>(name, guarded, {
       connection: deps.connection,
       prefix: config.redis.prefix,
       concurrency: config.worker.concurrency,
+      // A worker that dies (kill -9, OOM) stops renewing its job locks; after
+      // WORKER_LOCK_MS another worker takes the job back. Jobs are idempotent, so a
+      // stalled job is always retried: BullMQ's default (1 stall, then "failed")
+      // would strand the messages of a job whose worker died twice.
+      lockDuration: config.worker.lockMs,
+      stalledInterval: config.worker.lockMs,
+      maxStalledCount: MAX_STALLS,
       settings: {
         backoffStrategy: (attemptsMade: number, _type?: string, err?: Error) =>
-          backoffDelay(attemptsMade, err),
+          backoffDelay(attemptsMade, err, Math.random, config.worker.retryCapMs),
       },
+    });
+    worker.on('stalled', (jobId: string) => {
+      deps.metrics?.jobsStalled.inc({ queue: name });
+      log.warn({ event: 'job-stalled', queue: name, jobId }, 'job taken back from a dead worker');
     });
     worker.on('error', (err) =>
       log.error({ event: 'worker-error', queue: name, err }, 'worker error'),
@@ -141,6 +170,7 @@ export function startWorkers(deps: WorkerDeps): RunningWorkers {
         ...deps,
         fhirQueue: queues.fhir,
         deadLetterQueue: queues.deadLetter,
+        analyticsQueue: queues.analytics,
       }),
     );
   }

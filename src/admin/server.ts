@@ -1,17 +1,19 @@
 /**
  * The admin HTTP API (fastify): /healthz (alive), /readyz (Redis, FHIR and
- * ClickHouse reachable), /metrics (Prometheus). When ADMIN_TOKEN is set,
- * everything but /healthz needs `Authorization: Bearer <token>`.
+ * ClickHouse reachable), /metrics (Prometheus). Everything but /healthz needs
+ * `Authorization: Bearer <ADMIN_TOKEN>`; the pipeline refuses to start the admin
+ * role without a token unless ADMIN_AUTH=none (development only).
  */
 import { timingSafeEqual } from 'node:crypto';
 import Fastify, { type FastifyInstance } from 'fastify';
 import type { Redis } from 'ioredis';
-import type { AnalyticsStore, QueryFormat } from '../clickhouse/index.js';
+import type { AnalyticsStore } from '../clickhouse/index.js';
 import type { Config } from '../config.js';
 import { httpAnswer, PipelineError } from '../errors.js';
 import type { FhirStore } from '../fhir/store.js';
 import type { Logger } from '../logger.js';
 import type { Metrics } from '../metrics.js';
+import { registerAnalyticsRoutes } from './analytics-routes.js';
 
 export interface AdminDeps {
   readonly config: Config;
@@ -20,6 +22,13 @@ export interface AdminDeps {
   readonly redis: Redis;
   readonly fhirStore: FhirStore;
   readonly analyticsStore: AnalyticsStore | undefined;
+  /** The active mapping templates' version, in a process that runs workers. */
+  readonly templatesVersion?: () => string | undefined;
+  /**
+   * Hot-reload detail: the active version, and a rejected change on disk (the
+   * process stays ready: the active version keeps processing).
+   */
+  readonly templatesStatus?: () => unknown;
 }
 
 export interface RunningAdmin {
@@ -43,27 +52,14 @@ async function check(name: string, probe: () => Promise<unknown>): Promise<[stri
   }
 }
 
-const QUERY_FORMATS: readonly QueryFormat[] = [
-  'JSONEachRow',
-  'JSON',
-  'CSV',
-  'TSV',
-  'PrettyCompact',
-];
-
-/** One statement, read-only by its first keyword; a trailing semicolon is allowed. */
-export function isReadOnlyQuery(sql: string): boolean {
-  const body = sql.trim().replace(/;\s*$/, '');
-  if (body === '' || body.includes(';')) return false;
-  return /^(select|with|show|describe|desc|explain)\b/i.test(body);
-}
-
 export function buildAdmin(deps: AdminDeps): FastifyInstance {
   const app = Fastify({ logger: false });
   const token = deps.config.admin.token;
+  const open = deps.config.admin.auth === 'none';
   app.addHook('onRequest', async (req, reply) => {
-    if (req.url === '/healthz' || token === undefined) return;
-    if (!tokenMatches(req.headers.authorization, token)) {
+    // Only liveness is public: readiness detail and metrics describe the system.
+    if (req.url.split('?')[0] === '/healthz' || open) return;
+    if (token === undefined || !tokenMatches(req.headers.authorization, token)) {
       const { status, body } = httpAnswer(
         new PipelineError('NotAuthorized', 'a valid bearer token is required', { stage: 'admin' }),
       );
@@ -81,39 +77,27 @@ export function buildAdmin(deps: AdminDeps): FastifyInstance {
         check('redis', () => deps.redis.ping()),
         check('fhir', () => deps.fhirStore.ping()),
         ...(deps.analyticsStore ? [check('clickhouse', () => deps.analyticsStore!.ping())] : []),
+        ...(deps.templatesVersion
+          ? [
+              check('templates', () => {
+                const version = deps.templatesVersion?.();
+                return version === undefined
+                  ? Promise.reject(new Error('no valid mapping templates loaded'))
+                  : Promise.resolve(version);
+              }),
+            ]
+          : []),
       ]),
     );
     const ready = Object.values(checks).every((v) => v === 'ok');
-    await reply.code(ready ? 200 : 503).send({ status: ready ? 'ready' : 'not-ready', checks });
+    await reply.code(ready ? 200 : 503).send({
+      status: ready ? 'ready' : 'not-ready',
+      checks,
+      ...(deps.templatesStatus ? { templates: deps.templatesStatus() } : {}),
+    });
   });
-  // Analysts' read-only SQL over the embedded engine (the process owning it answers).
-  app.post<{ Body: { sql?: unknown; format?: unknown } }>(
-    '/api/analytics/query',
-    async (req, reply) => {
-      const store = deps.analyticsStore;
-      if (!store)
-        throw new PipelineError(
-          'QueryRefused',
-          'this process does not own the analytics store (run the worker role with the analytics stage)',
-        );
-      const sql = typeof req.body?.sql === 'string' ? req.body.sql : '';
-      const format = req.body?.format ?? 'JSONEachRow';
-      if (!isReadOnlyQuery(sql))
-        throw new PipelineError(
-          'QueryRefused',
-          'only one read-only statement (SELECT, WITH, SHOW, DESCRIBE, EXPLAIN) is allowed',
-        );
-      if (!QUERY_FORMATS.includes(format as QueryFormat))
-        throw new PipelineError(
-          'QueryRefused',
-          `format must be one of ${QUERY_FORMATS.join(', ')}`,
-        );
-      const text = await store.query(sql, format as QueryFormat);
-      await reply
-        .type(format === 'JSON' || format === 'JSONEachRow' ? 'application/json' : 'text/plain')
-        .send(text);
-    },
-  );
+  // Analysts' read-only SQL and the mirror backfill (the process owning the store answers).
+  registerAnalyticsRoutes(app, deps);
   app.get('/metrics', async (_req, reply) => {
     await reply
       .header('content-type', deps.metrics.registry.contentType)

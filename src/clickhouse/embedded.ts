@@ -24,6 +24,7 @@ import { drainPending, Session } from 'chdb';
 import { assertDatabaseName } from './schema.js';
 import {
   engineError,
+  parseJsonEachRow,
   type ClickHouseDriver,
   type EngineOperation,
   type QueryFormat,
@@ -107,6 +108,10 @@ export async function openEmbeddedDriver(
       await run(sql, 'write');
     },
     query: (sql: string, format: QueryFormat) => run(sql, 'read', format),
+    async explainAst(sql) {
+      const text = await run(`EXPLAIN AST ${sql}`, 'read', 'JSONEachRow');
+      return parseJsonEachRow<{ explain: string }>(text).map((r) => r.explain);
+    },
     async insertRows(table, rows) {
       if (rows.length === 0) return;
       // Raw JSONEachRow passthrough: one INSERT, parsed by the engine, not by JS.

@@ -1,13 +1,17 @@
 /**
  * Observation → ClickHouse rows, in the spirit of a SQL-on-FHIR v2 ViewDefinition:
- * one `observations` row per Observation version and one `observation_components`
- * row per Observation.component. PURE: no clock, no I/O; the commit time comes in.
+ * one `observations` row per Observation version, one `observation_components`
+ * row per Observation.component and one `samples` row per SampledData point.
+ * PURE: no clock, no I/O; the commit time comes in.
  *
  * Contract: output field names are the column names (rows go to JSONEachRow as
- * they are); timestamps are 'YYYY-MM-DD hh:mm:ss.SSS' in UTC, which both the
- * embedded engine and a server parse into DateTime64(3, 'UTC') under the default
- * `date_time_input_format = basic` (epoch millis are read differently by
- * versions and settings, so we avoid them).
+ * they are); timestamps are 'YYYY-MM-DD hh:mm:ss.SSS' in UTC (time.ts).
+ *
+ * Every column derives from the stored resource when it says so: the delivery
+ * (message id, broker receipt) from meta.source, the template from meta.tag, the
+ * FHIR commit time from meta.lastUpdated. The envelope's provenance and the
+ * job's commit time are only fallbacks for resources that lack them. That is what
+ * makes `iomt mirror backfill` (which sees only FHIR) restore the same rows.
  */
 import type {
   CodeableConcept,
@@ -17,8 +21,14 @@ import type {
   Quantity,
   Reference,
 } from 'fhir/r4.js';
-import { PipelineError } from '../errors.js';
-import type { ObservationEnvelope } from '../queues.js';
+import { parseMessageSource } from '../fhir/message-source.js';
+import { GATEWAY_EXTENSION_URL, TEMPLATE_TAG_SYSTEM } from '../mapping/fhir-mapping.js';
+import type { ObservationEnvelope, ObservationProvenance } from '../queues.js';
+import { expandSampledData, type SampleRow } from './samples.js';
+import { parseFhirDateTime, toClickHouseDateTime } from './time.js';
+
+export { parseFhirDateTime, toClickHouseDateTime } from './time.js';
+export type { SampleRow } from './samples.js';
 
 export const LOINC_SYSTEM = 'http://loinc.org';
 export const MDC_SYSTEM = 'urn:iso:std:iso:11073:10101';
@@ -42,7 +52,9 @@ export interface CodeColumns {
   readonly code: string;
   readonly code_display: string;
   readonly loinc_code: string;
+  readonly loinc_display: string;
   readonly mdc_code: string;
+  readonly mdc_display: string;
 }
 
 export interface ObservationRow extends CodeColumns, ValueColumns {
@@ -52,7 +64,7 @@ export interface ObservationRow extends CodeColumns, ValueColumns {
   readonly status: string;
   readonly patient_id: string;
   readonly device_id: string;
-  /** '' until provenance carries a gateway: nothing upstream sets one yet. */
+  /** The relaying gateway's Device id (R4 extension observation-gatewayDevice), else ''. */
   readonly gateway_id: string;
   readonly encounter_id: string;
   readonly category: string;
@@ -73,6 +85,8 @@ export interface ComponentRow extends CodeColumns, ValueColumns {
   readonly observation_id: string;
   readonly component_index: number;
   readonly patient_id: string;
+  /** The Observation's device (FHIR Device id). */
+  readonly device_id: string;
   readonly effective_start: string;
   readonly template_version: string;
   /** The parent's commit time: the ReplacingMergeTree version, as for observations. */
@@ -82,37 +96,7 @@ export interface ComponentRow extends CodeColumns, ValueColumns {
 export interface FlattenedObservation {
   readonly observation: ObservationRow;
   readonly components: ComponentRow[];
-}
-
-// DateTime64 holds 1900-01-01 .. 2299-12-31; outside that the engine would clamp silently.
-const MIN_MS = Date.UTC(1900, 0, 1);
-const MAX_MS = Date.UTC(2300, 0, 1) - 1;
-
-/** Epoch milliseconds → 'YYYY-MM-DD hh:mm:ss.SSS' (UTC), the DateTime64(3) text form. */
-export function toClickHouseDateTime(ms: number): string {
-  if (!Number.isFinite(ms) || ms < MIN_MS || ms > MAX_MS) {
-    throw new PipelineError('InvalidTimestamp', `timestamp ${ms} is outside DateTime64 range`, {
-      stage: 'analytics',
-    });
-  }
-  return new Date(ms).toISOString().slice(0, 23).replace('T', ' ');
-}
-
-/**
- * FHIR dateTime / instant → epoch ms. Partial dates ("2024", "2024-05") are read
- * as their first instant in UTC; a time without offset (invalid FHIR) as UTC,
- * never as the host's zone.
- */
-export function parseFhirDateTime(value: string): number {
-  const withZone = /T[^Z+-]*$/.test(value) ? `${value}Z` : value;
-  const ms = Date.parse(withZone);
-  if (Number.isNaN(ms)) {
-    throw new PipelineError('InvalidTimestamp', 'an Observation date does not parse', {
-      stage: 'analytics',
-      details: { value: value.slice(0, 40) },
-    });
-  }
-  return ms;
+  readonly samples: SampleRow[];
 }
 
 /** "Patient/x", ".../Patient/x/_history/2" → "x"; another type or no reference → ''. */
@@ -132,7 +116,9 @@ function codeColumns(concept: CodeableConcept | undefined): CodeColumns {
     code: primary?.code ?? '',
     code_display: primary?.display ?? concept?.text ?? '',
     loinc_code: loinc?.code ?? '',
+    loinc_display: loinc?.display ?? '',
     mdc_code: mdc?.code ?? '',
+    mdc_display: mdc?.display ?? '',
   };
 }
 
@@ -208,18 +194,64 @@ function categoryCode(obs: Observation): string {
   return preferred?.code ?? '';
 }
 
-/** One envelope → its observation row and component rows. Throws InvalidTimestamp on a bad date. */
+/** The template that produced a resource: meta.tag `name@version` (fhir-mapping.ts), if any. */
+function templateTag(obs: Observation): { name: string; version: string } | undefined {
+  const code = obs.meta?.tag?.find((t) => t.system === TEMPLATE_TAG_SYSTEM)?.code;
+  const at = code?.lastIndexOf('@') ?? -1;
+  if (code === undefined || at <= 0) return undefined;
+  return { name: code.slice(0, at), version: code.slice(at + 1) };
+}
+
+/**
+ * What the resource itself says about its origin, over the envelope's fallback:
+ * the stored resource is the system of record (see the header).
+ */
+export function provenanceOf(
+  obs: Observation,
+  fallback?: ObservationProvenance,
+): {
+  messageId: string;
+  receivedAt: number | undefined;
+  templateName: string;
+  templateVersion: string;
+} {
+  const source = parseMessageSource(obs.meta?.source);
+  const tag = templateTag(obs);
+  return {
+    messageId: source?.messageId ?? fallback?.messageId ?? '',
+    receivedAt: source?.receivedAt ?? fallback?.receivedAt,
+    templateName: tag?.name ?? fallback?.templateName ?? '',
+    templateVersion: tag?.version ?? fallback?.templateVersion ?? '',
+  };
+}
+
+function gatewayId(obs: Observation): string {
+  const ext = obs.extension?.find((e) => e.url === GATEWAY_EXTENSION_URL);
+  return referenceId(ext?.valueReference, 'Device');
+}
+
+/**
+ * One envelope → its observation, component and sample rows. `committedAt` is
+ * used only when the resource has no meta.lastUpdated. Throws InvalidTimestamp on
+ * a bad date, InvalidValue on malformed SampledData.
+ */
 export function flattenObservation(
   env: ObservationEnvelope,
   committedAt: number,
 ): FlattenedObservation {
   const obs = env.observation;
-  const prov = env.provenance;
-  const [startMs, endMs] = effectiveRange(obs, prov.receivedAt);
+  const prov = provenanceOf(obs, env.provenance);
+  // Without a receipt time (another system's resource), the commit time stands in.
+  const lastUpdated = obs.meta?.lastUpdated;
+  const committedMs = lastUpdated === undefined ? committedAt : parseFhirDateTime(lastUpdated);
+  const receivedMs = prov.receivedAt ?? committedMs;
+  const [startMs, endMs] = effectiveRange(obs, receivedMs);
   const effectiveStart = toClickHouseDateTime(startMs);
-  const committed = toClickHouseDateTime(committedAt);
+  const committed = toClickHouseDateTime(committedMs);
   const identifier = obs.identifier?.[0];
   const patientId = referenceId(obs.subject, 'Patient');
+  const deviceId = referenceId(obs.device, 'Device');
+  const code = codeColumns(obs.code);
 
   const observation: ObservationRow = {
     id: obs.id ?? '',
@@ -227,18 +259,18 @@ export function flattenObservation(
     identifier_value: identifier?.value ?? '',
     status: obs.status,
     patient_id: patientId,
-    device_id: referenceId(obs.device, 'Device'),
-    gateway_id: '',
+    device_id: deviceId,
+    gateway_id: gatewayId(obs),
     encounter_id: referenceId(obs.encounter, 'Encounter'),
     category: categoryCode(obs),
-    ...codeColumns(obs.code),
+    ...code,
     ...valueColumns(obs),
     effective_start: effectiveStart,
     effective_end: toClickHouseDateTime(endMs),
     issued: obs.issued === undefined ? null : toClickHouseDateTime(parseFhirDateTime(obs.issued)),
-    // The device's own clock: our templates put it in effective[x]; provenance has no other yet.
+    // The device's own clock: templates put it in effective[x]; provenance has no other.
     device_time: effectiveStart,
-    received_at: toClickHouseDateTime(prov.receivedAt),
+    received_at: toClickHouseDateTime(receivedMs),
     fhir_committed_at: committed,
     template_name: prov.templateName,
     template_version: prov.templateVersion,
@@ -251,11 +283,36 @@ export function flattenObservation(
     observation_id: observation.id,
     component_index: index,
     patient_id: patientId,
+    device_id: deviceId,
     ...codeColumns(comp.code),
     ...valueColumns(comp),
     effective_start: effectiveStart,
     template_version: prov.templateVersion,
     fhir_committed_at: committed,
   }));
-  return { observation, components };
+
+  const sampleContext = (componentIndex: number, codeOf: CodeColumns, q: Quantity) => ({
+    observationId: observation.id,
+    componentIndex,
+    patientId,
+    deviceId,
+    code: codeOf.code,
+    unit: q.system === UCUM_SYSTEM ? (q.code ?? q.unit ?? '') : (q.unit ?? q.code ?? ''),
+    startMs,
+    templateVersion: prov.templateVersion,
+    committedAt: committed,
+  });
+  const samples: SampleRow[] = [];
+  if (obs.valueSampledData) {
+    const sd = obs.valueSampledData;
+    samples.push(...expandSampledData(sd, sampleContext(-1, code, sd.origin)));
+  }
+  (obs.component ?? []).forEach((comp, index) => {
+    const sd = comp.valueSampledData;
+    if (sd)
+      samples.push(
+        ...expandSampledData(sd, sampleContext(index, codeColumns(comp.code), sd.origin)),
+      );
+  });
+  return { observation, components, samples };
 }

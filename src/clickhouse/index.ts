@@ -30,10 +30,22 @@ export {
   applyMigrations,
   assertDatabaseName,
   migrations,
-  retentionStatements,
+  applyRetention,
   COMPONENTS_TABLE,
   MIGRATIONS_TABLE,
   OBSERVATIONS_TABLE,
   type Migration,
   type MigrationExecutor,
+  type RetentionOptions,
 } from './schema.js';
+export { backfillMirror, type BackfillOptions, type BackfillSummary } from './backfill.js';
+export { deviceMessageRow, type DeviceMessageRow } from './messages.js';
+export { provenanceOf, type SampleRow } from './flatten.js';
+export { ROLLUP_HOUR_VIEW, ROLLUP_MINUTE_VIEW, ROLLUP_TOUCH_TABLE } from './schema-rollups.js';
+export {
+  DEFAULT_REFERENCE_RANGES,
+  DEVICE_MESSAGES_TABLE,
+  DEVICE_UNITS_TABLE,
+  REFERENCE_RANGES_TABLE,
+  SAMPLES_TABLE,
+} from './schema-tables.js';

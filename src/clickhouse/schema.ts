@@ -5,7 +5,7 @@
  * idempotent on its own (IF NOT EXISTS) too, so a crash between a statement and
  * its record only repeats harmless work.
  *
- * Deduplication: both tables are ReplacingMergeTree, which keeps one row per
+ * Deduplication: the raw tables are ReplacingMergeTree, which keeps one row per
  * ORDER BY key (after merges, or at once with FINAL). The key of `observations`
  * is (patient_id, code, effective_start, id). That is only correct because every
  * part of it is stable for one Observation id: our ids derive from the PHD
@@ -17,9 +17,30 @@
  * (equal versions: the last inserted wins). `observation_components` is keyed
  * the same way plus the component index, so "systolic pressure of patient X over
  * time" reads one key range; its codes are as stable as the parent's (the FHIR
- * template fixes them per Observation type).
+ * template fixes them per Observation type). Later tables follow the same rule
+ * (schema-tables.ts); the rollups and views are in schema-rollups.ts.
+ *
+ * One known gap: a component that a later version of its Observation no longer
+ * has keeps its row (nothing deletes it). Our templates fix the components of
+ * each Observation type, so this does not happen with them.
  */
 import { PipelineError } from '../errors.js';
+import {
+  latestViews,
+  rollupStatements,
+  ROLLUP_HOUR_STATE,
+  ROLLUP_MINUTE_STATE,
+} from './schema-rollups.js';
+import {
+  deviceMessagesTable,
+  deviceUnitsTable,
+  observationIdIndex,
+  referenceRangesTable,
+  samplesTable,
+  seedReferenceRanges,
+  DEVICE_MESSAGES_TABLE,
+  SAMPLES_TABLE,
+} from './schema-tables.js';
 
 export interface Migration {
   readonly version: number;
@@ -122,21 +143,94 @@ PARTITION BY toYYYYMM(effective_start)
 ORDER BY (patient_id, code, effective_start, observation_id, component_index)`,
       ],
     },
+    {
+      version: 3,
+      description:
+        'samples (one row per SampledData point); id index; component device; code displays',
+      statements: [
+        samplesTable(db),
+        observationIdIndex(db, OBSERVATIONS_TABLE),
+        // Components carry their Observation's device, for per-device and per-unit analytics.
+        `ALTER TABLE ${db}.${COMPONENTS_TABLE} ADD COLUMN IF NOT EXISTS device_id String AFTER patient_id`,
+        // The display of the LOINC and of the MDC coding, beside their codes.
+        ...[OBSERVATIONS_TABLE, COMPONENTS_TABLE].map(
+          (t) =>
+            `ALTER TABLE ${db}.${t} ADD COLUMN IF NOT EXISTS loinc_display LowCardinality(String) AFTER loinc_code, ` +
+            `ADD COLUMN IF NOT EXISTS mdc_display LowCardinality(String) AFTER mdc_code`,
+        ),
+      ],
+    },
+    {
+      version: 4,
+      description: 'device_messages: every accepted MQTT message and its outcome',
+      statements: [deviceMessagesTable(db)],
+    },
+    {
+      version: 5,
+      description: 'exact-read views; per-minute and per-hour rollups kept by materialized views',
+      statements: [...latestViews(db), ...rollupStatements(db)],
+    },
+    {
+      version: 6,
+      description: 'reference data: screening ranges per code, device care units',
+      statements: [referenceRangesTable(db), seedReferenceRanges(db), deviceUnitsTable(db)],
+    },
   ];
 }
 
+/** Days to keep; 0 keeps forever. Raw tables and rollups separately. */
+export interface RetentionOptions {
+  readonly rawDays: number;
+  readonly rollupDays: number;
+}
+
+/** Each table with a TTL and the DateTime column it counts from. */
+function retentionTargets(o: RetentionOptions): { table: string; column: string; days: number }[] {
+  return [
+    { table: OBSERVATIONS_TABLE, column: 'effective_start', days: o.rawDays },
+    { table: COMPONENTS_TABLE, column: 'effective_start', days: o.rawDays },
+    { table: SAMPLES_TABLE, column: 'ts', days: o.rawDays },
+    { table: DEVICE_MESSAGES_TABLE, column: 'received_at', days: o.rawDays },
+    { table: ROLLUP_MINUTE_STATE, column: 'bucket', days: o.rollupDays },
+    { table: ROLLUP_HOUR_STATE, column: 'bucket', days: o.rollupDays },
+  ];
+}
+
+/** The table TTL in days as the engine reports it (system.tables.engine_full), 0 if none. */
+function currentTtlDays(engineFull: string): number | undefined {
+  if (!/\bTTL\b/.test(engineFull)) return 0;
+  const m = /\bTTL toDateTime\(\w+\) \+ toIntervalDay\((\d+)\)/.exec(engineFull);
+  return m ? Number(m[1]) : undefined; // undefined: a TTL someone else set, in another form
+}
+
 /**
- * Retention hook, not applied by migrate: the statements that would expire rows
- * `days` after their effective start. When retention becomes a setting, run
- * these after applyMigrations (MODIFY TTL is idempotent).
+ * Makes each table's TTL match `options`, and touches nothing that already does:
+ * MODIFY TTL rewrites parts, so a restart must not repeat it. Returns the tables altered.
  */
-export function retentionStatements(database: string, days: number): string[] {
+export async function applyRetention(
+  exec: MigrationExecutor,
+  database: string,
+  options: RetentionOptions,
+): Promise<string[]> {
   const db = `\`${assertDatabaseName(database)}\``;
-  if (!Number.isInteger(days) || days < 1)
-    throw new RangeError(`retention days must be >= 1, got ${days}`);
-  return [OBSERVATIONS_TABLE, COMPONENTS_TABLE].map(
-    (t) => `ALTER TABLE ${db}.${t} MODIFY TTL toDateTime(effective_start) + INTERVAL ${days} DAY`,
+  const rows = await exec.queryRows<{ name: string; engine_full: string }>(
+    `SELECT name, engine_full FROM system.tables WHERE database = '${database}'`,
   );
+  const engines = new Map(rows.map((r) => [r.name, r.engine_full]));
+  const altered: string[] = [];
+  for (const t of retentionTargets(options)) {
+    if (!Number.isInteger(t.days) || t.days < 0)
+      throw new RangeError(`retention days must be >= 0, got ${t.days}`);
+    const engine = engines.get(t.table);
+    if (engine === undefined || currentTtlDays(engine) === t.days) continue;
+    await exec.command(
+      t.days === 0
+        ? `ALTER TABLE ${db}.${t.table} REMOVE TTL`
+        : `ALTER TABLE ${db}.${t.table} MODIFY TTL toDateTime(${t.column}) + INTERVAL ${t.days} DAY`,
+    );
+    altered.push(t.table);
+  }
+  return altered;
 }
 
 /** Creates the migrations table, then applies the pending versions in order. Returns those applied. */

@@ -20,6 +20,7 @@ import {
 import { assertDatabaseName } from './schema.js';
 import {
   engineError,
+  parseJsonEachRow,
   type ClickHouseDriver,
   type EngineOperation,
   type QueryFormat,
@@ -100,6 +101,18 @@ export function openServerDriver(
       return guard('read', async () => {
         const res = await client.exec({ query: statement, clickhouse_settings: SETTINGS });
         return readAll(res.stream);
+      });
+    },
+    explainAst(sql: string) {
+      // The format as a setting (HTTP default_format): a FORMAT clause would join the explained statement.
+      return guard('read', async () => {
+        const res = await client.exec({
+          query: `EXPLAIN AST ${sql}`,
+          clickhouse_settings: { ...SETTINGS, default_format: 'JSONEachRow' },
+        });
+        return parseJsonEachRow<{ explain: string }>(await readAll(res.stream)).map(
+          (r) => r.explain,
+        );
       });
     },
     async insertRows(table, rows) {

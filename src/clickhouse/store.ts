@@ -19,26 +19,68 @@ import type { ClickHouseClient } from '@clickhouse/client';
 import type { Config } from '../config.js';
 import { PipelineError } from '../errors.js';
 import type { Logger } from '../logger.js';
-import type { ObservationEnvelope } from '../queues.js';
-import { flattenObservation, type ComponentRow, type ObservationRow } from './flatten.js';
+import type { MessageOutcome, ObservationEnvelope } from '../queues.js';
+import {
+  analystSettings,
+  analystStatement,
+  checkAnalystAst,
+  parseExplainAst,
+  type AnalystQueryLimits,
+} from './analyst-query.js';
+import {
+  flattenObservation,
+  type ComponentRow,
+  type ObservationRow,
+  type SampleRow,
+} from './flatten.js';
+import { deviceMessageRow } from './messages.js';
+import { touchedBuckets } from './rollup-touch.js';
+import { ROLLUP_HOUR_STATE, ROLLUP_MINUTE_STATE, ROLLUP_TOUCH_TABLE } from './schema-rollups.js';
+import { DEVICE_MESSAGES_TABLE, SAMPLES_TABLE } from './schema-tables.js';
 import {
   applyMigrations,
+  applyRetention,
   assertDatabaseName,
   COMPONENTS_TABLE,
   OBSERVATIONS_TABLE,
+  type RetentionOptions,
 } from './schema.js';
 
 export type QueryFormat = 'JSONEachRow' | 'JSON' | 'CSV' | 'TSV' | 'PrettyCompact';
-export type ClickHouseConfig = Config['clickhouse'];
+type ClickHouseSettings = Config['clickhouse'];
+/** The connection settings, and optionally retention and query limits (defaults: keep all, 30 s). */
+export type ClickHouseConfig = Pick<
+  ClickHouseSettings,
+  'url' | 'user' | 'password' | 'database' | 'dataPath'
+> &
+  Partial<Pick<ClickHouseSettings, 'retentionDays' | 'rollupRetentionDays' | 'queryTimeoutS'>>;
 
 export interface AnalyticsStore {
-  /** Creates the database and applies pending migrations; a second call changes nothing. */
+  /**
+   * Creates the database, applies pending migrations and the retention TTLs; a
+   * second call changes nothing.
+   */
   migrate(): Promise<void>;
-  /** Flattens and inserts; a re-insert of the same Observations dedupes (ReplacingMergeTree). */
+  /**
+   * Flattens and inserts rows, samples included, then has the rollups of the
+   * touched buckets recomputed (schema-rollups.ts). A re-insert of the same
+   * Observations dedupes (ReplacingMergeTree) and leaves the rollups as they were.
+   */
   insertObservations(envelopes: readonly ObservationEnvelope[], committedAt: number): Promise<void>;
-  /** Runs analyst SQL; unqualified table names resolve in the configured database. */
+  /** device_messages rows; a later outcome of the same message replaces an earlier one. */
+  insertMessages(outcomes: readonly MessageOutcome[]): Promise<void>;
+  /** Our own SQL; unqualified table names resolve in the configured database. */
   query(sql: string, format?: QueryFormat): Promise<string>;
   queryRows<T>(sql: string): Promise<T[]>;
+  /**
+   * An analyst's SQL: one reading statement, checked on the engine's syntax tree
+   * and run read-only with time and row limits (analyst-query.ts). QueryRefused otherwise.
+   */
+  analystQuery(sql: string, format?: QueryFormat): Promise<string>;
+  /** Empties the tables that derive from FHIR (before a rebuild by backfill); device_messages stays. */
+  wipeObservations(): Promise<void>;
+  /** Our own statement without result rows (DDL, INSERT … SELECT / VALUES): never analysts' SQL. */
+  execute(sql: string): Promise<void>;
   /** Throws PipelineError 'ClickHouseUnavailable' when the engine does not answer. */
   ping(): Promise<void>;
   /** Releases the session / connections; idempotent. */
@@ -53,6 +95,12 @@ export interface ClickHouseDriver {
   command(sql: string): Promise<void>;
   /** A query answered as text in `format`; engine rejections are QueryRefused. */
   query(sql: string, format: QueryFormat): Promise<string>;
+  /**
+   * `EXPLAIN AST <sql>`: the engine's syntax tree, one node per line, executing
+   * nothing. The output format is set apart from the SQL, which stays as given
+   * (a FORMAT clause appended to it would become part of the tree).
+   */
+  explainAst(sql: string): Promise<string[]>;
   /** JSONEachRow insert of `rows` (column names as keys) into `table` (db-qualified). */
   insertRows(table: string, rows: readonly object[]): Promise<void>;
   ping(): Promise<void>;
@@ -71,6 +119,10 @@ export type ServerClientFactory = (options: {
 export interface AnalyticsStoreOptions {
   /** Rows per INSERT statement (default 10 000): bounds one request's size. */
   readonly insertBatchRows?: number;
+  /** TTLs applied by migrate (default: keep everything). */
+  readonly retention?: RetentionOptions;
+  /** Limits of analystQuery (default 30 s, 1 000 000 rows). */
+  readonly analystLimits?: AnalystQueryLimits;
   /** Server mode only: how to build the @clickhouse/client (default createClient). */
   readonly serverClientFactory?: ServerClientFactory;
 }
@@ -147,6 +199,8 @@ export function storeOverDriver(
 ): AnalyticsStore {
   assertDatabaseName(database);
   const batchRows = options.insertBatchRows ?? 10_000;
+  const retention = options.retention ?? { rawDays: 0, rollupDays: 0 };
+  const limits = options.analystLimits ?? { timeoutSeconds: 30, maxResultRows: 1_000_000 };
   const log = logger?.child({ component: 'clickhouse' });
   let pending: Promise<ClickHouseDriver> | undefined;
   let closed = false;
@@ -171,11 +225,13 @@ export function storeOverDriver(
     async migrate() {
       const d = await driver();
       await d.createDatabase(database);
-      const applied = await applyMigrations(
-        { command: (sql) => d.command(sql), queryRows },
-        database,
+      const exec = { command: (sql: string) => d.command(sql), queryRows };
+      const applied = await applyMigrations(exec, database);
+      const ttlChanged = await applyRetention(exec, database, retention);
+      log?.info(
+        { database, applied, ttlChanged },
+        applied.length || ttlChanged.length ? 'schema updated' : 'schema up to date',
       );
-      log?.info({ database, applied }, applied.length ? 'migrations applied' : 'schema up to date');
     },
 
     async insertObservations(envelopes, committedAt) {
@@ -183,24 +239,72 @@ export function storeOverDriver(
       // Flatten everything first: a bad Observation fails the batch before any write.
       const observations: ObservationRow[] = [];
       const components: ComponentRow[] = [];
+      const samples: SampleRow[] = [];
       for (const env of envelopes) {
         const flat = flattenObservation(env, committedAt);
         observations.push(flat.observation);
         components.push(...flat.components);
+        samples.push(...flat.samples);
       }
       const d = await driver();
-      // Observations before components; a retry after a partial write re-inserts both, and dedupes.
-      // Unquoted qualified names: chdb's insert accepts only [A-Za-z0-9_.] (the name is validated).
-      for (const part of chunks(observations, batchRows)) {
-        await d.insertRows(`${database}.${OBSERVATIONS_TABLE}`, part);
-      }
-      for (const part of chunks(components, batchRows)) {
-        await d.insertRows(`${database}.${COMPONENTS_TABLE}`, part);
-      }
+      const insert = async (table: string, rows: readonly object[]) => {
+        // Unquoted qualified names: chdb's insert accepts only [A-Za-z0-9_.] (the name is validated).
+        for (const part of chunks(rows, batchRows))
+          await d.insertRows(`${database}.${table}`, part);
+      };
+      // Rows first; a retry after a partial write re-inserts everything, and dedupes.
+      await insert(OBSERVATIONS_TABLE, observations);
+      await insert(COMPONENTS_TABLE, components);
+      await insert(SAMPLES_TABLE, samples);
+      // Then the rollups of what this write touched, once the rows are committed:
+      // minutes from the rows, then hours from the minutes (schema-rollups.ts).
+      const points = [...observations, ...components];
+      await insert(ROLLUP_TOUCH_TABLE, touchedBuckets(points, 'minute'));
+      await insert(ROLLUP_TOUCH_TABLE, touchedBuckets(points, 'hour'));
       log?.debug(
-        { observations: observations.length, components: components.length },
+        {
+          observations: observations.length,
+          components: components.length,
+          samples: samples.length,
+        },
         'rows inserted',
       );
+    },
+
+    async insertMessages(outcomes) {
+      if (outcomes.length === 0) return;
+      const rows = outcomes.map(deviceMessageRow);
+      const d = await driver();
+      for (const part of chunks(rows, batchRows)) {
+        await d.insertRows(`${database}.${DEVICE_MESSAGES_TABLE}`, part);
+      }
+    },
+
+    async analystQuery(sql, format = 'JSONEachRow') {
+      const statement = analystStatement(sql);
+      const d = await driver();
+      if (statement.kind === 'select') {
+        // EXPLAIN AST parses and executes nothing: the tree decides before anything runs.
+        checkAnalystAst(parseExplainAst(await d.explainAst(statement.select)));
+      }
+      return d.query(`${statement.body}\n${analystSettings(limits)}`, format);
+    },
+
+    async execute(sql) {
+      await (await driver()).command(sql);
+    },
+
+    async wipeObservations() {
+      const d = await driver();
+      const tables = [
+        OBSERVATIONS_TABLE,
+        COMPONENTS_TABLE,
+        SAMPLES_TABLE,
+        ROLLUP_MINUTE_STATE,
+        ROLLUP_HOUR_STATE,
+      ];
+      for (const t of tables) await d.command(`TRUNCATE TABLE IF EXISTS \`${database}\`.${t}`);
+      log?.warn({ event: 'mirror-wiped', tables }, 'observation tables emptied');
     },
 
     async query(sql, format = 'JSONEachRow') {
@@ -242,5 +346,9 @@ export function createAnalyticsStore(
             { url, username: config.user, password: config.password, database: config.database },
             options.serverClientFactory,
           );
-  return storeOverDriver(open, config.database, logger, options);
+  return storeOverDriver(open, config.database, logger, {
+    retention: { rawDays: config.retentionDays ?? 0, rollupDays: config.rollupRetentionDays ?? 0 },
+    analystLimits: { timeoutSeconds: config.queryTimeoutS ?? 30, maxResultRows: 1_000_000 },
+    ...options,
+  });
 }

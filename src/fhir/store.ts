@@ -9,7 +9,14 @@
  * Throws PipelineError FhirUnavailable when the whole request failed transiently.
  */
 import { Client, type FhirResource } from 'fhir-kit-client';
-import type { Bundle, BundleEntry, Device, Observation, Patient } from 'fhir/r4.js';
+import type {
+  Bundle,
+  BundleEntry,
+  Device,
+  Observation,
+  OperationOutcome,
+  Patient,
+} from 'fhir/r4.js';
 import { PipelineError } from '../errors.js';
 import type { SubjectRef } from '../queues.js';
 import { fhirError, statusError } from './errors.js';
@@ -20,12 +27,22 @@ export type EntryOutcome =
       readonly status: number;
       readonly created: boolean;
       readonly versionId?: string;
+      /** The server saw no change (HAPI: SUCCESSFUL_UPDATE_NO_CHANGE); false when it does not say. */
+      readonly unchanged?: boolean;
+      /**
+       * The server's representation (Prefer: return=representation): the stored
+       * version with meta.versionId and meta.lastUpdated — except for a no-change
+       * update, where HAPI echoes the request (re-read it: readObservations).
+       */
+      readonly resource?: Observation;
     }
   | { readonly ok: false; readonly error: PipelineError };
 
 export interface FhirStore {
   ensureSubjects(subjects: readonly SubjectRef[]): Promise<void>;
   writeObservations(observations: readonly Observation[]): Promise<EntryOutcome[]>;
+  /** The stored Observations with these ids (missing ones are left out). */
+  readObservations(ids: readonly string[]): Promise<Observation[]>;
   /** Resolves when the server answers its CapabilityStatement. */
   ping(): Promise<void>;
 }
@@ -41,6 +58,12 @@ export interface FhirStoreOptions {
 function entryStatus(status: string | undefined): number {
   const n = Number.parseInt(status ?? '', 10);
   return Number.isFinite(n) ? n : 0;
+}
+
+/** Whether an entry's OperationOutcome carries `code` (HAPI storage response codes). */
+function outcomeHasCode(outcome: unknown, code: string): boolean {
+  const issues = (outcome as OperationOutcome | undefined)?.issue ?? [];
+  return issues.some((i) => i.details?.coding?.some((c) => c.code === code) ?? false);
 }
 
 /** W/"3" → "3" */
@@ -142,9 +165,11 @@ export function createFhirStore(options: FhirStoreOptions): FhirStore {
       };
       let response: Bundle;
       try {
+        const base = requestOptions();
         response = (await client.batch({
           body: bundle as unknown as FhirResource,
-          options: requestOptions(),
+          // FHIR R4 http.html#ops: the stored version per entry, for the ClickHouse mirror.
+          options: { ...base, headers: { ...base.headers, Prefer: 'return=representation' } },
         })) as unknown as Bundle;
       } catch (err) {
         throw fhirError(err, 'batch write');
@@ -160,7 +185,17 @@ export function createFhirStore(options: FhirStoreOptions): FhirStore {
         const status = entryStatus(e.response?.status);
         if (status >= 200 && status < 300) {
           const versionId = versionFromEtag(e.response?.etag);
-          return { ok: true, status, created: status === 201, ...(versionId ? { versionId } : {}) };
+          const unchanged = outcomeHasCode(e.response?.outcome, 'SUCCESSFUL_UPDATE_NO_CHANGE');
+          return {
+            ok: true,
+            status,
+            created: status === 201,
+            unchanged,
+            ...(versionId ? { versionId } : {}),
+            ...(e.resource?.resourceType === 'Observation'
+              ? { resource: e.resource as Observation }
+              : {}),
+          };
         }
         return {
           ok: false,
@@ -171,6 +206,27 @@ export function createFhirStore(options: FhirStoreOptions): FhirStore {
           ),
         };
       });
+    },
+
+    async readObservations(ids) {
+      const found: Observation[] = [];
+      // 50 ids per search keeps the URL short (ids are up to 64 characters).
+      for (let i = 0; i < ids.length; i += 50) {
+        const part = ids.slice(i, i + 50);
+        let bundle: Bundle;
+        try {
+          bundle = (await client.search({
+            resourceType: 'Observation',
+            searchParams: { _id: part.join(','), _count: String(part.length) },
+            options: requestOptions(),
+          })) as unknown as Bundle;
+        } catch (err) {
+          throw fhirError(err, 'read Observations');
+        }
+        for (const e of bundle.entry ?? [])
+          if (e.resource?.resourceType === 'Observation') found.push(e.resource as Observation);
+      }
+      return found;
     },
 
     async ping() {

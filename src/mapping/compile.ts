@@ -1,15 +1,16 @@
 /**
  * Turns parsed template documents into a MappingSet: shapes checked, every
- * JSONata expression compiled once, cross-checks done. Pure: documents in,
- * a MappingSet or the full list of problems out.
+ * expression compiled once, cross-checks done. Pure: documents in, a MappingSet
+ * (with notes) or the full list of problems out. The version is a content hash
+ * of every file, so it changes whenever any template does.
  */
 import { createHash } from 'node:crypto';
-import jsonata from 'jsonata';
-import type { z } from 'zod';
+import { compileExpression, type CompiledExpression } from './expressions.js';
 import { deviceCollectionSchema, fhirCollectionSchema } from './schema.js';
-import type { DeviceTemplateSpec, FhirTemplateSpec } from './types.js';
+import { readDeviceTemplate, readFhirTemplate, zodFindings, type Path } from './templates.js';
+import type { DeviceTemplateSpec, ExpressionSpec, FhirTemplateSpec } from './types.js';
 
-export type Expression = ReturnType<typeof jsonata>;
+export type { CompiledExpression };
 
 export interface TemplateDocument {
   /** Path relative to the mappings folder, e.g. "device/vitals.json". */
@@ -23,67 +24,74 @@ export interface TemplateDocument {
 export interface MappingProblem {
   readonly file: string;
   /** Path inside the document, e.g. ["template", 0, "template", "values", 1]. */
-  readonly path: readonly (string | number)[];
+  readonly path: Path;
   readonly message: string;
-  /** Offset inside the expression string, for JSONata syntax errors. */
+  /** 0-based offset inside the expression string, for expression syntax errors. */
   readonly expressionPosition?: number;
 }
 
 export interface CompiledValue {
   readonly valueName: string;
   readonly required: boolean;
-  readonly expression: Expression;
+  readonly expression: CompiledExpression;
 }
 
 export interface CompiledDeviceTemplate {
   readonly spec: DeviceTemplateSpec;
   readonly file: string;
-  readonly match: Expression;
-  readonly timestamp?: Expression;
-  readonly deviceId?: Expression;
-  readonly patientId?: Expression;
-  readonly encounterId?: Expression;
-  readonly correlationId?: Expression;
+  /** Where the template sits in its file: ["template", i, "template"]. */
+  readonly path: Path;
+  readonly match: CompiledExpression;
+  readonly timestamp?: CompiledExpression;
+  readonly deviceId?: CompiledExpression;
+  readonly patientId?: CompiledExpression;
+  readonly encounterId?: CompiledExpression;
+  readonly correlationId?: CompiledExpression;
   readonly values: readonly CompiledValue[];
 }
 
+export interface CompiledFhirTemplate {
+  readonly spec: FhirTemplateSpec;
+  readonly file: string;
+  /** JsonataFhir: the compiled Observation expression. */
+  readonly observation?: CompiledExpression;
+}
+
 export interface MappingSet {
-  /** Content hash of every template file: changes whenever any template does. */
   readonly version: string;
   readonly deviceTemplates: readonly CompiledDeviceTemplate[];
-  readonly fhirTemplates: ReadonlyMap<string, FhirTemplateSpec>;
+  readonly fhirTemplates: ReadonlyMap<string, CompiledFhirTemplate>;
 }
 
 export type CompileResult =
-  | { readonly ok: true; readonly mappings: MappingSet }
-  | { readonly ok: false; readonly problems: readonly MappingProblem[] };
+  | {
+      readonly ok: true;
+      readonly mappings: MappingSet;
+      readonly notes: readonly MappingProblem[];
+    }
+  | {
+      readonly ok: false;
+      readonly problems: readonly MappingProblem[];
+      readonly notes: readonly MappingProblem[];
+    };
 
-function zodProblems(file: string, error: z.ZodError): MappingProblem[] {
-  return error.issues.map((issue) => ({
-    file,
-    path: issue.path.filter((p): p is string | number => typeof p !== 'symbol'),
-    message: issue.message,
-  }));
-}
+const LANGUAGE_NAME = { jsonata: 'JSONata', jsonpath: 'JSONPath', jmespath: 'JMESPath' } as const;
 
-function compileExpression(
-  source: string,
+function compileOne(
+  spec: ExpressionSpec,
   file: string,
-  path: readonly (string | number)[],
+  path: Path,
   problems: MappingProblem[],
-): Expression | undefined {
-  try {
-    return jsonata(source);
-  } catch (err) {
-    const e = err as { message?: string; position?: number; token?: string };
-    problems.push({
-      file,
-      path,
-      message: `JSONata syntax error: ${e.message ?? String(err)}`,
-      ...(typeof e.position === 'number' ? { expressionPosition: e.position } : {}),
-    });
-    return undefined;
-  }
+): CompiledExpression | undefined {
+  const r = compileExpression(spec);
+  if (r.ok) return r.expression;
+  problems.push({
+    file,
+    path,
+    message: `${LANGUAGE_NAME[spec.language]} syntax error: ${r.error.message}`,
+    ...(r.error.position !== undefined ? { expressionPosition: r.error.position } : {}),
+  });
+  return undefined;
 }
 
 const OPTIONAL_EXPRESSIONS = [
@@ -94,124 +102,181 @@ const OPTIONAL_EXPRESSIONS = [
   ['correlationIdExpression', 'correlationId'],
 ] as const;
 
+/** A MedTech value given as {value, language} sits one level deeper in the file. */
+function exprPath(raw: unknown, base: Path, key: string): Path {
+  const v = (raw as Record<string, unknown> | undefined)?.[key];
+  return typeof v === 'object' && v !== null ? [...base, key, 'value'] : [...base, key];
+}
+
 function compileDeviceTemplate(
   spec: DeviceTemplateSpec,
+  raw: unknown,
   file: string,
-  base: readonly (string | number)[],
+  base: Path,
   problems: MappingProblem[],
 ): CompiledDeviceTemplate | undefined {
   const before = problems.length;
-  const match = compileExpression(
+  const match = compileOne(
     spec.typeMatchExpression,
     file,
-    [...base, 'typeMatchExpression'],
+    exprPath(raw, base, 'typeMatchExpression'),
     problems,
   );
-  const optional: Partial<Record<(typeof OPTIONAL_EXPRESSIONS)[number][1], Expression>> = {};
+  const optional: Partial<Record<(typeof OPTIONAL_EXPRESSIONS)[number][1], CompiledExpression>> =
+    {};
   for (const [key, name] of OPTIONAL_EXPRESSIONS) {
     const source = spec[key];
     if (source === undefined) continue;
-    const expr = compileExpression(source, file, [...base, key], problems);
+    const expr = compileOne(source, file, exprPath(raw, base, key), problems);
     if (expr) optional[name] = expr;
   }
+  const rawValues = (raw as { values?: unknown[] } | undefined)?.values ?? [];
   const values: CompiledValue[] = [];
   spec.values.forEach((v, i) => {
-    const expr = compileExpression(
-      v.valueExpression,
-      file,
-      [...base, 'values', i, 'valueExpression'],
-      problems,
-    );
-    if (expr)
-      values.push({ valueName: v.valueName, required: v.required ?? false, expression: expr });
+    const path = exprPath(rawValues[i], [...base, 'values', i], 'valueExpression');
+    const expr = compileOne(v.valueExpression, file, path, problems);
+    if (expr) values.push({ valueName: v.valueName, required: v.required, expression: expr });
   });
   if (problems.length > before || !match) return undefined;
-  return { spec, file, match, ...optional, values };
+  return { spec, file, path: base, match, ...optional, values };
 }
 
+/** Value names a CodeValueFhir template reads (CodeableConcept values ignore the reading). */
 function fhirValueNames(t: FhirTemplateSpec): string[] {
-  return [t.value?.valueName, ...(t.components ?? []).map((c) => c.value.valueName)].filter(
-    (n): n is string => n !== undefined,
-  );
+  if (t.kind !== 'CodeValueFhir') return [];
+  return [t.value, ...(t.components ?? []).map((c) => c.value)]
+    .filter((v) => v !== undefined && v.valueType !== 'CodeableConcept')
+    .map((v) => (v as { valueName: string }).valueName);
+}
+
+export interface CompileOptions {
+  /**
+   * Default true: a device type without a FHIR template is an error. False
+   * checks device templates on their own (the debugger, MedTech import).
+   */
+  readonly requireFhirTemplates?: boolean;
 }
 
 /** Compiles documents into a MappingSet, or returns every problem found. */
-export function compileMappings(documents: readonly TemplateDocument[]): CompileResult {
+export function compileMappings(
+  documents: readonly TemplateDocument[],
+  options: CompileOptions = {},
+): CompileResult {
   const problems: MappingProblem[] = [];
+  const notes: MappingProblem[] = [];
   const deviceTemplates: CompiledDeviceTemplate[] = [];
-  const fhirTemplates = new Map<string, FhirTemplateSpec>();
-  const fhirSources = new Map<string, string>();
+  const fhirTemplates = new Map<string, CompiledFhirTemplate>();
 
   for (const doc of documents) {
-    if (doc.kind === 'device') {
-      const parsed = deviceCollectionSchema.safeParse(doc.data);
-      if (!parsed.success) {
-        problems.push(...zodProblems(doc.file, parsed.error));
-        continue;
-      }
-      parsed.data.template.forEach((entry, i) => {
+    const collection = (
+      doc.kind === 'device' ? deviceCollectionSchema : fhirCollectionSchema
+    ).safeParse(doc.data);
+    if (!collection.success) {
+      problems.push(...zodFindings([], collection.error).map((f) => ({ file: doc.file, ...f })));
+      continue;
+    }
+    collection.data.template.forEach((entry, i) => {
+      const base: Path = ['template', i, 'template'];
+      const read =
+        doc.kind === 'device'
+          ? readDeviceTemplate(entry.templateType, entry.template, base)
+          : readFhirTemplate(entry.templateType, entry.template, base);
+      problems.push(...read.problems.map((f) => ({ file: doc.file, ...f })));
+      notes.push(...read.notes.map((f) => ({ file: doc.file, ...f })));
+      if (!read.spec) return;
+      if (doc.kind === 'device') {
         const compiled = compileDeviceTemplate(
+          read.spec as DeviceTemplateSpec,
           entry.template,
           doc.file,
-          ['template', i, 'template'],
+          base,
           problems,
         );
         if (compiled) deviceTemplates.push(compiled);
-      });
-    } else {
-      const parsed = fhirCollectionSchema.safeParse(doc.data);
-      if (!parsed.success) {
-        problems.push(...zodProblems(doc.file, parsed.error));
-        continue;
+        return;
       }
-      parsed.data.template.forEach((entry, i) => {
-        const t = entry.template as FhirTemplateSpec;
-        const earlier = fhirSources.get(t.typeName);
-        if (earlier !== undefined) {
-          problems.push({
-            file: doc.file,
-            path: ['template', i, 'template', 'typeName'],
-            message: `FHIR template for type "${t.typeName}" is defined twice (also in ${earlier})`,
-          });
-          return;
-        }
-        fhirTemplates.set(t.typeName, t);
-        fhirSources.set(t.typeName, doc.file);
+      const spec = read.spec as FhirTemplateSpec;
+      const earlier = fhirTemplates.get(spec.typeName);
+      if (earlier) {
+        problems.push({
+          file: doc.file,
+          path: [...base, 'typeName'],
+          message: `FHIR template for type "${spec.typeName}" is defined twice (also in ${earlier.file})`,
+        });
+        return;
+      }
+      let observation: CompiledExpression | undefined;
+      if (spec.kind === 'JsonataFhir') {
+        observation = compileOne(
+          { value: spec.observationExpression, language: 'jsonata' },
+          doc.file,
+          [...base, 'observationExpression'],
+          problems,
+        );
+        if (!observation) return;
+      }
+      fhirTemplates.set(spec.typeName, {
+        spec,
+        file: doc.file,
+        ...(observation ? { observation } : {}),
       });
-    }
+    });
   }
 
   // Cross-checks: each device type has a FHIR template, and the value names agree.
+  const producedTypes = new Set<string>();
   for (const d of deviceTemplates) {
+    producedTypes.add(d.spec.typeName);
     const f = fhirTemplates.get(d.spec.typeName);
-    const base = d.file;
     if (!f) {
-      problems.push({
-        file: base,
-        path: [],
+      (options.requireFhirTemplates === false ? notes : problems).push({
+        file: d.file,
+        path: [...d.path, 'typeName'],
         message: `device type "${d.spec.typeName}" has no FHIR template`,
       });
       continue;
     }
     const produced = new Set(d.values.map((v) => v.valueName));
-    for (const name of fhirValueNames(f)) {
+    const used = fhirValueNames(f.spec);
+    for (const name of used) {
       if (!produced.has(name)) {
         problems.push({
-          file: fhirSources.get(f.typeName) ?? base,
+          file: f.file,
           path: [],
-          message: `FHIR template "${f.typeName}" uses value "${name}", which device type "${d.spec.typeName}" never produces`,
+          message: `FHIR template "${f.spec.typeName}" uses value "${name}", which the device template in ${d.file} (${d.path.join('.')}) never produces`,
         });
       }
     }
+    if (f.spec.kind === 'CodeValueFhir' && f.spec.value?.valueType !== 'CodeableConcept') {
+      for (const name of produced) {
+        if (!used.includes(name)) {
+          notes.push({
+            file: d.file,
+            path: [...d.path, 'values'],
+            message: `value "${name}" of type "${d.spec.typeName}" is not used by its FHIR template`,
+          });
+        }
+      }
+    }
+  }
+  for (const f of fhirTemplates.values()) {
+    if (!producedTypes.has(f.spec.typeName)) {
+      notes.push({
+        file: f.file,
+        path: [],
+        message: `FHIR template "${f.spec.typeName}" has no device template producing its type`,
+      });
+    }
   }
 
-  if (problems.length > 0) return { ok: false, problems };
+  if (problems.length > 0) return { ok: false, problems, notes };
   const hash = createHash('sha256');
   for (const doc of [...documents].sort((a, b) => a.file.localeCompare(b.file))) {
     hash.update(doc.file).update('\0').update(doc.text).update('\0');
   }
   return {
     ok: true,
+    notes,
     mappings: { version: hash.digest('hex').slice(0, 12), deviceTemplates, fhirTemplates },
   };
 }

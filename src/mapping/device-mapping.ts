@@ -1,159 +1,175 @@
 /**
- * Device mapping: one parsed message → measurements. Pure (no I/O, no clock:
- * the receipt time comes in `meta`). Every template whose match expression
- * selects something contributes; a template may select each element of an
- * array, so one message can yield many measurements.
+ * Device mapping: one parsed message → readings. Pure (no I/O, no clock: the
+ * receipt time comes in `meta`). Every template whose match expression selects
+ * something contributes; a template may select each element of an array, so
+ * one message can yield many readings.
+ *
+ * What a template's expressions see depends on its kind (see types.ts):
+ * JsonataContent reads the body; MedTech kinds read MedTech's event envelope
+ * {Body, Properties, SystemProperties}, whose SystemProperties carry our
+ * metadata under IoT Hub's names.
+ *
+ * Identity is not decided here: a reading carries the device and patient the
+ * payload names (or the authenticated device); identity.ts resolves them.
  */
 import { PipelineError } from '../errors.js';
-import type { CompiledDeviceTemplate, Expression, MappingSet } from './compile.js';
+import type { CompiledDeviceTemplate, CompiledExpression, MappingSet } from './compile.js';
+import type { Bindings } from './expressions.js';
+import { parseTimestamp } from './timestamp.js';
 import type { Measurement, MeasurementValue, MessageMeta } from './types.js';
 
+/** A reading before identity resolution: the patient is only what the payload claims. */
+export interface Reading extends Omit<Measurement, 'patientId' | 'gatewayId'> {
+  readonly claimedPatientId?: string;
+}
+
+/** What the debugger shows: every step of every template, in order. */
+export type TraceEvent =
+  | {
+      readonly kind: 'match';
+      readonly template: string;
+      readonly file: string;
+      readonly contexts: number;
+    }
+  | {
+      readonly kind: 'expression';
+      readonly template: string;
+      readonly field: string;
+      readonly language: string;
+      readonly fast: boolean;
+      readonly value: unknown;
+    }
+  | { readonly kind: 'reading'; readonly template: string; readonly reading: Reading };
+
+export interface MapOptions {
+  readonly trace?: (event: TraceEvent) => void;
+}
+
 export interface DeviceMappingResult {
-  readonly measurements: readonly Measurement[];
+  readonly readings: readonly Reading[];
   /** Names of the templates that matched, in order (for the debugger and metrics). */
   readonly matchedTemplates: readonly string[];
 }
 
-interface Bindings {
-  readonly msg: unknown;
-  readonly meta: MessageMeta;
+/**
+ * MedTech's event envelope. The device and time come from authentication and
+ * the broker, under the names IoT Hub gives them (anti-spoofing properties).
+ */
+export function medtechEnvelope(body: unknown, meta: MessageMeta): Record<string, unknown> {
+  return {
+    Body: body,
+    Properties: {},
+    SystemProperties: {
+      'iothub-connection-device-id': meta.deviceId,
+      'iothub-enqueuedtime': new Date(meta.receivedAt).toISOString(),
+      'mqtt-topic': meta.topic,
+    },
+  };
 }
 
-async function evaluate(
-  expr: Expression,
-  input: unknown,
-  bindings: Bindings,
-  template: CompiledDeviceTemplate,
-  field: string,
-): Promise<unknown> {
-  try {
-    return (await expr.evaluate(input, { msg: bindings.msg, meta: bindings.meta })) as unknown;
-  } catch (err) {
-    const e = err as { message?: string; position?: number };
-    throw new PipelineError(
-      'TemplateExpression',
-      `template "${template.spec.typeName}" ${field}: ${e.message ?? String(err)}`,
-      {
-        cause: err,
-        details: { template: template.spec.typeName, field, file: template.file },
-      },
-    );
+class Evaluation {
+  constructor(
+    readonly t: CompiledDeviceTemplate,
+    readonly b: Bindings,
+    readonly options: MapOptions,
+  ) {}
+
+  async run(expr: CompiledExpression, input: unknown, field: string): Promise<unknown> {
+    let value: unknown;
+    try {
+      value = await expr.evaluate(input, this.b);
+    } catch (err) {
+      const e = err as { message?: string };
+      throw new PipelineError(
+        'TemplateExpression',
+        `template "${this.t.spec.typeName}" ${field}: ${e.message ?? String(err)}`,
+        {
+          cause: err,
+          details: { template: this.t.spec.typeName, field, file: this.t.file },
+        },
+      );
+    }
+    this.options.trace?.({
+      kind: 'expression',
+      template: this.t.spec.typeName,
+      field,
+      language: expr.language,
+      fast: expr.fast,
+      value,
+    });
+    return value;
+  }
+
+  async text(
+    expr: CompiledExpression | undefined,
+    input: unknown,
+    field: string,
+  ): Promise<string | undefined> {
+    if (!expr) return undefined;
+    const v = scalar(await this.run(expr, input, field));
+    return v === undefined || v === '' ? undefined : String(v);
+  }
+
+  fail(code: 'InvalidTimestamp' | 'RequiredValueMissing', message: string, value?: string): never {
+    const name = this.t.spec.typeName;
+    throw new PipelineError(code, `template "${name}": ${message}`, {
+      details: { template: name, file: this.t.file, ...(value ? { value } : {}) },
+    });
   }
 }
 
-/** JSONata returns sequences as arrays (with a `sequence` flag); normalise to plain values. */
-function contexts(selected: unknown, body: unknown): unknown[] {
-  if (selected === undefined || selected === null || selected === false) return [];
-  if (selected === true) return [body];
-  if (Array.isArray(selected)) return selected.filter((s) => s !== undefined && s !== null);
-  return [selected];
-}
-
+/** One value out of an expression result; a sequence of one is unwrapped. */
 function scalar(v: unknown): MeasurementValue | undefined {
   if (Array.isArray(v)) return v.length === 1 ? scalar(v[0]) : undefined;
   if (typeof v === 'number' || typeof v === 'string' || typeof v === 'boolean') return v;
   return undefined;
 }
 
-/** ISO 8601 with an explicit zone, or epoch milliseconds; anything else is refused. */
-const ISO_WITH_ZONE = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})$/;
+async function mapContext(ev: Evaluation, ctx: unknown, envelope: unknown): Promise<Reading> {
+  const t = ev.t;
+  const kind = t.spec.kind;
+  // CalculatedContent: later expressions see the envelope plus the match as `matchedToken`.
+  const input = kind === 'CalculatedContent' ? { ...(envelope as object), matchedToken: ctx } : ctx;
 
-export function parseTimestamp(v: unknown): string | undefined {
-  const s = scalar(v);
-  let ms: number;
-  if (typeof s === 'number' && Number.isFinite(s)) ms = s;
-  else if (typeof s === 'string' && ISO_WITH_ZONE.test(s)) ms = Date.parse(s);
-  else return undefined;
-  if (!Number.isFinite(ms)) return undefined;
-  const d = new Date(ms);
-  return Number.isNaN(d.getTime()) ? undefined : d.toISOString();
-}
-
-async function optionalString(
-  expr: Expression | undefined,
-  ctx: unknown,
-  b: Bindings,
-  t: CompiledDeviceTemplate,
-  field: string,
-): Promise<string | undefined> {
-  if (!expr) return undefined;
-  const v = scalar(await evaluate(expr, ctx, b, t, field));
-  return v === undefined ? undefined : String(v);
-}
-
-async function mapContext(
-  t: CompiledDeviceTemplate,
-  ctx: unknown,
-  b: Bindings,
-  boundPatientId: string | undefined,
-): Promise<Measurement> {
-  const name = t.spec.typeName;
-  let occurrenceTime: string | undefined;
+  let occurrenceTime: string;
   if (t.timestamp) {
-    occurrenceTime = parseTimestamp(await evaluate(t.timestamp, ctx, b, t, 'timestampExpression'));
-    if (occurrenceTime === undefined) {
-      throw new PipelineError(
+    const raw = await ev.run(t.timestamp, input, 'timestampExpression');
+    const parsed = parseTimestamp(raw, { zoneOptional: kind !== 'JsonataContent' });
+    if (parsed === undefined) {
+      ev.fail(
         'InvalidTimestamp',
-        `template "${name}": the timestamp is missing or not ISO 8601 with a zone / epoch ms`,
-        {
-          details: { template: name },
-        },
+        kind === 'JsonataContent'
+          ? 'the timestamp is missing or not ISO 8601 with a zone / epoch ms'
+          : 'the timestamp is missing or not ISO 8601 / epoch ms',
       );
     }
+    occurrenceTime = parsed;
   } else {
-    occurrenceTime = new Date(b.meta.receivedAt).toISOString();
+    occurrenceTime = new Date(ev.b.meta.receivedAt).toISOString();
   }
 
-  // A device speaks only for itself: a payload naming another device or patient is refused.
-  const claimedDevice = await optionalString(t.deviceId, ctx, b, t, 'deviceIdExpression');
-  if (claimedDevice !== undefined && claimedDevice !== b.meta.deviceId) {
-    throw new PipelineError(
-      'DeviceSpoofing',
-      `template "${name}": the payload names another device`,
-      {
-        details: { template: name },
-      },
-    );
-  }
-  const claimedPatient = await optionalString(t.patientId, ctx, b, t, 'patientIdExpression');
-  if (
-    claimedPatient !== undefined &&
-    boundPatientId !== undefined &&
-    claimedPatient !== boundPatientId
-  ) {
-    throw new PipelineError(
-      'DeviceSpoofing',
-      `template "${name}": the payload names a patient the device is not bound to`,
-      {
-        details: { template: name },
-      },
-    );
+  const deviceId = (await ev.text(t.deviceId, input, 'deviceIdExpression')) ?? ev.b.meta.deviceId;
+  const claimedPatientId = await ev.text(t.patientId, input, 'patientIdExpression');
+  const encounterId = await ev.text(t.encounterId, input, 'encounterIdExpression');
+  const correlationId = await ev.text(t.correlationId, input, 'correlationIdExpression');
+  if (t.correlationId && correlationId === undefined) {
+    ev.fail('RequiredValueMissing', 'the correlation id is missing');
   }
 
   const values: Record<string, MeasurementValue> = {};
   for (const v of t.values) {
-    const value = scalar(await evaluate(v.expression, ctx, b, t, `value "${v.valueName}"`));
+    const value = scalar(await ev.run(v.expression, input, `value "${v.valueName}"`));
     if (value === undefined) {
-      if (v.required) {
-        throw new PipelineError(
-          'RequiredValueMissing',
-          `template "${name}": required value "${v.valueName}" is missing`,
-          {
-            details: { template: name, value: v.valueName },
-          },
-        );
-      }
+      if (v.required) ev.fail('RequiredValueMissing', `required value "${v.valueName}" is missing`);
       continue;
     }
     values[v.valueName] = value;
   }
 
-  const encounterId = await optionalString(t.encounterId, ctx, b, t, 'encounterIdExpression');
-  const correlationId = await optionalString(t.correlationId, ctx, b, t, 'correlationIdExpression');
   return {
-    type: name,
-    deviceId: b.meta.deviceId,
-    ...(boundPatientId !== undefined ? { patientId: boundPatientId } : {}),
+    type: t.spec.typeName,
+    deviceId,
+    ...(claimedPatientId !== undefined ? { claimedPatientId } : {}),
     ...(encounterId !== undefined ? { encounterId } : {}),
     ...(correlationId !== undefined ? { correlationId } : {}),
     occurrenceTime,
@@ -163,23 +179,47 @@ async function mapContext(
 
 /**
  * Maps one message body. Throws a PipelineError (TemplateExpression,
- * InvalidTimestamp, RequiredValueMissing, DeviceSpoofing); returns no
- * measurements when no template matched — the caller decides what that means.
+ * InvalidTimestamp, RequiredValueMissing); returns no readings when no
+ * template matched — the caller decides what that means.
  */
 export async function mapMessage(
   mappings: MappingSet,
   body: unknown,
   meta: MessageMeta,
-  boundPatientId?: string,
+  options: MapOptions = {},
 ): Promise<DeviceMappingResult> {
   const b: Bindings = { msg: body, meta };
-  const measurements: Measurement[] = [];
+  let envelope: Record<string, unknown> | undefined;
+  const readings: Reading[] = [];
   const matchedTemplates: string[] = [];
   for (const t of mappings.deviceTemplates) {
-    const selected = contexts(await evaluate(t.match, body, b, t, 'typeMatchExpression'), body);
-    if (selected.length === 0) continue;
+    const ev = new Evaluation(t, b, options);
+    let root: unknown = body;
+    if (t.spec.kind !== 'JsonataContent') root = envelope ??= medtechEnvelope(body, meta);
+    let selected: unknown;
+    try {
+      selected = await t.match.select(root, b);
+    } catch (err) {
+      throw new PipelineError(
+        'TemplateExpression',
+        `template "${t.spec.typeName}" typeMatchExpression: ${(err as Error).message}`,
+        { cause: err, details: { template: t.spec.typeName, file: t.file } },
+      );
+    }
+    const contexts = selected as unknown[];
+    options.trace?.({
+      kind: 'match',
+      template: t.spec.typeName,
+      file: t.file,
+      contexts: contexts.length,
+    });
+    if (contexts.length === 0) continue;
     matchedTemplates.push(t.spec.typeName);
-    for (const ctx of selected) measurements.push(await mapContext(t, ctx, b, boundPatientId));
+    for (const ctx of contexts) {
+      const reading = await mapContext(ev, ctx, root);
+      options.trace?.({ kind: 'reading', template: t.spec.typeName, reading });
+      readings.push(reading);
+    }
   }
-  return { measurements, matchedTemplates };
+  return { readings, matchedTemplates };
 }

@@ -1,21 +1,27 @@
 /**
- * FHIR mapping: measurement + CodeValueFhir template → R4 Observation. Pure.
- * The pipeline owns id, identifier, subject, device, effective and meta; the
- * template owns code, category and value shape.
+ * FHIR mapping: one measurement + its FHIR template → an R4 Observation. Pure.
+ * The pipeline owns id, identifier, subject, device, encounter, effective[x]
+ * and meta.tag; the template owns code, category and the value's shape — or,
+ * for a JsonataFhir template, everything else its expression builds.
  */
-import type { Observation, ObservationComponent, Quantity } from 'fhir/r4.js';
+import type { Extension, Observation, ObservationComponent } from 'fhir/r4.js';
 import { PipelineError } from '../errors.js';
-import { deviceResourceId, observationId, observationIdentifierValue } from './identity.js';
-import type {
-  Coding,
-  FhirTemplateSpec,
-  FhirValueSpec,
-  Measurement,
-  MeasurementValue,
-} from './types.js';
+import type { CompiledFhirTemplate } from './compile.js';
+import type { Bindings } from './expressions.js';
+import { codings, valueFields } from './fhir-values.js';
+import {
+  observationId,
+  observationIdentifierValue,
+  type ObservationGroup,
+  type ResolvedIdentity,
+} from './identity.js';
+import type { CodeValueFhirSpec, Measurement } from './types.js';
 
 export const TEMPLATE_TAG_SYSTEM = 'urn:iomt:template';
-export const DATA_ABSENT_SYSTEM = 'http://terminology.hl7.org/CodeSystem/data-absent-reason';
+export { DATA_ABSENT_SYSTEM } from './fhir-values.js';
+/** FHIR R4 core extension: the gateway that relayed a reading for another device. */
+export const GATEWAY_EXTENSION_URL =
+  'http://hl7.org/fhir/StructureDefinition/observation-gatewayDevice';
 
 export interface ObservationContext {
   /** Observation.identifier.system the pipeline owns. */
@@ -24,59 +30,31 @@ export interface ObservationContext {
   readonly templateVersion: string;
 }
 
-type ValueFields = Pick<Observation, 'valueQuantity' | 'valueString' | 'dataAbsentReason'>;
-
-function absent(code: 'error' | 'unknown', text: string): ValueFields {
-  return { dataAbsentReason: { coding: [{ system: DATA_ABSENT_SYSTEM, code }], text } };
-}
-
-/** FHIR R4 Observation.value[x] (or dataAbsentReason when the reading is unusable). */
-function valueFields(
-  spec: FhirValueSpec,
-  values: Readonly<Record<string, MeasurementValue>>,
-): ValueFields {
-  const raw = values[spec.valueName];
-  if (raw === undefined) return absent('unknown', `no value "${spec.valueName}"`);
-  if (spec.valueType === 'String') return { valueString: String(raw) };
-  const n =
-    typeof raw === 'number'
-      ? raw
-      : typeof raw === 'string' && raw.trim() !== ''
-        ? Number(raw)
-        : NaN;
-  if (!Number.isFinite(n))
-    return absent('error', `value "${spec.valueName}" is not a finite number`);
-  // FHIR R4 Quantity: value + UCUM system and code; unit is the human-readable form.
-  const q: Quantity = { value: n, unit: spec.unit, system: spec.system, code: spec.code };
-  return { valueQuantity: q };
-}
-
-function codings(codes: readonly Coding[]) {
-  return codes.map((c) => ({
-    system: c.system,
-    code: c.code,
-    ...(c.display ? { display: c.display } : {}),
-  }));
-}
-
-export function buildObservation(
-  m: Measurement,
-  t: FhirTemplateSpec,
+/** The fields the pipeline owns, for a reading (or a group of readings) of one device. */
+export function ownedFields(
+  m: Pick<Measurement, 'deviceId' | 'occurrenceTime'>,
+  identity: ResolvedIdentity,
+  code: string,
   ctx: ObservationContext,
+  group?: ObservationGroup,
 ): Observation {
-  if (m.patientId === undefined) {
-    throw new PipelineError('PatientNotFound', `measurement "${m.type}" has no patient`);
-  }
-  const primary = t.codes[0];
-  if (!primary)
-    throw new PipelineError('TemplateInvalid', `FHIR template "${t.typeName}" has no code`);
   const identifierValue = observationIdentifierValue({
     deviceId: m.deviceId,
-    patientId: m.patientId,
-    code: primary.code,
+    patientId: identity.patientId,
+    code,
     occurrenceTime: m.occurrenceTime,
+    ...(group ? { group } : {}),
   });
-  const obs: Observation = {
+  const gateway: Extension[] =
+    identity.gatewayResourceId !== undefined
+      ? [
+          {
+            url: GATEWAY_EXTENSION_URL,
+            valueReference: { reference: `Device/${identity.gatewayResourceId}` },
+          },
+        ]
+      : [];
+  return {
     resourceType: 'Observation',
     id: observationId(ctx.identifierSystem, identifierValue),
     meta: {
@@ -88,8 +66,29 @@ export function buildObservation(
         },
       ],
     },
+    ...(gateway.length > 0 ? { extension: gateway } : {}),
     identifier: [{ system: ctx.identifierSystem, value: identifierValue }],
     status: 'final',
+    code: { coding: [] },
+    subject: { reference: `Patient/${identity.patientId}` },
+    ...(identity.encounterResourceId !== undefined
+      ? { encounter: { reference: `Encounter/${identity.encounterResourceId}` } }
+      : {}),
+    device: { reference: `Device/${identity.deviceResourceId}` },
+  };
+}
+
+function primaryCode(t: CodeValueFhirSpec): string {
+  const primary = t.codes[0];
+  if (!primary)
+    throw new PipelineError('TemplateInvalid', `FHIR template "${t.typeName}" has no code`);
+  return primary.code;
+}
+
+/** Code and category of a CodeValueFhir template, in FHIR R4 shape. */
+export function conceptFields(t: CodeValueFhirSpec): Pick<Observation, 'category' | 'code'> {
+  const primary = t.codes[0];
+  return {
     ...(t.category
       ? {
           category: t.category.map((c) => ({
@@ -98,14 +97,34 @@ export function buildObservation(
           })),
         }
       : {}),
-    code: { coding: codings(t.codes), ...(primary.display ? { text: primary.display } : {}) },
-    subject: { reference: `Patient/${m.patientId}` },
-    ...(m.encounterId !== undefined
-      ? { encounter: { reference: `Encounter/${m.encounterId}` } }
-      : {}),
+    code: { coding: codings(t.codes), ...(primary?.display ? { text: primary.display } : {}) },
+  };
+}
+
+/** CodeValueFhir, one Observation per reading (periodInterval 0, or a non-SampledData value). */
+export function buildObservation(
+  m: Measurement,
+  t: CodeValueFhirSpec,
+  ctx: ObservationContext,
+  identity: ResolvedIdentity,
+): Observation {
+  const owned = ownedFields(m, identity, primaryCode(t), ctx);
+  const { category, code } = conceptFields(t);
+  // Keep the familiar field order: …status, category, code, subject, encounter, effective, device.
+  const obs: Observation = {
+    resourceType: 'Observation',
+    id: owned.id,
+    meta: owned.meta,
+    ...(owned.extension ? { extension: owned.extension } : {}),
+    identifier: owned.identifier,
+    status: 'final',
+    ...(category ? { category } : {}),
+    code,
+    subject: owned.subject,
+    ...(owned.encounter ? { encounter: owned.encounter } : {}),
     // FHIR R4 Observation.effective[x]: the device's own time, not ours.
     effectiveDateTime: m.occurrenceTime,
-    device: { reference: `Device/${deviceResourceId(m.deviceId)}` },
+    device: owned.device,
   };
   if (t.value) Object.assign(obs, valueFields(t.value, m.values));
   if (t.components && t.components.length > 0) {
@@ -115,4 +134,82 @@ export function buildObservation(
     }));
   }
   return obs;
+}
+
+/** Fields a JsonataFhir expression may not set: the pipeline's. */
+const OWNED = [
+  'resourceType',
+  'id',
+  'identifier',
+  'subject',
+  'encounter',
+  'device',
+  'effectiveDateTime',
+  'effectivePeriod',
+  'effectiveInstant',
+  'effectiveTiming',
+] as const;
+
+/**
+ * JsonataFhir: the template's expression builds the Observation from the
+ * measurement (`$` is the measurement; `$msg` and `$meta` as in device
+ * templates); the pipeline's fields are then set over it.
+ */
+export async function buildExpressionObservation(
+  m: Measurement,
+  t: CompiledFhirTemplate,
+  ctx: ObservationContext,
+  identity: ResolvedIdentity,
+  bindings: Bindings,
+): Promise<Observation> {
+  const fail = (message: string, cause?: unknown): never => {
+    throw new PipelineError(
+      'TemplateExpression',
+      `FHIR template "${t.spec.typeName}": ${message}`,
+      {
+        ...(cause !== undefined ? { cause } : {}),
+        details: { template: t.spec.typeName, file: t.file },
+      },
+    );
+  };
+  let built: unknown;
+  try {
+    built = await t.observation!.evaluate(m, bindings);
+  } catch (err) {
+    fail((err as Error).message ?? String(err), err);
+  }
+  if (typeof built !== 'object' || built === null || Array.isArray(built)) {
+    fail('observationExpression must produce one object');
+  }
+  const out = { ...(built as Record<string, unknown>) };
+  const code = (out.code as { coding?: { code?: unknown }[] } | undefined)?.coding?.[0]?.code;
+  if (typeof code !== 'string' || code === '') {
+    fail('the Observation it builds needs code.coding[0].code (it names the reading)');
+  }
+  for (const key of OWNED) delete out[key];
+  const owned = ownedFields(m, identity, code as string, ctx);
+  const templateMeta = (out.meta ?? {}) as { profile?: string[]; tag?: unknown[] };
+  const extension = [
+    ...((out.extension as Extension[] | undefined) ?? []),
+    ...(owned.extension ?? []),
+  ];
+  delete out.meta;
+  delete out.extension;
+  return {
+    resourceType: 'Observation',
+    id: owned.id,
+    meta: {
+      ...(templateMeta.profile ? { profile: templateMeta.profile } : {}),
+      tag: owned.meta!.tag!,
+    },
+    ...(extension.length > 0 ? { extension } : {}),
+    identifier: owned.identifier,
+    ...(out as Partial<Observation>),
+    status: (out.status as Observation['status'] | undefined) ?? 'final',
+    code: out.code as Observation['code'],
+    subject: owned.subject,
+    ...(owned.encounter ? { encounter: owned.encounter } : {}),
+    effectiveDateTime: m.occurrenceTime,
+    device: owned.device,
+  };
 }

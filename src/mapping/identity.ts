@@ -1,11 +1,18 @@
 /**
  * Deterministic identity. An Observation's identifier follows the HL7 PHD rule
- * (device, patient, type, the device's own timestamp — and later window or
- * correlation id when grouped); its id is a hash of that identifier, so writing
- * the same reading twice yields one resource, in FHIR and in ClickHouse.
+ * (device, patient, type, the device's own timestamp — or, when readings are
+ * grouped, the window or the correlation id); its id is a hash of that
+ * identifier, so writing the same reading twice yields one resource, in FHIR
+ * and in ClickHouse.
+ *
+ * Also the identity of a reading: which device took it, whose it is. The
+ * default resolver here is MedTech's "Create" mode with the bindings known up
+ * front (the CLI and tests use it); the pipeline's resolvers (registry, FHIR
+ * lookup) live beside the adapters and return the same shape.
  */
 import { createHash } from 'node:crypto';
 import { FHIR_ID_PATTERN } from '../devices/registry.js';
+import { PipelineError } from '../errors.js';
 
 /**
  * Escapes the separator so that ("a/b","c") and ("a","b/c") never collide. The
@@ -16,6 +23,12 @@ function part(s: string): string {
   return s.replace(/%/g, '%25').replace(/\//g, '%2F');
 }
 
+/** How readings are grouped into one Observation (MedTech periodInterval). */
+export type ObservationGroup =
+  | { readonly kind: 'point' }
+  | { readonly kind: 'window'; readonly start: string; readonly minutes: 60 | 1440 }
+  | { readonly kind: 'correlation'; readonly correlationId: string };
+
 export interface ObservationKey {
   readonly deviceId: string;
   readonly patientId: string;
@@ -23,10 +36,16 @@ export interface ObservationKey {
   readonly code: string;
   /** UTC ISO 8601 with milliseconds: fixed width, so it closes the value unambiguously. */
   readonly occurrenceTime: string;
+  /** Absent: one reading (the PHD rule as written). */
+  readonly group?: ObservationGroup;
 }
 
 export function observationIdentifierValue(k: ObservationKey): string {
-  return [part(k.deviceId), part(k.patientId), part(k.code), k.occurrenceTime].join('/');
+  const head = [part(k.deviceId), part(k.patientId), part(k.code)];
+  const g = k.group;
+  if (g?.kind === 'window') return [...head, g.start, g.minutes === 60 ? 'PT1H' : 'P1D'].join('/');
+  if (g?.kind === 'correlation') return [...head, 'correlation', part(g.correlationId)].join('/');
+  return [...head, k.occurrenceTime].join('/');
 }
 
 /** FHIR id charset, 44 chars, never all digits (HAPI refuses all-digit client ids). */
@@ -50,4 +69,89 @@ export function deviceResourceId(deviceId: string): string {
   const readable = `dev-${deviceId}`;
   if (FHIR_ID_PATTERN.test(readable)) return readable;
   return 'dev-' + createHash('sha256').update(deviceId).digest('hex').slice(0, 40);
+}
+
+/** What a reading says about who it belongs to. */
+export interface IdentityClaim {
+  /** The device that authenticated (MQTT CONNECT). */
+  readonly authenticatedDeviceId: string;
+  /** The device the reading names (the authenticated one unless a gateway speaks). */
+  readonly deviceId: string;
+  readonly claimedPatientId?: string;
+  readonly encounterId?: string;
+}
+
+export interface ResolvedIdentity {
+  readonly patientId: string;
+  /** FHIR id of the Device for Observation.device. */
+  readonly deviceResourceId: string;
+  /** Set when a gateway published for another device. */
+  readonly gatewayId?: string;
+  readonly gatewayResourceId?: string;
+  /** FHIR id of the Encounter for Observation.encounter. */
+  readonly encounterResourceId?: string;
+}
+
+export type IdentityResolver = (
+  claim: IdentityClaim,
+) => ResolvedIdentity | Promise<ResolvedIdentity>;
+
+export interface CreateModeBindings {
+  /** The authenticated device's patient (its registry binding). */
+  readonly patientId: string | undefined;
+  /** Devices the authenticated device may speak for (a gateway), with their patients. */
+  readonly children?: ReadonlyMap<string, string | undefined>;
+}
+
+/**
+ * MedTech "Create" with our registry as the source of truth: a device speaks
+ * for itself, a gateway for its registered children; the patient is the
+ * device's binding, and a payload naming anyone else is refused.
+ */
+export function createModeIdentity(
+  claim: IdentityClaim,
+  patientOf: (deviceId: string) => string | undefined,
+  isChild: (deviceId: string) => boolean,
+): ResolvedIdentity {
+  const viaGateway = claim.deviceId !== claim.authenticatedDeviceId;
+  if (viaGateway && !isChild(claim.deviceId)) {
+    throw new PipelineError('DeviceSpoofing', 'the payload names another device', {
+      details: { gateway: claim.authenticatedDeviceId },
+    });
+  }
+  const patientId = patientOf(claim.deviceId);
+  if (patientId === undefined) {
+    throw new PipelineError('PatientNotFound', 'the device has no patient binding', {
+      details: { deviceId: claim.deviceId },
+    });
+  }
+  if (claim.claimedPatientId !== undefined && claim.claimedPatientId !== patientId) {
+    throw new PipelineError(
+      'DeviceSpoofing',
+      'the payload names a patient the device is not bound to',
+      { details: { deviceId: claim.deviceId } },
+    );
+  }
+  return {
+    patientId,
+    deviceResourceId: deviceResourceId(claim.deviceId),
+    ...(viaGateway
+      ? {
+          gatewayId: claim.authenticatedDeviceId,
+          gatewayResourceId: deviceResourceId(claim.authenticatedDeviceId),
+        }
+      : {}),
+    ...(claim.encounterId !== undefined ? { encounterResourceId: claim.encounterId } : {}),
+  };
+}
+
+/** The resolver for bindings known up front (CLI debugger, fixtures, tests). */
+export function bindingResolver(bindings: CreateModeBindings): IdentityResolver {
+  return (claim) =>
+    createModeIdentity(
+      claim,
+      (id) =>
+        id === claim.authenticatedDeviceId ? bindings.patientId : bindings.children?.get(id),
+      (id) => bindings.children?.has(id) ?? false,
+    );
 }

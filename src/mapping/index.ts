@@ -1,17 +1,54 @@
+/**
+ * The mapping engine's public surface. Everything here is pure (data in, data
+ * out) except load.ts, which reads the mappings folder, and hot-reload.ts, the
+ * adapter that activates new versions in a running pipeline.
+ */
 export { compileMappings } from './compile.js';
 export type {
   MappingSet,
   MappingProblem,
   TemplateDocument,
   CompiledDeviceTemplate,
+  CompiledFhirTemplate,
+  CompileResult,
+  CompileOptions,
 } from './compile.js';
-export { mapMessage, parseTimestamp } from './device-mapping.js';
-export type { DeviceMappingResult } from './device-mapping.js';
-export { buildObservation, TEMPLATE_TAG_SYSTEM } from './fhir-mapping.js';
+export { mapMessage, medtechEnvelope } from './device-mapping.js';
+export type { DeviceMappingResult, Reading, TraceEvent } from './device-mapping.js';
+export { parseTimestamp } from './timestamp.js';
+export {
+  buildObservation,
+  GATEWAY_EXTENSION_URL,
+  TEMPLATE_TAG_SYSTEM,
+  DATA_ABSENT_SYSTEM,
+} from './fhir-mapping.js';
 export type { ObservationContext } from './fhir-mapping.js';
-export { observationId, observationIdentifierValue, deviceResourceId } from './identity.js';
-export { loadMappings, formatProblem } from './load.js';
-export type { LoadResult, LocatedProblem } from './load.js';
-export { normalizeMessage } from './normalize.js';
-export type { NormalizeResult } from './normalize.js';
-export type { Measurement, MessageMeta, FhirTemplateSpec, DeviceTemplateSpec } from './types.js';
+export {
+  bindingResolver,
+  createModeIdentity,
+  deviceResourceId,
+  observationId,
+  observationIdentifierValue,
+} from './identity.js';
+export type { IdentityClaim, IdentityResolver, ResolvedIdentity } from './identity.js';
+export { coalesceObservations, mergeObservations } from './windowing.js';
+export {
+  compileSources,
+  formatProblem,
+  loadMappings,
+  readFixtures,
+  readMappingDocuments,
+} from './load.js';
+export { runFixture, VERSION_PLACEHOLDER } from './fixtures.js';
+export type { Fixture, FixtureOutcome, FixtureSettings } from './fixtures.js';
+export { jsonDiff } from './diff.js';
+export type { LoadResult, LocatedProblem, SourceFile } from './load.js';
+export { normalizeMessage, parsePayload } from './normalize.js';
+export type { NormalizeResult, NormalizedObservation } from './normalize.js';
+export type { DeviceTemplateSpec, FhirTemplateSpec, Measurement, MessageMeta } from './types.js';
+export { checkMedTechTemplates } from './medtech-import.js';
+export type { ImportReport } from './medtech-import.js';
+export { debugMessage } from './debug.js';
+export type { DebugInput, DebugReport } from './debug.js';
+export { startTemplateActivation } from './hot-reload.js';
+export type { TemplateActivation, TemplateStatus } from './hot-reload.js';

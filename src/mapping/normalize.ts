@@ -1,26 +1,44 @@
 /**
- * The whole pure path for one message: payload text → JSON → measurements →
- * Observations. The normalize worker, the CLI debugger and (later) the web
- * console run exactly this function on the same input.
+ * The whole pure path for one message: payload text → JSON → readings →
+ * identity → measurements → Observations. The normalize worker, the CLI
+ * (debug, test) and the fixtures run exactly this function on the same input;
+ * only the identity resolver differs (registry / FHIR lookup in the worker,
+ * given bindings elsewhere).
  */
 import type { Observation } from 'fhir/r4.js';
 import { PipelineError } from '../errors.js';
 import type { MappingSet } from './compile.js';
-import { mapMessage } from './device-mapping.js';
-import { buildObservation } from './fhir-mapping.js';
+import { mapMessage, type Reading, type TraceEvent } from './device-mapping.js';
+import type { Bindings } from './expressions.js';
+import { buildExpressionObservation, buildObservation } from './fhir-mapping.js';
+import {
+  bindingResolver,
+  type IdentityResolver,
+  type ObservationGroup,
+  type ResolvedIdentity,
+} from './identity.js';
 import type { Measurement, MessageMeta } from './types.js';
+import { buildGroupedObservation, groupKey, groupOf } from './windowing.js';
 
 export interface NormalizeInput {
   readonly payload: string;
   readonly meta: MessageMeta;
-  /** The authenticated device's patient binding (from the registry). */
+  /** The authenticated device's patient binding (used by the default resolver). */
   readonly patientId: string | undefined;
   readonly identifierSystem: string;
+  /** Default: MedTech "Create" with `patientId` as the only binding. */
+  readonly resolveIdentity?: IdentityResolver;
+  readonly trace?: (event: TraceEvent) => void;
 }
 
 export interface NormalizedObservation {
   readonly observation: Observation;
   readonly templateName: string;
+  /** A window or correlation group: the writer merges it into the stored Observation. */
+  readonly merge: boolean;
+  /** The device that took the readings (a gateway's child, or the authenticated device). */
+  readonly deviceId: string;
+  readonly gatewayId?: string;
 }
 
 export interface NormalizeResult {
@@ -46,31 +64,123 @@ export function parsePayload(payload: string): unknown {
   return body;
 }
 
+async function identify(
+  readings: readonly Reading[],
+  meta: MessageMeta,
+  resolve: IdentityResolver,
+): Promise<{ measurement: Measurement; identity: ResolvedIdentity }[]> {
+  const cache = new Map<string, ResolvedIdentity>();
+  const out: { measurement: Measurement; identity: ResolvedIdentity }[] = [];
+  for (const r of readings) {
+    const key = JSON.stringify([r.deviceId, r.claimedPatientId, r.encounterId]);
+    let identity = cache.get(key);
+    if (!identity) {
+      identity = await resolve({
+        authenticatedDeviceId: meta.deviceId,
+        deviceId: r.deviceId,
+        ...(r.claimedPatientId !== undefined ? { claimedPatientId: r.claimedPatientId } : {}),
+        ...(r.encounterId !== undefined ? { encounterId: r.encounterId } : {}),
+      });
+      cache.set(key, identity);
+    }
+    out.push({
+      identity,
+      measurement: {
+        type: r.type,
+        deviceId: r.deviceId,
+        ...(identity.gatewayId !== undefined ? { gatewayId: identity.gatewayId } : {}),
+        patientId: identity.patientId,
+        ...(r.encounterId !== undefined ? { encounterId: r.encounterId } : {}),
+        ...(r.correlationId !== undefined ? { correlationId: r.correlationId } : {}),
+        occurrenceTime: r.occurrenceTime,
+        values: r.values,
+      },
+    });
+  }
+  return out;
+}
+
 export async function normalizeMessage(
   mappings: MappingSet,
   input: NormalizeInput,
 ): Promise<NormalizeResult> {
   const body = parsePayload(input.payload);
-  const { measurements, matchedTemplates } = await mapMessage(
-    mappings,
-    body,
-    input.meta,
-    input.patientId,
-  );
+  const { readings, matchedTemplates } = await mapMessage(mappings, body, input.meta, {
+    ...(input.trace ? { trace: input.trace } : {}),
+  });
   if (matchedTemplates.length === 0) {
     throw new PipelineError('TemplateNotMatched', 'no device template matched the message');
   }
-  const observations = measurements.map((m) => {
+  const resolve = input.resolveIdentity ?? bindingResolver({ patientId: input.patientId });
+  const identified = await identify(readings, input.meta, resolve);
+  const bindings: Bindings = { msg: body, meta: input.meta };
+
+  const observations: NormalizedObservation[] = [];
+  const groups = new Map<
+    string,
+    {
+      measurements: Measurement[];
+      identity: ResolvedIdentity;
+      group: Exclude<ObservationGroup, { kind: 'point' }>;
+      at: number;
+    }
+  >();
+  for (const { measurement: m, identity } of identified) {
     const t = mappings.fhirTemplates.get(m.type);
     if (!t) throw new PipelineError('FhirTemplateMissing', `no FHIR template for type "${m.type}"`);
-    return {
+    const ctx = {
+      identifierSystem: input.identifierSystem,
       templateName: m.type,
-      observation: buildObservation(m, t, {
-        identifierSystem: input.identifierSystem,
-        templateName: m.type,
-        templateVersion: mappings.version,
-      }),
+      templateVersion: mappings.version,
     };
-  });
-  return { matchedTemplates, measurements, observations };
+    const provenance = {
+      templateName: m.type,
+      deviceId: m.deviceId,
+      ...(m.gatewayId !== undefined ? { gatewayId: m.gatewayId } : {}),
+    };
+    if (t.spec.kind === 'JsonataFhir') {
+      const observation = await buildExpressionObservation(m, t, ctx, identity, bindings);
+      observations.push({ ...provenance, observation, merge: false });
+      continue;
+    }
+    const group = groupOf(m, t.spec);
+    if (group.kind === 'point') {
+      observations.push({
+        ...provenance,
+        observation: buildObservation(m, t.spec, ctx, identity),
+        merge: false,
+      });
+      continue;
+    }
+    const key = JSON.stringify([m.type, m.deviceId, identity.patientId, groupKey(group)]);
+    const entry = groups.get(key);
+    if (entry) entry.measurements.push(m);
+    else {
+      groups.set(key, { measurements: [m], identity, group, at: observations.length });
+      observations.push(undefined as unknown as NormalizedObservation); // placeholder keeps order
+    }
+  }
+  for (const g of groups.values()) {
+    const m = g.measurements[0]!;
+    const t = mappings.fhirTemplates.get(m.type)!.spec;
+    if (t.kind !== 'CodeValueFhir') continue;
+    observations[g.at] = {
+      templateName: m.type,
+      deviceId: m.deviceId,
+      ...(m.gatewayId !== undefined ? { gatewayId: m.gatewayId } : {}),
+      merge: true,
+      observation: buildGroupedObservation(
+        g.measurements,
+        t,
+        {
+          identifierSystem: input.identifierSystem,
+          templateName: m.type,
+          templateVersion: mappings.version,
+        },
+        g.identity,
+        g.group,
+      ),
+    };
+  }
+  return { matchedTemplates, measurements: identified.map((i) => i.measurement), observations };
 }

@@ -1,53 +1,144 @@
 /**
  * Shapes of mapping template files, checked with zod so that every problem is
  * reported with its path. Files use MedTech's envelope — CollectionContent /
- * CollectionFhir holding typed templates — so MedTech's own files can be loaded
- * beside ours.
+ * CollectionFhir holding typed templates — and MedTech's own template types
+ * load as MedTech wrote them: JsonPathContent, IotJsonPathContent,
+ * IotCentralJsonPathContent and CalculatedContent device templates (with the
+ * older "…Template" spellings), expressions as a string or {value, language},
+ * `required` as a boolean or "true"/"false", CodeValueFhir with Quantity,
+ * SampledData, CodeableConcept and String values and `category[].codes`.
  */
 import { z } from 'zod';
 
 const nonEmpty = z.string().min(1);
 
-export const deviceValueSchema = z.strictObject({
+/** MedTech (Json.NET) reads "true"/"false" strings as booleans. */
+const booleanish = z
+  .union([z.boolean(), z.enum(['true', 'false', 'True', 'False'])])
+  .transform((v) => v === true || v === 'true' || v === 'True');
+
+const languageName = z
+  .string()
+  .transform((s) => s.toLowerCase())
+  .pipe(z.enum(['jsonata', 'jsonpath', 'jmespath']));
+
+/** A bare string (the template's default language) or MedTech's {value, language}. */
+export const expressionSchema = z.union([
+  nonEmpty,
+  z.strictObject({ value: nonEmpty, language: languageName.optional() }),
+]);
+
+const valueEntry = z.strictObject({
   valueName: nonEmpty,
-  valueExpression: nonEmpty,
-  required: z.boolean().optional(),
+  valueExpression: expressionSchema,
+  required: booleanish.optional(),
 });
 
-export const jsonataContentSchema = z.strictObject({
+const expressionFields = {
   typeName: nonEmpty,
-  typeMatchExpression: nonEmpty,
-  timestampExpression: nonEmpty.optional(),
-  deviceIdExpression: nonEmpty.optional(),
-  patientIdExpression: nonEmpty.optional(),
-  encounterIdExpression: nonEmpty.optional(),
-  correlationIdExpression: nonEmpty.optional(),
-  values: z.array(deviceValueSchema).min(1),
+  typeMatchExpression: expressionSchema,
+  timestampExpression: expressionSchema.optional(),
+  deviceIdExpression: expressionSchema.optional(),
+  patientIdExpression: expressionSchema.optional(),
+  encounterIdExpression: expressionSchema.optional(),
+  correlationIdExpression: expressionSchema.optional(),
+  values: z.array(valueEntry).min(1),
+};
+
+/** Ours: JSONata by default; `defaultExpressionLanguage` or {value, language} switch. */
+export const jsonataContentSchema = z.strictObject({
+  ...expressionFields,
+  defaultExpressionLanguage: languageName.optional(),
+});
+
+/** MedTech CalculatedContent: JSONPath by default, JMESPath per expression or template. */
+export const calculatedContentSchema = z.strictObject({
+  ...expressionFields,
+  defaultExpressionLanguage: languageName.optional(),
+});
+
+/** MedTech's JSONPath-only templates (language objects are refused, as MedTech did). */
+const jsonPathOnly = z.union([nonEmpty, z.strictObject({ value: nonEmpty })]);
+export const jsonPathContentSchema = z.strictObject({
+  ...expressionFields,
+  typeMatchExpression: jsonPathOnly,
+  timestampExpression: jsonPathOnly.optional(),
+  deviceIdExpression: jsonPathOnly.optional(),
+  patientIdExpression: jsonPathOnly.optional(),
+  encounterIdExpression: jsonPathOnly.optional(),
+  correlationIdExpression: jsonPathOnly.optional(),
+  values: z
+    .array(
+      z.strictObject({
+        valueName: nonEmpty,
+        valueExpression: jsonPathOnly,
+        required: booleanish.optional(),
+      }),
+    )
+    .min(1),
+});
+
+/** Template type names as files spell them → our canonical kind. */
+export const DEVICE_TEMPLATE_TYPES = {
+  JsonataContent: 'JsonataContent',
+  JsonPathContent: 'JsonPathContent',
+  JsonPathContentTemplate: 'JsonPathContent',
+  IotJsonPathContent: 'IotJsonPathContent',
+  IotJsonPathContentTemplate: 'IotJsonPathContent',
+  IotCentralJsonPathContent: 'IotCentralJsonPathContent',
+  IotCentralJsonPathContentTemplate: 'IotCentralJsonPathContent',
+  CalculatedContent: 'CalculatedContent',
+  CalculatedContentTemplate: 'CalculatedContent',
+} as const;
+
+export const deviceEntrySchema = z.strictObject({
+  templateType: z.enum(Object.keys(DEVICE_TEMPLATE_TYPES) as [string, ...string[]]),
+  template: z.record(z.string(), z.unknown()),
 });
 
 export const deviceCollectionSchema = z.strictObject({
-  templateType: z.literal('CollectionContent'),
-  template: z.array(
-    z.strictObject({
-      templateType: z.literal('JsonataContent'),
-      template: jsonataContentSchema,
-    }),
-  ),
+  templateType: z.enum(['CollectionContent', 'CollectionContentTemplate']),
+  template: z.array(deviceEntrySchema),
 });
 
 const codingSchema = z.strictObject({
-  system: nonEmpty,
   code: nonEmpty,
+  system: nonEmpty.optional(),
   display: z.string().optional(),
 });
 
-const valueSchema = z.discriminatedUnion('valueType', [
+/** Ours write `coding` (FHIR's name); MedTech wrote `codes`. */
+const categorySchema = z
+  .strictObject({
+    coding: z.array(codingSchema).min(1).optional(),
+    codes: z.array(codingSchema).min(1).optional(),
+    text: z.string().optional(),
+  })
+  .refine((c) => (c.coding ?? c.codes) !== undefined, {
+    message: 'a category needs `coding` (or MedTech `codes`)',
+  });
+
+export const valueSchema = z.discriminatedUnion('valueType', [
   z.strictObject({
     valueType: z.literal('Quantity'),
     valueName: nonEmpty,
-    unit: nonEmpty,
-    code: nonEmpty,
-    system: nonEmpty,
+    unit: z.string().optional(),
+    code: nonEmpty.optional(),
+    system: nonEmpty.optional(),
+  }),
+  z.strictObject({
+    valueType: z.literal('SampledData'),
+    valueName: nonEmpty,
+    defaultPeriod: z.number().positive(),
+    unit: z.string(),
+    code: nonEmpty.optional(),
+    system: nonEmpty.optional(),
+  }),
+  z.strictObject({
+    valueType: z.literal('CodeableConcept'),
+    valueName: nonEmpty.optional(),
+    text: z.string().optional(),
+    codes: z.array(codingSchema).min(1),
   }),
   z.strictObject({ valueType: z.literal('String'), valueName: nonEmpty }),
 ]);
@@ -56,10 +147,10 @@ export const codeValueFhirSchema = z
   .strictObject({
     typeName: nonEmpty,
     codes: z.array(codingSchema).min(1),
-    category: z
-      .array(z.strictObject({ coding: z.array(codingSchema).min(1), text: z.string().optional() }))
+    category: z.array(categorySchema).optional(),
+    periodInterval: z
+      .union([z.literal(-1), z.literal(0), z.literal(60), z.literal(1440)])
       .optional(),
-    periodInterval: z.literal(0).optional(),
     value: valueSchema.optional(),
     components: z
       .array(z.strictObject({ codes: z.array(codingSchema).min(1), value: valueSchema }))
@@ -69,12 +160,27 @@ export const codeValueFhirSchema = z
     message: 'a FHIR template needs a value or at least one component',
   });
 
+export const jsonataFhirSchema = z.strictObject({
+  typeName: nonEmpty,
+  observationExpression: nonEmpty,
+});
+
+export const FHIR_TEMPLATE_TYPES = {
+  CodeValueFhir: 'CodeValueFhir',
+  CodeValueFhirTemplate: 'CodeValueFhir',
+  JsonataFhir: 'JsonataFhir',
+} as const;
+
 export const fhirCollectionSchema = z.strictObject({
-  templateType: z.literal('CollectionFhir'),
+  templateType: z.enum(['CollectionFhir', 'CollectionFhirTemplate']),
   template: z.array(
     z.strictObject({
-      templateType: z.literal('CodeValueFhir'),
-      template: codeValueFhirSchema,
+      templateType: z.enum(Object.keys(FHIR_TEMPLATE_TYPES) as [string, ...string[]]),
+      template: z.record(z.string(), z.unknown()),
     }),
   ),
 });
+
+export type ExpressionInput = z.infer<typeof expressionSchema>;
+export type DeviceTemplateInput = z.infer<typeof calculatedContentSchema>;
+export type CodeValueFhirInput = z.infer<typeof codeValueFhirSchema>;

@@ -35,6 +35,11 @@ interface ObservationJson {
   meta: { tag: { system: string; code: string }[] };
 }
 
+// Readings from the last hour (the pipeline refuses device clocks far in the
+// future), on whole minutes so that each test's readings are distinct.
+const base = Math.floor(Date.now() / 60_000) * 60_000 - 60 * 60_000;
+const minute = (n: number) => new Date(base + n * 60_000).toISOString();
+
 let h: Harness;
 let deviceId: string;
 let patientId: string;
@@ -82,7 +87,7 @@ afterAll(async () => {
 describe('vital signs published over MQTT', () => {
   it('reach HAPI as coded Observations and ClickHouse with the same ids', async () => {
     // 1. Publish heart rate, SpO2 and blood pressure in one QoS 1 message.
-    const at = '2026-11-26T08:30:00.000Z';
+    const at = minute(0);
     await publish(client, `devices/${deviceId}/telemetry`, {
       timestamp: at,
       heartRate: 72,
@@ -166,7 +171,7 @@ describe('vital signs published over MQTT', () => {
   });
 
   it('accepts the same from Debian mosquitto_pub, a second independent client', async () => {
-    const at = '2026-11-26T08:31:00.000Z';
+    const at = minute(1);
     const port = new URL(h.mqttUrl).port;
     await run('mosquitto_pub', [
       '-h',
@@ -188,7 +193,7 @@ describe('vital signs published over MQTT', () => {
     ]);
     const found = await waitFor(
       () => observationsOf(patientId),
-      (l) => l.filter((o) => o.effectiveDateTime.startsWith('2026-11-26T08:31')).length >= 2,
+      (l) => l.filter((o) => new Date(o.effectiveDateTime).toISOString() === at).length >= 2,
       10_000,
       'mosquitto_pub Observations in HAPI',
     );
@@ -209,7 +214,7 @@ describe('vital signs published over MQTT', () => {
 
   it('keeps one Observation and one ClickHouse row when the same message is published twice', async () => {
     const mirroredBefore = await mirroredRows();
-    const message = { timestamp: '2026-11-26T08:32:00.000Z', heartRate: 64 };
+    const message = { timestamp: minute(2), heartRate: 64 };
     await publish(client, `devices/${deviceId}/telemetry`, message);
     await publish(client, `devices/${deviceId}/telemetry`, message);
     // Both copies were mirrored (the counter counts inserts, duplicates included)…

@@ -18,6 +18,7 @@ import type { Observation } from 'fhir/r4.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   createAnalyticsStore,
+  migrations,
   type AnalyticsStore,
   type AnalyticsStoreOptions,
   type ClickHouseConfig,
@@ -167,12 +168,11 @@ for (const target of TARGETS) {
       await store.migrate();
       const migrationsAfterFirst = await count(`SELECT count() AS n FROM ${db}.schema_migrations`);
       const tablesAfterFirst = await store.queryRows<{ name: string }>(tables);
-      expect(migrationsAfterFirst).toBe(2);
-      expect(tablesAfterFirst.map((t) => t.name)).toEqual([
-        'observation_components',
-        'observations',
-        'schema_migrations',
-      ]);
+      // Every migration; the full schema is checked in analytics-schema.test.ts.
+      expect(migrationsAfterFirst).toBe(migrations(db).length);
+      expect(tablesAfterFirst.map((t) => t.name)).toEqual(
+        expect.arrayContaining(['observation_components', 'observations', 'schema_migrations']),
+      );
       // 2. second migrate records nothing new
       await store.migrate();
       expect(await count(`SELECT count() AS n FROM ${db}.schema_migrations`)).toBe(

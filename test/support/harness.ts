@@ -22,6 +22,9 @@ export interface Harness {
   close(): Promise<void>;
 }
 
+/** The admin API's bearer token in harness pipelines (the admin role refuses to start without one). */
+export const HARNESS_ADMIN_TOKEN = 'harness-admin-token-0123456789';
+
 export function uniqueId(label: string): string {
   return `${label}-${randomBytes(4).toString('hex')}`;
 }
@@ -45,7 +48,7 @@ export async function startHarness(options: {
     ...options.overrides,
     redis: { prefix, ...options.overrides?.redis },
     mqtt: { host: '127.0.0.1', port: 0, ...options.overrides?.mqtt },
-    admin: { port: 0, ...options.overrides?.admin },
+    admin: { port: 0, token: HARNESS_ADMIN_TOKEN, ...options.overrides?.admin },
     fhir: { url: options.fhirUrl, ...options.overrides?.fhir },
     clickhouse: { url: undefined, dataPath: chdbDir, ...options.overrides?.clickhouse },
     log: { level: 'debug' },

@@ -1,0 +1,10 @@
+/** The dead-letter queue for operators: list, show, replay into the failed stage, purge. */
+export {
+  DeadLetterStore,
+  matches,
+  type DeadLetterFilter,
+  type DeadLetterStoreOptions,
+  type DeadLetterSummary,
+  type ReplayResult,
+} from './store.js';
+export { parseTime } from './time.js';

@@ -1,0 +1,153 @@
+/**
+ * Checks a pair of MedTech templates (the device mapping, e.g.
+ * devicecontent.json, and the FHIR destination mapping, fhirmapping.json)
+ * before they are copied into mappings/: whether they load unchanged, and
+ * everything this pipeline does differently from the MedTech service, so that
+ * an operator moving over knows exactly what to expect. Pure.
+ */
+import { rewriteLegacyLiterals } from './jmespath.js';
+import { compileSources, locateIn, type LocatedProblem } from './load.js';
+import type { MappingSet } from './compile.js';
+
+export interface ImportReport {
+  /** True when both files load unchanged. */
+  readonly ok: boolean;
+  /** Why they do not load (with file, line, column). */
+  readonly problems: readonly LocatedProblem[];
+  /** What loads, but behaves differently from MedTech (or needs a setting). */
+  readonly differences: readonly LocatedProblem[];
+  readonly mappings?: MappingSet;
+}
+
+const ONCE = {
+  text: "Observation.code.text is the first coding's display, and no MedTech service coding (code = type name) is added; MedTech set text to the type name",
+  effective:
+    'a single reading is Observation.effectiveDateTime; MedTech wrote a zero-length effectivePeriod (the same instant)',
+  issued: 'Observation.issued is not set (MedTech set it to the processing time)',
+  amended:
+    'a grouped Observation keeps status "final" when late readings merge into it (MedTech set "amended"), so the stored result does not depend on arrival order',
+  identity:
+    "identity: set IDENTITY_RESOLUTION (Create, Lookup or LookupWithEncounter) as the MedTech service's Resolution type was; in Create mode the patient is the device's registry binding, not created from the payload",
+} as const;
+
+function note(file: string, path: readonly (string | number)[], message: string): LocatedProblem {
+  return { file, path, message };
+}
+
+function entries(data: unknown): { templateType: string; template: Record<string, unknown> }[] {
+  const t = (data as { template?: unknown } | undefined)?.template;
+  return Array.isArray(t)
+    ? (t as { templateType: string; template: Record<string, unknown> }[])
+    : [];
+}
+
+function expressionText(v: unknown): string | undefined {
+  if (typeof v === 'string') return v;
+  if (typeof v === 'object' && v !== null) return (v as { value?: string }).value;
+  return undefined;
+}
+
+export function checkMedTechTemplates(input: {
+  readonly deviceName: string;
+  readonly deviceText: string;
+  readonly fhirName: string;
+  readonly fhirText: string;
+}): ImportReport {
+  const deviceFile = `device/${input.deviceName}`;
+  const fhirFile = `fhir/${input.fhirName}`;
+  const result = compileSources([
+    { file: deviceFile, kind: 'device', text: input.deviceText },
+    { file: fhirFile, kind: 'fhir', text: input.fhirText },
+  ]);
+  const differences: LocatedProblem[] = [...result.notes];
+  let device: unknown;
+  let fhir: unknown;
+  try {
+    device = JSON.parse(input.deviceText);
+    fhir = JSON.parse(input.fhirText);
+  } catch {
+    // Not JSON (YAML, or broken): compileSources has reported what matters.
+  }
+
+  entries(device).forEach((e, i) => {
+    const base = ['template', i, 'template'];
+    const t = e.template;
+    const kind = e.templateType.replace(/Template$/, '');
+    if (kind === 'JsonataContent') return;
+    if (t.deviceIdExpression !== undefined && kind !== 'IotJsonPathContent') {
+      differences.push(
+        note(
+          deviceFile,
+          [...base, 'deviceIdExpression'],
+          'the device id read from the payload must be the authenticated MQTT device, or a device its gateway is linked to (`iomt gateways link`); MedTech trusted the payload',
+        ),
+      );
+    }
+    if (
+      t.timestampExpression === undefined &&
+      kind !== 'IotJsonPathContent' &&
+      kind !== 'IotCentralJsonPathContent'
+    ) {
+      differences.push(
+        note(
+          deviceFile,
+          base,
+          'no timestampExpression: the broker receipt time is used (MedTech required one)',
+        ),
+      );
+    }
+    if (kind === 'IotJsonPathContent') {
+      differences.push(
+        note(
+          deviceFile,
+          base,
+          'IotJsonPathContent: the device is the authenticated MQTT device (IoT Hub: iothub-connection-device-id) and the time the broker receipt time (IoT Hub: iothub-enqueuedtime); the device-set iothub-creation-time-utc does not exist over MQTT',
+        ),
+      );
+    }
+    const jmes = (t.defaultExpressionLanguage as string | undefined)?.toLowerCase() === 'jmespath';
+    for (const [key, value] of Object.entries(t)) {
+      const source = expressionText(value);
+      const language = (value as { language?: string } | undefined)?.language?.toLowerCase();
+      if (source && (language === 'jmespath' || (jmes && language === undefined))) {
+        if (rewriteLegacyLiterals(source) !== source) {
+          differences.push(
+            note(
+              deviceFile,
+              [...base, key],
+              'a backtick literal that is not JSON (`name`) is read as the string "name", as JmesPath.Net did',
+            ),
+          );
+        }
+      }
+    }
+  });
+
+  const fhirEntries = entries(fhir);
+  if (fhirEntries.length > 0) {
+    for (const key of ['text', 'effective', 'issued', 'identity'] as const) {
+      differences.push(note(fhirFile, [], ONCE[key]));
+    }
+    const grouped = fhirEntries.some((e) => {
+      const p = e.template.periodInterval;
+      return p === -1 || p === 60 || p === 1440;
+    });
+    if (grouped) differences.push(note(fhirFile, [], ONCE.amended));
+  }
+
+  // Our own notes by path → with line and column, as compileSources gives its own.
+  const own = differences.splice(result.notes.length);
+  differences.push(
+    ...locateIn(
+      { file: deviceFile, kind: 'device', text: input.deviceText },
+      own.filter((d) => d.file === deviceFile),
+    ),
+    ...locateIn(
+      { file: fhirFile, kind: 'fhir', text: input.fhirText },
+      own.filter((d) => d.file === fhirFile),
+    ),
+  );
+  return result.ok
+    ? { ok: true, problems: [], differences, mappings: result.mappings }
+    : { ok: false, problems: result.problems, differences };
+}

@@ -1,0 +1,263 @@
+/**
+ * Grouped Observations (MedTech periodInterval): hourly and daily windows
+ * aligned to UTC for SampledData values, and one Observation per correlation
+ * id. Pure: grouping, building, and merging a late or duplicate batch into the
+ * Observation already stored (the FHIR writer reads, merges with this, and
+ * writes back with If-Match).
+ *
+ * Merge rule: readings are laid on the grid by their own device time, so late
+ * and out-of-order batches land where they belong and the end state does not
+ * depend on arrival order. A duplicate (or replayed) reading changes nothing.
+ * When two different readings fall into one slot (a device sampling faster
+ * than defaultPeriod), MedTech's rule applies: the later in time wins; a
+ * stored slot counts as taken at the slot's start (SampledData keeps no finer
+ * time), so only a reading taken after that start replaces it. Non-SampledData
+ * values keep the first value stored (MedTech: "only the first value is used").
+ */
+import type { Observation, ObservationComponent, Period } from 'fhir/r4.js';
+import { PipelineError } from '../errors.js';
+import {
+  codings,
+  layOutSamples,
+  readSamples,
+  sampledOrigin,
+  sampleToken,
+  valueFields,
+} from './fhir-values.js';
+import { conceptFields, ownedFields, type ObservationContext } from './fhir-mapping.js';
+import type { ObservationGroup, ResolvedIdentity } from './identity.js';
+import { MAX_SAMPLED_SLOTS } from './templates.js';
+import type { CodeValueFhirSpec, FhirValueSpec, Measurement } from './types.js';
+
+const MINUTE_MS = 60_000;
+
+function hasSampledData(t: CodeValueFhirSpec): boolean {
+  return [t.value, ...(t.components ?? []).map((c) => c.value)].some(
+    (v) => v?.valueType === 'SampledData',
+  );
+}
+
+/** Which Observation a measurement belongs to under its template's periodInterval. */
+export function groupOf(m: Measurement, t: CodeValueFhirSpec): ObservationGroup {
+  if (t.periodInterval === -1) {
+    if (m.correlationId === undefined) {
+      throw new PipelineError(
+        'RequiredValueMissing',
+        `FHIR template "${t.typeName}" groups by correlation id, and the reading has none`,
+        { details: { template: t.typeName } },
+      );
+    }
+    return { kind: 'correlation', correlationId: m.correlationId };
+  }
+  if ((t.periodInterval === 60 || t.periodInterval === 1440) && hasSampledData(t)) {
+    const size = t.periodInterval * MINUTE_MS;
+    // Epoch 0 is midnight UTC, so flooring aligns hours and days to UTC.
+    const start = Math.floor(Date.parse(m.occurrenceTime) / size) * size;
+    return { kind: 'window', start: new Date(start).toISOString(), minutes: t.periodInterval };
+  }
+  return { kind: 'point' };
+}
+
+/** A stable key for grouping measurements into one Observation. */
+export function groupKey(g: ObservationGroup): string {
+  if (g.kind === 'window') return `w:${g.start}:${g.minutes}`;
+  if (g.kind === 'correlation') return `c:${g.correlationId}`;
+  return 'p';
+}
+
+function checkSlots(startMs: number, endMs: number, periodMs: number, type: string): void {
+  const slots = Math.floor((endMs - startMs) / periodMs) + 1;
+  if (slots > MAX_SAMPLED_SLOTS) {
+    throw new PipelineError(
+      'TemplateInvalid',
+      `FHIR template "${type}": ${slots} SampledData slots exceed ${MAX_SAMPLED_SLOTS}`,
+      { details: { template: type } },
+    );
+  }
+}
+
+function groupedValue(
+  spec: FhirValueSpec,
+  ms: readonly Measurement[],
+  startMs: number,
+  endMs: number,
+  type: string,
+): Partial<Observation> | undefined {
+  if (spec.valueType === 'SampledData') {
+    const samples = ms
+      .filter((m) => m.values[spec.valueName] !== undefined)
+      .map((m) => ({
+        timeMs: Date.parse(m.occurrenceTime),
+        token: sampleToken(m.values[spec.valueName]),
+      }));
+    if (samples.length === 0) return undefined;
+    checkSlots(startMs, endMs, spec.defaultPeriod, type);
+    return {
+      valueSampledData: {
+        origin: sampledOrigin(spec),
+        period: spec.defaultPeriod,
+        dimensions: 1,
+        data: layOutSamples(samples, startMs, endMs, spec.defaultPeriod),
+      },
+    };
+  }
+  if (spec.valueType === 'CodeableConcept') return valueFields(spec, {});
+  const first = ms.find((m) => m.values[spec.valueName] !== undefined);
+  return first ? valueFields(spec, first.values) : undefined;
+}
+
+/** One Observation for measurements of one device, patient, type and group. */
+export function buildGroupedObservation(
+  ms: readonly Measurement[],
+  t: CodeValueFhirSpec,
+  ctx: ObservationContext,
+  identity: ResolvedIdentity,
+  group: Exclude<ObservationGroup, { kind: 'point' }>,
+): Observation {
+  const first = ms[0];
+  if (!first) throw new Error('buildGroupedObservation needs at least one measurement');
+  const times = ms.map((m) => Date.parse(m.occurrenceTime));
+  const startMs = group.kind === 'window' ? Date.parse(group.start) : Math.min(...times);
+  const endMs =
+    group.kind === 'window' ? startMs + group.minutes * MINUTE_MS - 1 : Math.max(...times);
+  const owned = ownedFields(first, identity, t.codes[0]?.code ?? '', ctx, group);
+  const { category, code } = conceptFields(t);
+  const obs: Observation = {
+    resourceType: 'Observation',
+    id: owned.id,
+    meta: owned.meta,
+    ...(owned.extension ? { extension: owned.extension } : {}),
+    identifier: owned.identifier,
+    status: 'final',
+    ...(category ? { category } : {}),
+    code,
+    subject: owned.subject,
+    ...(owned.encounter ? { encounter: owned.encounter } : {}),
+    // FHIR R4 Observation.effectivePeriod: the window, or the span of the correlated readings.
+    effectivePeriod: { start: new Date(startMs).toISOString(), end: new Date(endMs).toISOString() },
+    device: owned.device,
+  };
+  if (t.value) Object.assign(obs, groupedValue(t.value, ms, startMs, endMs, t.typeName) ?? {});
+  const components = (t.components ?? []).flatMap((c): ObservationComponent[] => {
+    const v = groupedValue(c.value, ms, startMs, endMs, t.typeName);
+    return v ? [{ code: { coding: codings(c.codes) }, ...v }] : [];
+  });
+  if (components.length > 0) obs.component = components;
+  return obs;
+}
+
+type Valued = Pick<
+  ObservationComponent,
+  'valueQuantity' | 'valueSampledData' | 'valueString' | 'valueCodeableConcept' | 'dataAbsentReason'
+>;
+const VALUE_KEYS = [
+  'valueQuantity',
+  'valueSampledData',
+  'valueString',
+  'valueCodeableConcept',
+  'dataAbsentReason',
+] as const;
+
+function valueOf(x: Valued): Valued {
+  const out: Record<string, unknown> = {};
+  for (const k of VALUE_KEYS) if (x[k] !== undefined) out[k] = x[k];
+  return out;
+}
+
+function period(o: Observation): [number, number] {
+  const p: Period | undefined = o.effectivePeriod;
+  const point = o.effectiveDateTime ?? o.effectiveInstant;
+  const start = Date.parse(p?.start ?? point ?? '');
+  const end = Date.parse(p?.end ?? p?.start ?? point ?? '');
+  return [start, Number.isNaN(end) ? start : end];
+}
+
+function mergeValue(
+  existing: Valued,
+  incoming: Valued,
+  existingStart: number,
+  incomingStart: number,
+  start: number,
+  end: number,
+): Valued {
+  const a = existing.valueSampledData;
+  const b = incoming.valueSampledData;
+  if (a?.data !== undefined && b?.data !== undefined) {
+    // Stored samples first: on equal times they win (a replay never overwrites).
+    const samples = [
+      ...readSamples(a.data, existingStart, a.period),
+      ...readSamples(b.data, incomingStart, b.period),
+    ];
+    return {
+      valueSampledData: { ...b, data: layOutSamples(samples, start, end, b.period) },
+    };
+  }
+  const kept = valueOf(existing);
+  const hasValue = VALUE_KEYS.some((k) => k !== 'dataAbsentReason' && kept[k] !== undefined);
+  return hasValue ? kept : valueOf(incoming);
+}
+
+function componentKey(c: ObservationComponent): string {
+  const coding = c.code.coding?.[0];
+  return `${coding?.system ?? ''}|${coding?.code ?? ''}`;
+}
+
+function canonical(v: unknown): string {
+  return JSON.stringify(v, (_k, x: unknown) =>
+    x && typeof x === 'object' && !Array.isArray(x)
+      ? Object.fromEntries(Object.entries(x).sort(([p], [q]) => p.localeCompare(q)))
+      : x,
+  );
+}
+
+function content(o: Observation): string {
+  return canonical({
+    effectivePeriod: o.effectivePeriod,
+    value: valueOf(o),
+    component: (o.component ?? []).map((c) => ({ key: componentKey(c), ...valueOf(c) })),
+  });
+}
+
+/**
+ * Merges a newly built grouped Observation into the stored one (same id).
+ * `changed` is false when the stored one already holds everything: a
+ * duplicate batch then writes nothing.
+ */
+export function mergeObservations(
+  existing: Observation,
+  incoming: Observation,
+): { observation: Observation; changed: boolean } {
+  const [es, ee] = period(existing);
+  const [is, ie] = period(incoming);
+  const start = Math.min(es, is);
+  const end = Math.max(ee, ie);
+  const merged: Observation = {
+    ...incoming,
+    meta: { ...(incoming.meta?.tag ? { tag: incoming.meta.tag } : {}) },
+    effectivePeriod: { start: new Date(start).toISOString(), end: new Date(end).toISOString() },
+  };
+  for (const k of VALUE_KEYS) delete merged[k];
+  Object.assign(merged, mergeValue(existing, incoming, es, is, start, end));
+  const stored = new Map((existing.component ?? []).map((c) => [componentKey(c), c]));
+  const components: ObservationComponent[] = [];
+  for (const c of incoming.component ?? []) {
+    const old = stored.get(componentKey(c));
+    stored.delete(componentKey(c));
+    components.push(old ? { code: old.code, ...mergeValue(old, c, es, is, start, end) } : c);
+  }
+  components.push(...stored.values());
+  if (components.length > 0) merged.component = components;
+  else delete merged.component;
+  return { observation: merged, changed: content(merged) !== content(existing) };
+}
+
+/** Folds Observations with the same id (one batch) into one each, in first-seen order. */
+export function coalesceObservations(list: readonly Observation[]): Observation[] {
+  const byId = new Map<string, Observation>();
+  for (const o of list) {
+    const id = o.id ?? '';
+    const prior = byId.get(id);
+    byId.set(id, prior ? mergeObservations(prior, o).observation : o);
+  }
+  return [...byId.values()];
+}

@@ -1,0 +1,90 @@
+/**
+ * The engines an analytics test runs against, one suite each:
+ *  - embedded (chdb) on a fresh temp directory (always);
+ *  - the server driver over chdb/connection: server.ts's @clickhouse/client
+ *    calls answered in process by the same engine (always; no HTTP). The
+ *    connection ignores the client's database: only qualified names work;
+ *  - a real ClickHouse server when CLICKHOUSE_TEST_URL is set (user and
+ *    password from CLICKHOUSE_TEST_USER / CLICKHOUSE_TEST_PASSWORD), in a
+ *    database of its own that is dropped afterwards.
+ * chdb binds one data directory per process (vitest runs each file in its own
+ * process), so the in-process targets of a file share one temp directory.
+ */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createClient, type ClickHouseClientConfigOptions } from '@clickhouse/client';
+import { createChdbConnection } from 'chdb/connection';
+import type { AnalyticsStoreOptions, ClickHouseConfig } from '../../src/clickhouse/index.js';
+
+export interface ClickHouseTarget {
+  readonly name: string;
+  readonly enabled: boolean;
+  readonly config: ClickHouseConfig;
+  readonly options?: AnalyticsStoreOptions;
+  /** False where the client's database is ignored (qualify every name). */
+  readonly unqualifiedNames: boolean;
+  /** Cleanup of a server database. */
+  readonly dropDatabase?: () => Promise<void>;
+}
+
+export interface ClickHouseTargets {
+  readonly dataPath: string;
+  readonly all: readonly ClickHouseTarget[];
+  /** Removes the temp directory (after every store is closed). */
+  cleanup(): void;
+}
+
+export function clickhouseTargets(label: string): ClickHouseTargets {
+  const dataPath = mkdtempSync(join(tmpdir(), `iomt-${label}-`));
+  const serverUrl = process.env.CLICKHOUSE_TEST_URL;
+  const base = { user: 'default', password: '', dataPath } as const;
+  const serverDb = `iomt_${label.replace(/\W/g, '_')}_${process.pid}_${Date.now()}`;
+  const server = {
+    ...base,
+    url: serverUrl,
+    user: process.env.CLICKHOUSE_TEST_USER ?? 'default',
+    password: process.env.CLICKHOUSE_TEST_PASSWORD ?? '',
+    database: serverDb,
+  };
+  // chdb types its Connection against @clickhouse/client-common, which @clickhouse/client
+  // bundles as its own copy: the shapes are the same, the declarations differ.
+  const inProcess = () =>
+    createChdbConnection({
+      path: dataPath,
+    }) as unknown as ClickHouseClientConfigOptions['connection'];
+  return {
+    dataPath,
+    all: [
+      {
+        name: 'embedded (chdb)',
+        enabled: true,
+        config: { ...base, url: undefined, database: `${label}_embedded` },
+        unqualifiedNames: true,
+      },
+      {
+        name: 'server driver over chdb/connection',
+        enabled: true,
+        config: { ...base, url: 'http://in-process.invalid', database: `${label}_server_driver` },
+        unqualifiedNames: false,
+        options: { serverClientFactory: () => createClient({ connection: inProcess() }) },
+      },
+      {
+        name: 'server (CLICKHOUSE_TEST_URL)',
+        enabled: serverUrl !== undefined,
+        config: server,
+        unqualifiedNames: true,
+        dropDatabase: async () => {
+          const c = createClient({
+            url: serverUrl,
+            username: server.user,
+            password: server.password,
+          });
+          await c.command({ query: `DROP DATABASE IF EXISTS ${serverDb}` });
+          await c.close();
+        },
+      },
+    ],
+    cleanup: () => rmSync(dataPath, { recursive: true, force: true }),
+  };
+}
