@@ -41,6 +41,11 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}) {
       help: 'Messages no device template matched (dead-lettered unless MAPPINGS_UNMATCHED=count)',
       registers: [registry],
     }),
+    readingsAbsent: new Counter({
+      name: 'iomt_readings_absent_total',
+      help: 'Observations recorded with dataAbsentReason "error" (an unusable reading, e.g. a word or 1e999 where a number belongs)',
+      registers: [registry],
+    }),
     mappingReloads: new Counter({
       name: 'iomt_mapping_reloads_total',
       help: 'Template changes seen by this process, by outcome (activated / rejected)',

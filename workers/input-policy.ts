@@ -11,9 +11,11 @@
  *  - time: a device timestamp more than INPUT_MAX_FUTURE_MS after the broker's
  *    receipt, or more than INPUT_MAX_AGE_MS before it → TimestampOutOfRange;
  *  - values: a reading the FHIR mapping could not turn into a quantity (a
- *    string, a boolean, 1e999 which JSON parses as Infinity) → InvalidValue.
- *    The mapping marks such a value with dataAbsentReason "error" (FHIR R4
- *    Observation.dataAbsentReason); a reading simply absent ("unknown") passes.
+ *    string, a boolean, 1e999 which JSON parses as Infinity) is RECORDED, not
+ *    dropped: the mapping gives it dataAbsentReason "error" with the reason as
+ *    text (FHIR R4 Observation.dataAbsentReason), which is what a glucose meter's
+ *    "HI" or a thermometer's "LO" means clinically. Only a quantity that still
+ *    holds a non-finite number (a template bug) → InvalidValue.
  */
 import type { Observation } from 'fhir/r4.js';
 import type { Config } from '../src/config.js';
@@ -91,20 +93,23 @@ export function checkOccurrenceTimes(
 
 const DATA_ABSENT_SYSTEM = 'http://terminology.hl7.org/CodeSystem/data-absent-reason';
 
-/** Throws InvalidValue when an Observation (or a component) carries a value the mapping refused. */
+/** Throws InvalidValue when an Observation (or a component) holds a quantity that is not a finite number. */
 export function checkObservationValues(observations: readonly Observation[]): void {
   for (const o of observations) {
     for (const part of [o, ...(o.component ?? [])]) {
-      const refused = part.dataAbsentReason?.coding?.some(
-        (c) => c.system === DATA_ABSENT_SYSTEM && c.code === 'error',
-      );
       const q = part.valueQuantity?.value;
-      if (refused || (q !== undefined && !Number.isFinite(q))) {
-        throw new PipelineError(
-          'InvalidValue',
-          part.dataAbsentReason?.text ?? 'a quantity value is not a finite number',
-        );
+      if (q !== undefined && !Number.isFinite(q)) {
+        throw new PipelineError('InvalidValue', 'a quantity value is not a finite number');
       }
     }
   }
+}
+
+/** True when the mapping recorded a reading as unusable (dataAbsentReason "error"): counted, not refused. */
+export function hasRefusedReading(o: Observation): boolean {
+  return [o, ...(o.component ?? [])].some((part) =>
+    part.dataAbsentReason?.coding?.some(
+      (c) => c.system === DATA_ABSENT_SYSTEM && c.code === 'error',
+    ),
+  );
 }

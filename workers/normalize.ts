@@ -26,7 +26,12 @@ import type {
 import { messageSourceUri } from '../src/fhir/message-source.js';
 import { messageOutcome } from './analytics-handoff.js';
 import { deadLetter, type DeadLetterInput } from './dead-letter.js';
-import { checkJsonShape, checkObservationValues, checkOccurrenceTimes } from './input-policy.js';
+import {
+  checkJsonShape,
+  checkObservationValues,
+  checkOccurrenceTimes,
+  hasRefusedReading,
+} from './input-policy.js';
 
 export interface NormalizeDeps {
   readonly config: Config;
@@ -115,6 +120,8 @@ export function createNormalizeProcessor(
           deps.config.input,
         );
         checkObservationValues(result.observations.map((o) => o.observation));
+        for (const o of result.observations)
+          if (hasRefusedReading(o.observation)) deps.metrics?.readingsAbsent.inc();
         for (const m of result.measurements) deps.metrics?.measurements.inc({ type: m.type });
         for (const o of result.observations) {
           envelopes.push({

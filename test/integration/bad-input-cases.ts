@@ -8,6 +8,8 @@
 export type Outcome =
   | { readonly refused: string }
   | { readonly deadLetter: string; readonly reason?: RegExp }
+  /** Recorded, not lost: an Observation whose value is replaced by dataAbsentReason with this code. */
+  | { readonly recordedAbsent: string; readonly reason: RegExp }
   | { readonly processed: true };
 
 export interface BadInput {
@@ -139,22 +141,24 @@ export const BAD_INPUTS: readonly BadInput[] = [
     outcome: { deadLetter: 'InvalidPayload', reason: /more than 10000 elements/ },
   },
 
-  // Dead-lettered: values.
+  // Recorded with dataAbsentReason "error" (FHIR R4 Observation.dataAbsentReason):
+  // an unusable reading is kept and marked, as a meter's "HI" would be.
   {
     name: '1e999, which JSON parses as Infinity',
     payload: (ctx) => `{"timestamp":"${ctx.now}","heartRate":1e999}`,
-    outcome: { deadLetter: 'InvalidValue', reason: /not a finite number/ },
+    outcome: { recordedAbsent: 'error', reason: /not a finite number/ },
   },
   {
     name: 'a word where a number belongs',
     payload: (ctx) => reading(ctx, { heartRate: 'fast' }),
-    outcome: { deadLetter: 'InvalidValue', reason: /not a finite number/ },
+    outcome: { recordedAbsent: 'error', reason: /not a finite number/ },
   },
   {
     name: 'a boolean where a number belongs',
     payload: (ctx) => reading(ctx, { heartRate: true }),
-    outcome: { deadLetter: 'InvalidValue', reason: /not a finite number/ },
+    outcome: { recordedAbsent: 'error', reason: /not a finite number/ },
   },
+  // Dead-lettered: values.
   {
     name: 'null for a required value',
     payload: (ctx) => reading(ctx, { heartRate: null }),

@@ -184,6 +184,49 @@ async function runCase(c: BadInput): Promise<void> {
     return;
   }
 
+  if ('recordedAbsent' in outcome) {
+    // 1. Recorded, not lost: one Observation, its value replaced by dataAbsentReason.
+    const found = await waitFor(
+      () => fhirSearch(fhirUrl, 'Observation', { subject: `Patient/${d.patientId}` }),
+      (b) => (b.entry?.length ?? 0) >= 1,
+      30_000,
+      `the recorded reading of ${c.name}`,
+    );
+    expect(found.entry).toHaveLength(1);
+    const recorded = found.entry![0]!.resource as {
+      valueQuantity?: unknown;
+      dataAbsentReason?: { coding?: { system?: string; code?: string }[]; text?: string };
+    };
+    expect(recorded.valueQuantity).toBeUndefined();
+    expect(recorded.dataAbsentReason?.coding?.[0]).toMatchObject({
+      system: 'http://terminology.hl7.org/CodeSystem/data-absent-reason',
+      code: outcome.recordedAbsent,
+    });
+    expect(recorded.dataAbsentReason?.text).toMatch(outcome.reason);
+    expect(await deadLettersOf(d.deviceId)).toEqual([]);
+    // 2. A valid reading after it arrives too.
+    const at = new Date(Date.now() - 30_000).toISOString();
+    await send(
+      client,
+      `devices/${d.deviceId}/telemetry`,
+      JSON.stringify({ timestamp: at, heartRate: 66 }),
+      1,
+    );
+    const both = await waitFor(
+      () => fhirSearch(fhirUrl, 'Observation', { subject: `Patient/${d.patientId}` }),
+      (b) => (b.entry?.length ?? 0) >= 2,
+      30_000,
+      `the valid reading after ${c.name}`,
+    );
+    expect(
+      both.entry?.map(
+        (e) => (e.resource as { valueQuantity?: { value?: number } }).valueQuantity?.value,
+      ),
+    ).toContain(66);
+    client.end(true);
+    return;
+  }
+
   // Processed normally: one Observation with the reading, nothing dead-lettered.
   const found = await waitFor(
     () => fhirSearch(fhirUrl, 'Observation', { subject: `Patient/${d.patientId}` }),
@@ -209,7 +252,9 @@ describe.concurrent('bad input', () => {
         ? `refused at the broker (${c.outcome.refused})`
         : 'deadLetter' in c.outcome
           ? `dead-lettered as ${c.outcome.deadLetter}`
-          : 'processed normally';
+          : 'recordedAbsent' in c.outcome
+            ? `recorded with dataAbsentReason ${c.outcome.recordedAbsent}`
+            : 'processed normally';
     it(`${c.name}: ${what}, and a valid reading after it arrives`, () => runCase(c));
   }
 });

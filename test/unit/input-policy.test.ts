@@ -11,6 +11,7 @@ import type { DeadLetterJobData } from '../../src/queues.js';
 import {
   checkJsonShape,
   checkObservationValues,
+  hasRefusedReading,
   checkOccurrenceTimes,
 } from '../../workers/input-policy.js';
 
@@ -91,20 +92,28 @@ describe('checkObservationValues', () => {
       ),
     ).toBe(undefined);
   });
-  it('refuses a value the mapping marked as an error, in a component too', () => {
+  it('records a value the mapping marked as an error instead of refusing it', () => {
     const error = {
       coding: [
         { system: 'http://terminology.hl7.org/CodeSystem/data-absent-reason', code: 'error' },
       ],
       text: 'value "hr" is not a finite number',
     };
-    expect(codeOf(() => checkObservationValues([obs({ dataAbsentReason: error })]))).toBe(
-      'InvalidValue',
+    const marked = obs({ component: [{ code: { text: 'c' }, dataAbsentReason: error }] });
+    expect(codeOf(() => checkObservationValues([obs({ dataAbsentReason: error }), marked]))).toBe(
+      undefined,
     );
+    expect(hasRefusedReading(marked)).toBe(true);
+    expect(hasRefusedReading(obs({ valueQuantity: { value: 72 } }))).toBe(false);
+  });
+  it('refuses a quantity that holds a non-finite number, in a component too', () => {
+    expect(
+      codeOf(() => checkObservationValues([obs({ valueQuantity: { value: Infinity } })])),
+    ).toBe('InvalidValue');
     expect(
       codeOf(() =>
         checkObservationValues([
-          obs({ component: [{ code: { text: 'c' }, dataAbsentReason: error }] }),
+          obs({ component: [{ code: { text: 'c' }, valueQuantity: { value: NaN } }] }),
         ]),
       ),
     ).toBe('InvalidValue');

@@ -93,6 +93,23 @@ describe('vitals templates', () => {
     expect(o.dataAbsentReason?.coding?.[0]?.code).toBe('error');
   });
 
+  it('refuses a payload that names another device or patient (DeviceSpoofing)', async () => {
+    const at = '2026-11-26T09:00:00Z';
+    expect((await failure({ timestamp: at, heartRate: 70, deviceId: 'monitor-8' })).code).toBe(
+      'DeviceSpoofing',
+    );
+    expect((await failure({ timestamp: at, heartRate: 70, patientId: 'p-2' })).code).toBe(
+      'DeviceSpoofing',
+    );
+    const own = await normalize({
+      timestamp: at,
+      heartRate: 70,
+      deviceId: 'monitor-7',
+      patientId: 'p-1',
+    });
+    expect(own.observations).toHaveLength(1);
+  });
+
   it('refuses what it cannot map, each with its own code', async () => {
     expect((await failure('{not json')).code).toBe('InvalidPayload');
     expect((await failure('42')).code).toBe('InvalidPayload');

@@ -1,0 +1,82 @@
+/**
+ * Scale-out: two brokers and two workers on one Redis, devices spread over the
+ * brokers, both workers consuming the same queues. Every message is delivered,
+ * none twice — in HAPI (by identifier) and in ClickHouse (with FINAL) — and
+ * both brokers and both workers did part of the work.
+ */
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { afterAll, describe, expect, inject, it } from 'vitest';
+import { uniqueId } from '../support/harness.js';
+import { Fleet } from './support/fleet.js';
+import { dropPrefix, iomtEnv, ready, spawnIomt, stopAll } from './support/processes.js';
+import {
+  clickhouseCounts,
+  clickhouseProblems,
+  waitForDrained,
+  waitForFhir,
+} from './support/verify.js';
+
+const fhirUrl = inject('fhirUrl');
+const redisUrl = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
+const prefix = uniqueId('chaos-scale');
+let dir: string;
+let fleet: Fleet | undefined;
+
+afterAll(async () => {
+  await fleet?.close();
+  await stopAll();
+  await dropPrefix(redisUrl, prefix);
+  if (dir) await rm(dir, { recursive: true, force: true });
+});
+
+describe('two brokers and two workers on one Redis', () => {
+  it('deliver everything, nothing twice', async () => {
+    dir = await mkdtemp(path.join(tmpdir(), 'iomt-chaos-scale-'));
+    const base = { redisUrl, prefix, fhirUrl, chdbPath: path.join(dir, 'chdb') };
+    const debug = { LOG_LEVEL: 'debug' };
+
+    // 1. W1: normalize + FHIR. W2: normalize + FHIR + the ClickHouse mirror (one owner).
+    const w1 = spawnIomt(
+      'worker',
+      iomtEnv({ ...base, stages: 'normalize,fhir', extra: debug }),
+      'W1',
+    );
+    const w2 = spawnIomt('worker', iomtEnv({ ...base, extra: debug }), 'W2');
+    const b1 = spawnIomt('broker', iomtEnv(base), 'B1');
+    const b2 = spawnIomt('broker', iomtEnv(base), 'B2');
+    const [port1, port2] = await Promise.all([
+      ready(b1, 'broker'),
+      ready(b2, 'broker'),
+      ready(w1, 'worker'),
+      ready(w2, 'worker'),
+    ]);
+
+    // 2. Eight devices, alternating between the brokers.
+    fleet = await Fleet.register(redisUrl, prefix, 8);
+    await fleet.connect([`mqtt://127.0.0.1:${port1}`, `mqtt://127.0.0.1:${port2}`]);
+    await fleet.publish(500, 2);
+    await fleet.allAcked(60_000);
+    expect(fleet.acked).toHaveLength(500);
+
+    // 3. End state, and who did the work.
+    await waitForFhir(fhirUrl, fleet.devices, () => fleet!.acked, 120_000);
+    expect(await waitForDrained(redisUrl, prefix, 60_000)).toEqual({
+      pending: 0,
+      failed: 0,
+      deadLetters: 0,
+    });
+    for (const b of [b1, b2]) expect(b.logs.filter((l) => l.event === 'connected')).toHaveLength(4);
+    for (const w of [w1, w2])
+      expect(w.logs.filter((l) => l.event === 'normalized').length).toBeGreaterThan(0);
+
+    await Promise.all([b1.stop(), b2.stop(), w1.stop(), w2.stop()]);
+    const ch = await clickhouseCounts(
+      base.chdbPath,
+      fleet.acked.map((s) => s.id),
+    );
+    expect(clickhouseProblems(ch.final, fleet.acked)).toEqual([]);
+    expect(ch.final.size).toBe(500);
+  }, 240_000);
+});
