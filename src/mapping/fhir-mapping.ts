@@ -102,16 +102,18 @@ export function conceptFields(t: CodeValueFhirSpec): Pick<Observation, 'category
 }
 
 /** CodeValueFhir, one Observation per reading (periodInterval 0, or a non-SampledData value). */
-export function buildObservation(
-  m: Measurement,
+/**
+ * The shape every CodeValueFhir Observation shares: the pipeline-owned fields,
+ * the template's category and code, and effective[x], in the familiar field
+ * order (…status, category, code, subject, encounter, effective, device).
+ */
+export function observationShell(
+  owned: ReturnType<typeof ownedFields>,
   t: CodeValueFhirSpec,
-  ctx: ObservationContext,
-  identity: ResolvedIdentity,
+  effective: Pick<Observation, 'effectiveDateTime' | 'effectivePeriod'>,
 ): Observation {
-  const owned = ownedFields(m, identity, primaryCode(t), ctx);
   const { category, code } = conceptFields(t);
-  // Keep the familiar field order: …status, category, code, subject, encounter, effective, device.
-  const obs: Observation = {
+  return {
     resourceType: 'Observation',
     id: owned.id,
     meta: owned.meta,
@@ -122,10 +124,20 @@ export function buildObservation(
     code,
     subject: owned.subject,
     ...(owned.encounter ? { encounter: owned.encounter } : {}),
-    // FHIR R4 Observation.effective[x]: the device's own time, not ours.
-    effectiveDateTime: m.occurrenceTime,
+    ...effective,
     device: owned.device,
   };
+}
+
+export function buildObservation(
+  m: Measurement,
+  t: CodeValueFhirSpec,
+  ctx: ObservationContext,
+  identity: ResolvedIdentity,
+): Observation {
+  const owned = ownedFields(m, identity, primaryCode(t), ctx);
+  // FHIR R4 Observation.effective[x]: the device's own time, not ours.
+  const obs = observationShell(owned, t, { effectiveDateTime: m.occurrenceTime });
   if (t.value) Object.assign(obs, valueFields(t.value, m.values));
   if (t.components && t.components.length > 0) {
     obs.component = t.components.map((c): ObservationComponent => ({

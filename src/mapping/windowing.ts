@@ -24,7 +24,7 @@ import {
   sampleToken,
   valueFields,
 } from './fhir-values.js';
-import { conceptFields, ownedFields, type ObservationContext } from './fhir-mapping.js';
+import { observationShell, ownedFields, type ObservationContext } from './fhir-mapping.js';
 import type { ObservationGroup, ResolvedIdentity } from './identity.js';
 import { MAX_SAMPLED_SLOTS } from './templates.js';
 import type { CodeValueFhirSpec, FhirValueSpec, Measurement } from './types.js';
@@ -121,22 +121,10 @@ export function buildGroupedObservation(
   const endMs =
     group.kind === 'window' ? startMs + group.minutes * MINUTE_MS - 1 : Math.max(...times);
   const owned = ownedFields(first, identity, t.codes[0]?.code ?? '', ctx, group);
-  const { category, code } = conceptFields(t);
-  const obs: Observation = {
-    resourceType: 'Observation',
-    id: owned.id,
-    meta: owned.meta,
-    ...(owned.extension ? { extension: owned.extension } : {}),
-    identifier: owned.identifier,
-    status: 'final',
-    ...(category ? { category } : {}),
-    code,
-    subject: owned.subject,
-    ...(owned.encounter ? { encounter: owned.encounter } : {}),
-    // FHIR R4 Observation.effectivePeriod: the window, or the span of the correlated readings.
+  // FHIR R4 Observation.effectivePeriod: the window, or the span of the correlated readings.
+  const obs = observationShell(owned, t, {
     effectivePeriod: { start: new Date(startMs).toISOString(), end: new Date(endMs).toISOString() },
-    device: owned.device,
-  };
+  });
   if (t.value) Object.assign(obs, groupedValue(t.value, ms, startMs, endMs, t.typeName) ?? {});
   const components = (t.components ?? []).flatMap((c): ObservationComponent[] => {
     const v = groupedValue(c.value, ms, startMs, endMs, t.typeName);
