@@ -98,6 +98,20 @@ for _ in $(seq 120); do
   sleep 0.5
 done
 
+count_fhir() {
+  curl -sf -H 'cache-control: no-cache' "$FHIR_URL/Observation?_summary=count" | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>{try{console.log(JSON.parse(s).total??0)}catch{console.log(0)}})'
+}
+count_clickhouse() {
+  curl -sf -X POST -H 'content-type: application/json' -H "authorization: Bearer ${ADMIN_TOKEN:-}" \
+    -d '{"sql":"SELECT count() AS n FROM observations FINAL","format":"JSONEachRow"}' \
+    "http://127.0.0.1:$ADMIN_PORT/api/analytics/query" | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>{try{console.log(Number(JSON.parse(s).n))}catch{console.log(0)}})'
+}
+
+# What was there before this run (a dev database keeps earlier runs' data):
+# --smoke asks for new Observations, not old ones.
+base_fhir=$(count_fhir || echo 0)
+base_ch=$(count_clickhouse || echo 0)
+
 # 4. The simulator.
 echo "== simulating $DEVICES bedside monitors at $RATE msg/s each (logs in .run/simulator.log)"
 node bin/iomt.mjs simulate --devices "$DEVICES" --rate "$RATE" >.run/simulator.log 2>&1 &
@@ -114,15 +128,6 @@ Ctrl-C stops everything this script started.
 
 INFO
 
-count_fhir() {
-  curl -sf -H 'cache-control: no-cache' "$FHIR_URL/Observation?_summary=count" | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>{try{console.log(JSON.parse(s).total??0)}catch{console.log(0)}})'
-}
-count_clickhouse() {
-  curl -sf -X POST -H 'content-type: application/json' -H "authorization: Bearer ${ADMIN_TOKEN:-}" \
-    -d '{"sql":"SELECT count() AS n FROM observations FINAL","format":"JSONEachRow"}' \
-    "http://127.0.0.1:$ADMIN_PORT/api/analytics/query" | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>{try{console.log(Number(JSON.parse(s).n))}catch{console.log(0)}})'
-}
-
 start_time=$(date +%s)
 while true; do
   sleep 5
@@ -132,8 +137,8 @@ while true; do
   sim=$(tail -1 .run/simulator.log 2>/dev/null || true)
   echo "$(date +%T)  HAPI: ${fhir:-0} Observations   ClickHouse: ${ch:-0} rows   ${sim#simulator: }"
   if [ "$SMOKE" = 1 ]; then
-    if [ "${fhir:-0}" -gt 0 ] && [ "${ch:-0}" -gt 0 ]; then
-      echo "smoke: Observations are in HAPI and ClickHouse after $(( $(date +%s) - start_time )) s"
+    if [ "${fhir:-0}" -gt "${base_fhir:-0}" ] && [ "${ch:-0}" -gt "${base_ch:-0}" ]; then
+      echo "smoke: $(( fhir - base_fhir )) new Observations in HAPI and $(( ch - base_ch )) new rows in ClickHouse after $(( $(date +%s) - start_time )) s"
       exit 0
     fi
     if [ $(( $(date +%s) - start_time )) -gt "$SMOKE_TIMEOUT" ]; then
