@@ -146,7 +146,8 @@ describe('iomt dlq', () => {
       `Patient/${patientId}`,
     ])
       expect((await rest('DELETE', p)).ok).toBe(true);
-    // 3. Two failures: no template for the pump; HAPI refuses a reading of a deleted Patient.
+    // 3. Two failures: no template for the pump; HAPI refuses a reading whose Patient and
+    //    Device are deleted (it names whichever reference it checks first).
     await publish(client, `devices/${deviceId}/telemetry`, pumpReading);
     await publish(client, `devices/${deviceId}/telemetry`, hrReading);
     client.end(true);
@@ -160,7 +161,9 @@ describe('iomt dlq', () => {
     // 4. Filters.
     const all = await dlq('list', '--device', deviceId);
     expect(all.stdout).toMatch(/\tnormalize\tTemplateNotMatched\t/);
-    expect(all.stdout).toMatch(/\tfhir\tFhirRejected\t.*HTTP 400 — HAPI-1096: Resource Patient/);
+    expect(all.stdout).toMatch(
+      /\tfhir\tFhirRejected\t.*HTTP 400 — HAPI-1096: Resource (Patient|Device)\//,
+    );
     expect(all.stdout).toMatch(/2 of 2 dead letter\(s\)/);
     expect(
       ids((await dlq('list', '--device', deviceId, '--code', 'FhirRejected')).stdout),
