@@ -9,84 +9,21 @@
  * shares the one temp directory, each with its own database.
  */
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { createClient, type ClickHouseClientConfigOptions } from '@clickhouse/client';
-import { createChdbConnection } from 'chdb/connection';
 import type { Observation } from 'fhir/r4.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   createAnalyticsStore,
   migrations,
   type AnalyticsStore,
-  type AnalyticsStoreOptions,
-  type ClickHouseConfig,
 } from '../../src/clickhouse/index.js';
 import type { PipelineError } from '../../src/errors.js';
 import type { ObservationEnvelope } from '../../src/queues.js';
+import { clickhouseTargets } from '../support/clickhouse-targets.js';
 
-const dataPath = mkdtempSync(join(tmpdir(), 'iomt-chdb-'));
-const serverUrl = process.env.CLICKHOUSE_TEST_URL;
-
-interface Target {
-  readonly name: string;
-  readonly enabled: boolean;
-  readonly config: ClickHouseConfig;
-  readonly options?: AnalyticsStoreOptions;
-  /** chdb/connection ignores the client's `database`, so only qualified names work there. */
-  readonly unqualifiedNames: boolean;
-  /** Database-level cleanup after the suite (the temp directory goes at the end). */
-  readonly dropDatabase?: () => Promise<void>;
-}
-
-const base = { user: 'default', password: '', dataPath } as const;
-const serverDb = `iomt_test_${process.pid}_${Date.now()}`;
-const serverConfig: ClickHouseConfig = {
-  ...base,
-  url: serverUrl,
-  user: process.env.CLICKHOUSE_TEST_USER ?? 'default',
-  password: process.env.CLICKHOUSE_TEST_PASSWORD ?? '',
-  database: serverDb,
-};
-
-// chdb types its Connection against @clickhouse/client-common, which @clickhouse/client 1.23
-// now bundles as its own copy: the shapes are the same, the declarations differ.
-const inProcessConnection = () =>
-  createChdbConnection({
-    path: dataPath,
-  }) as unknown as ClickHouseClientConfigOptions['connection'];
-
-const TARGETS: Target[] = [
-  {
-    name: 'embedded (chdb)',
-    enabled: true,
-    config: { ...base, url: undefined, database: 'iomt_embedded' },
-    unqualifiedNames: true,
-  },
-  {
-    name: 'server driver over chdb/connection',
-    enabled: true,
-    config: { ...base, url: 'http://in-process.invalid', database: 'iomt_server_driver' },
-    unqualifiedNames: false,
-    options: { serverClientFactory: () => createClient({ connection: inProcessConnection() }) },
-  },
-  {
-    name: 'server (CLICKHOUSE_TEST_URL)',
-    enabled: serverUrl !== undefined,
-    config: serverConfig,
-    unqualifiedNames: true,
-    dropDatabase: async () => {
-      const c = createClient({
-        url: serverUrl,
-        username: serverConfig.user,
-        password: serverConfig.password,
-      });
-      await c.command({ query: `DROP DATABASE IF EXISTS ${serverDb}` });
-      await c.close();
-    },
-  },
-];
+// chdb binds one data directory per process: every target of this file shares one.
+const targets = clickhouseTargets('iomt');
+const { dataPath } = targets;
+const TARGETS = targets.all;
 
 const RECEIVED_AT = Date.UTC(2025, 4, 1, 8, 0, 0, 100);
 
@@ -146,7 +83,7 @@ function bloodPressure(systolic: number): ObservationEnvelope {
   });
 }
 
-afterAll(() => rmSync(dataPath, { recursive: true, force: true }));
+afterAll(() => targets.cleanup());
 
 for (const target of TARGETS) {
   describe.runIf(target.enabled)(target.name, () => {
@@ -293,7 +230,13 @@ for (const target of TARGETS) {
 
 describe('embedded engine ownership', () => {
   it('a second process on the same directory gets ClickHouseUnavailable naming CHDB_PATH', async () => {
-    const store = createAnalyticsStore({ ...base, url: undefined, database: 'iomt_owner' });
+    const store = createAnalyticsStore({
+      user: 'default',
+      password: '',
+      dataPath,
+      url: undefined,
+      database: 'iomt_owner',
+    });
     await store.ping(); // this process now holds the directory lock
     try {
       const child = spawnSync(
