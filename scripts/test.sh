@@ -8,6 +8,16 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/lib.sh
 
+# Tools the integration tests call; .ci/run installs them with apt-get.
+missing=()
+for tool in java:openjdk-17-jdk-headless mvn:maven curl:curl mosquitto_pub:mosquitto-clients openssl:openssl; do
+  command -v "${tool%%:*}" >/dev/null || missing+=("${tool#*:}")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "test: missing tools; install them with: apt-get install -y ${missing[*]} (or run bash .ci/run)" >&2
+  exit 1
+fi
+
 ensure_node_modules
 REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}"
 if ! redis_up "$REDIS_URL"; then
