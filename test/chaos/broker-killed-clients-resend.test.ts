@@ -20,12 +20,7 @@ import {
   spawnIomt,
   stopAll,
 } from './support/processes.js';
-import {
-  clickhouseCounts,
-  clickhouseProblems,
-  waitForDrained,
-  waitForFhir,
-} from './support/verify.js';
+import { expectOnceInClickHouse, expectOnceInFhirAndDrained } from './support/verify.js';
 
 const fhirUrl = inject('fhirUrl');
 const redisUrl = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
@@ -72,19 +67,9 @@ describe('a broker killed with SIGKILL and restarted', () => {
     expect(fleet.acked).toHaveLength(600);
 
     // 4. End state: once in HAPI, once in ClickHouse, nothing dead-lettered.
-    await waitForFhir(fhirUrl, fleet.devices, () => fleet!.acked, 120_000);
-    expect(await waitForDrained(redisUrl, prefix, 60_000)).toEqual({
-      pending: 0,
-      failed: 0,
-      deadLetters: 0,
-    });
+    await expectOnceInFhirAndDrained(fhirUrl, redisUrl, prefix, fleet);
     await b.stop();
     await w.stop();
-    const ch = await clickhouseCounts(
-      base.chdbPath,
-      fleet.acked.map((s) => s.id),
-    );
-    expect(clickhouseProblems(ch.final, fleet.acked)).toEqual([]);
-    expect(ch.final.size).toBe(600);
+    await expectOnceInClickHouse(base.chdbPath, fleet.acked, 600);
   }, 240_000);
 });

@@ -21,12 +21,7 @@ import {
   spawnIomt,
   stopAll,
 } from './support/processes.js';
-import {
-  clickhouseCounts,
-  clickhouseProblems,
-  waitForDrained,
-  waitForFhir,
-} from './support/verify.js';
+import { expectOnceInClickHouse, expectOnceInFhirAndDrained } from './support/verify.js';
 
 const HAPI_PORT = 8098;
 const fhirUrl = `http://127.0.0.1:${HAPI_PORT}/fhir`;
@@ -93,18 +88,8 @@ describe('HAPI stopped for 30 s while devices publish', () => {
     expect(a.logs.some((l) => l.event === 'job-failed' && l.code === 'FhirUnavailable')).toBe(true);
 
     // 4. End state: once in HAPI, once in ClickHouse, nothing dead-lettered.
-    await waitForFhir(fhirUrl, fleet.devices, () => fleet!.acked, 120_000);
-    expect(await waitForDrained(redisUrl, prefix, 60_000)).toEqual({
-      pending: 0,
-      failed: 0,
-      deadLetters: 0,
-    });
+    await expectOnceInFhirAndDrained(fhirUrl, redisUrl, prefix, fleet);
     await a.stop();
-    const ch = await clickhouseCounts(
-      base.chdbPath,
-      fleet.acked.map((s) => s.id),
-    );
-    expect(clickhouseProblems(ch.final, fleet.acked)).toEqual([]);
-    expect(ch.final.size).toBe(450);
+    await expectOnceInClickHouse(base.chdbPath, fleet.acked, 450);
   }, 480_000);
 });

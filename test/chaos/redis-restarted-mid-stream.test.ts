@@ -12,12 +12,7 @@ import { afterAll, describe, expect, inject, it } from 'vitest';
 import { uniqueId } from '../support/harness.js';
 import { Fleet } from './support/fleet.js';
 import { iomtEnv, ready, sleep, spawnIomt, stopAll, testRedis } from './support/processes.js';
-import {
-  clickhouseCounts,
-  clickhouseProblems,
-  waitForDrained,
-  waitForFhir,
-} from './support/verify.js';
+import { expectOnceInClickHouse, expectOnceInFhirAndDrained } from './support/verify.js';
 
 const fhirUrl = inject('fhirUrl');
 const REDIS_PORT = 6391;
@@ -64,20 +59,10 @@ describe('Redis killed with SIGKILL and restarted from its append-only file', ()
     expect(b.child.exitCode).toBeNull();
 
     // 4. End state: once in HAPI, once in ClickHouse, nothing dead-lettered.
-    await waitForFhir(fhirUrl, fleet.devices, () => fleet!.acked, 120_000);
-    expect(await waitForDrained(redis.url, prefix, 60_000)).toEqual({
-      pending: 0,
-      failed: 0,
-      deadLetters: 0,
-    });
+    await expectOnceInFhirAndDrained(fhirUrl, redis.url, prefix, fleet);
     await b.stop();
     await w.stop();
-    const ch = await clickhouseCounts(
-      base.chdbPath,
-      fleet.acked.map((s) => s.id),
-    );
-    expect(clickhouseProblems(ch.final, fleet.acked)).toEqual([]);
-    expect(ch.final.size).toBe(500);
+    await expectOnceInClickHouse(base.chdbPath, fleet.acked, 500);
     await redis.kill9();
   }, 240_000);
 });

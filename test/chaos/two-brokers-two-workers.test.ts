@@ -11,12 +11,7 @@ import { afterAll, describe, expect, inject, it } from 'vitest';
 import { uniqueId } from '../support/harness.js';
 import { Fleet } from './support/fleet.js';
 import { dropPrefix, iomtEnv, ready, spawnIomt, stopAll } from './support/processes.js';
-import {
-  clickhouseCounts,
-  clickhouseProblems,
-  waitForDrained,
-  waitForFhir,
-} from './support/verify.js';
+import { expectOnceInClickHouse, expectOnceInFhirAndDrained } from './support/verify.js';
 
 const fhirUrl = inject('fhirUrl');
 const redisUrl = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
@@ -61,22 +56,12 @@ describe('two brokers and two workers on one Redis', () => {
     expect(fleet.acked).toHaveLength(500);
 
     // 3. End state, and who did the work.
-    await waitForFhir(fhirUrl, fleet.devices, () => fleet!.acked, 120_000);
-    expect(await waitForDrained(redisUrl, prefix, 60_000)).toEqual({
-      pending: 0,
-      failed: 0,
-      deadLetters: 0,
-    });
+    await expectOnceInFhirAndDrained(fhirUrl, redisUrl, prefix, fleet);
     for (const b of [b1, b2]) expect(b.logs.filter((l) => l.event === 'connected')).toHaveLength(4);
     for (const w of [w1, w2])
       expect(w.logs.filter((l) => l.event === 'normalized').length).toBeGreaterThan(0);
 
     await Promise.all([b1.stop(), b2.stop(), w1.stop(), w2.stop()]);
-    const ch = await clickhouseCounts(
-      base.chdbPath,
-      fleet.acked.map((s) => s.id),
-    );
-    expect(clickhouseProblems(ch.final, fleet.acked)).toEqual([]);
-    expect(ch.final.size).toBe(500);
+    await expectOnceInClickHouse(base.chdbPath, fleet.acked, 500);
   }, 240_000);
 });

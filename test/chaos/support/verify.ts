@@ -5,6 +5,7 @@
  * job is left waiting or failed.
  */
 import { Queue } from 'bullmq';
+import { expect } from 'vitest';
 import { Redis } from 'ioredis';
 import { createAnalyticsStore } from '../../../src/clickhouse/index.js';
 import { QUEUE } from '../../../src/queues.js';
@@ -177,4 +178,41 @@ export function clickhouseProblems(final: Map<string, number>, acked: readonly S
   return acked
     .filter((s) => final.get(s.id) !== 1)
     .map((s) => `${s.id}: ${final.get(s.id) ?? 0} rows with FINAL`);
+}
+
+/**
+ * The HAPI half of the end state: every acknowledged message is there exactly
+ * once, and the pipeline's queues drained with nothing failed or dead-lettered.
+ */
+export async function expectOnceInFhirAndDrained(
+  fhirUrl: string,
+  redisUrl: string,
+  prefix: string,
+  fleet: { readonly devices: readonly Device[]; readonly acked: readonly Sent[] },
+  drainMs = 60_000,
+): Promise<void> {
+  await waitForFhir(fhirUrl, fleet.devices, () => fleet.acked, 120_000);
+  expect(await waitForDrained(redisUrl, prefix, drainMs)).toEqual({
+    pending: 0,
+    failed: 0,
+    deadLetters: 0,
+  });
+}
+
+/**
+ * The ClickHouse half: every acknowledged message once with FINAL, and no
+ * other row. Call it after the mirror process stopped (the embedded engine
+ * has one owner).
+ */
+export async function expectOnceInClickHouse(
+  chdbPath: string,
+  acked: readonly Sent[],
+  rows: number,
+): Promise<void> {
+  const ch = await clickhouseCounts(
+    chdbPath,
+    acked.map((s) => s.id),
+  );
+  expect(clickhouseProblems(ch.final, acked)).toEqual([]);
+  expect(ch.final.size).toBe(rows);
 }
