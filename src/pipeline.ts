@@ -197,6 +197,7 @@ export async function startPipeline(
         redis,
         fhirStore,
         analyticsStore,
+        devices,
         ...(roles.includes('worker')
           ? { templatesVersion: () => templates?.current().version ?? templatesVersion }
           : {}),

@@ -12,7 +12,7 @@
  *    FHIR server or ClickHouse that is down catches up (the `sync` port).
  * A reading is never attributed here: the normalize worker reads the history.
  */
-import { PipelineError } from '../errors.js';
+import { isPipelineError, PipelineError } from '../errors.js';
 import {
   checkChange,
   currentGateways,
@@ -75,6 +75,8 @@ export interface AssignOptions extends Actor {
 export type UnassignOptions = Omit<AssignOptions, 'newPatient'>;
 
 export interface DeviceHistory {
+  /** What the operator should know about the change just made (e.g. a Patient that could not be checked). */
+  readonly warnings?: readonly string[];
   readonly device: DeviceRecord;
   readonly records: readonly AssociationRecord[];
   readonly periods: readonly AssociationPeriod[];
@@ -155,7 +157,11 @@ export class DeviceService {
     return { secret, device: record, history: await this.history(deviceId) };
   }
 
-  async #checkPatient(patientRef: string, options: AssignOptions): Promise<string> {
+  /** The Patient's id, and a warning when the FHIR server could not be asked. */
+  async #checkPatient(
+    patientRef: string,
+    options: AssignOptions,
+  ): Promise<{ patientId: string; warning?: string }> {
     if (this.#p.identityMode !== 'Create') {
       throw new PipelineError(
         'InvalidArgument',
@@ -164,15 +170,30 @@ export class DeviceService {
       );
     }
     const patientId = parsePatientRef(patientRef);
-    if (options.newPatient || this.#p.createPatients) return patientId;
-    if (!(await this.#p.patientExists(patientId))) {
+    if (options.newPatient || this.#p.createPatients) return { patientId };
+    let exists: boolean;
+    try {
+      exists = await this.#p.patientExists(patientId);
+    } catch (err) {
+      if (!isPipelineError(err) || !err.retryable) throw err;
+      // The association is a fact at the bedside: record it even while the FHIR
+      // server is down. Nothing is guessed: if the Patient does not exist, the
+      // writer holds its readings as PatientNotFound instead of creating it.
+      return {
+        patientId,
+        warning:
+          `the FHIR server could not be asked whether Patient/${patientId} exists (${err.code}); ` +
+          'the association is recorded, and its readings are held as PatientNotFound if it does not',
+      };
+    }
+    if (!exists) {
       throw new PipelineError(
         'PatientNotFound',
         `Patient/${patientId} does not exist on the FHIR server: check the id, or, if the patient ` +
           'is new, say so (--new-patient / "newPatient": true) and the pipeline will create it',
       );
     }
-    return patientId;
+    return { patientId };
   }
 
   /** Associates the device with a patient from `at` (default now) on. */
@@ -189,14 +210,14 @@ export class DeviceService {
           'associate those devices instead',
       );
     }
-    const patientId = await this.#checkPatient(patientRef, options);
+    const { patientId, warning } = await this.#checkPatient(patientRef, options);
     const history = await this.#record(
       deviceId,
       { kind: 'assign', patientId, ...(options.newPatient ? { newPatient: true } : {}) },
       options,
     );
     await this.#p.sync(deviceId, history);
-    return this.#view(device, history);
+    return { ...this.#view(device, history), ...(warning ? { warnings: [warning] } : {}) };
   }
 
   /** Ends the device's association from `at` (default now); its sessions end. */

@@ -26,9 +26,7 @@ const who = { source: 'cli' as const, actor: 'nurse.kim' };
 type Change = AssociationChange & { at: number; correction?: boolean };
 
 function log(...drafts: Change[]) {
-  return drafts.map(
-    (d, seq) => ({ ...who, recordedAt: T0 + 100 * H + seq, ...d, seq }),
-  );
+  return drafts.map((d, seq) => ({ ...who, recordedAt: T0 + 100 * H + seq, ...d, seq }));
 }
 
 const assign = (patientId: string, at: number, extra = {}) =>
@@ -102,8 +100,7 @@ describe('association periods', () => {
 
 describe('recording a change', () => {
   const now = T0 + 10 * H;
-  const draft = (d: Change): AssociationDraft =>
-    ({ ...who, recordedAt: now, ...d });
+  const draft = (d: Change): AssociationDraft => ({ ...who, recordedAt: now, ...d });
   const history = log(assign('A', T0), unassign(T0 + 2 * H), assign('B', T0 + 5 * H));
 
   it('a change taking effect now is always accepted', () => {

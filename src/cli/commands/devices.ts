@@ -21,6 +21,7 @@ function iso(ms: number | undefined): string {
 
 export function printHistory(h: DeviceHistory): void {
   const out = process.stdout;
+  for (const w of h.warnings ?? []) process.stderr.write(`iomt: warning: ${w}\n`);
   out.write(
     `${h.device.deviceId} (${h.device.kind}, ${h.device.status}) — ` +
       `now: ${h.currentPatient ? `Patient/${h.currentPatient}` : 'no patient'}` +
