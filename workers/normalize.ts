@@ -146,6 +146,12 @@ export function createNormalizeProcessor(
         }
         for (const s of who.subjects()) subjects.set(`${s.resourceType}/${s.id}`, s);
         deps.metrics?.messagesNormalized.inc();
+        for (const template of new Set(result.matchedTemplates))
+          deps.metrics?.templateMessages.inc({
+            template,
+            version: mappings.version,
+            outcome: 'matched',
+          });
         const observationCount = result.observations.length;
         (observationCount > 0 ? pending : settled).push(
           fate(message, { patientId, outcome: 'processed', observationCount }),
@@ -153,6 +159,12 @@ export function createNormalizeProcessor(
       } catch (err) {
         const e = toPipelineError(err);
         if (e.retryable) throw e; // e.g. Redis unreachable: the whole batch retries
+        const unmatched = e.code === 'TemplateNotMatched';
+        deps.metrics?.templateMessages.inc({
+          template: unmatched ? '(none)' : String(e.details.template ?? '(none)'),
+          version: mappings.version,
+          outcome: unmatched ? 'unmatched' : 'dead_lettered',
+        });
         if (e.code === 'TemplateNotMatched') {
           deps.metrics?.messagesUnmatched.inc();
           if (deps.config.mappings.unmatched === 'count') {

@@ -13,7 +13,9 @@ import { httpAnswer, PipelineError } from '../errors.js';
 import type { FhirStore } from '../fhir/store.js';
 import type { Logger } from '../logger.js';
 import type { Metrics } from '../metrics.js';
+import type { MappingLifecycle } from '../mapping/lifecycle/index.js';
 import { registerAnalyticsRoutes } from './analytics-routes.js';
+import { registerMappingRoutes } from './mapping-routes.js';
 
 export interface AdminDeps {
   readonly config: Config;
@@ -29,6 +31,8 @@ export interface AdminDeps {
    * process stays ready: the active version keeps processing).
    */
   readonly templatesStatus?: () => unknown;
+  /** Template versions, gates, activation, rollback and audit (mapping-routes.ts). */
+  readonly mappingLifecycle?: MappingLifecycle;
 }
 
 export interface RunningAdmin {
@@ -98,6 +102,8 @@ export function buildAdmin(deps: AdminDeps): FastifyInstance {
   });
   // Analysts' read-only SQL and the mirror backfill (the process owning the store answers).
   registerAnalyticsRoutes(app, deps);
+  // The template lifecycle: validate, test, shadow-run, diff, propose, activate, rollback, audit.
+  registerMappingRoutes(app, deps);
   app.get('/metrics', async (_req, reply) => {
     await reply
       .header('content-type', deps.metrics.registry.contentType)
