@@ -176,7 +176,7 @@ describe('iomt dlq', () => {
     const [id] = ids(
       (await dlq('list', '--device', deviceId, '--code', 'TemplateNotMatched')).stdout,
     );
-    const shown = JSON.parse((await dlq('show', id!)).stdout) as Record<string, unknown>;
+    const shown = JSON.parse((await dlq('show', id!, '--json')).stdout) as Record<string, unknown>;
     expect(shown).toMatchObject({
       code: 'TemplateNotMatched',
       stage: 'normalize',
@@ -184,7 +184,7 @@ describe('iomt dlq', () => {
       payloadText: JSON.stringify(pumpReading),
     });
     const missing = await dlq('show', 'no-such-id');
-    expect(missing.code).toBe(1);
+    expect(missing.code).toBe(2); // invalid input: no such id (docs/cli.md)
     expect(missing.stderr).toContain('DeadLetterNotFound');
   });
 
