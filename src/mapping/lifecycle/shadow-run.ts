@@ -84,21 +84,28 @@ export function affectedFiles(
     else if (!c.has(file)) out.set(file, 'removed');
     else if (a.get(file) !== c.get(file)) out.set(file, 'changed');
   }
-  const changedFhir = new Set(
-    [...new Set([...a.keys(), ...c.keys()])].filter(
-      (f) => f.startsWith('fhir/') && a.get(f) !== c.get(f),
-    ),
+  // FHIR templates are compared by type: one file often holds several.
+  const spec = (m: MappingSet, type: string) => {
+    const t = m.fhirTemplates.get(type);
+    return t ? JSON.stringify(t.spec) : undefined;
+  };
+  const types = new Set([
+    ...active.mappings.fhirTemplates.keys(),
+    ...candidate.mappings.fhirTemplates.keys(),
+  ]);
+  const changedTypes = new Set(
+    [...types].filter((type) => spec(active.mappings, type) !== spec(candidate.mappings, type)),
   );
-  const typesOf = (m: MappingSet) =>
-    [...m.fhirTemplates.values()]
-      .filter((t) => changedFhir.has(t.file))
-      .map((t) => t.spec.typeName);
-  const changedTypes = new Set([...typesOf(active.mappings), ...typesOf(candidate.mappings)]);
+  const byFile = new Map<string, Set<string>>();
   for (const m of [active.mappings, candidate.mappings]) {
     for (const t of m.deviceTemplates) {
-      if (changedTypes.has(t.spec.typeName) && !out.has(t.file))
-        out.set(t.file, `FHIR template "${t.spec.typeName}" changed`);
+      if (!changedTypes.has(t.spec.typeName) || out.has(t.file)) continue;
+      byFile.set(t.file, (byFile.get(t.file) ?? new Set<string>()).add(t.spec.typeName));
     }
+  }
+  for (const [file, changed] of byFile) {
+    const names = [...changed].map((n) => `"${n}"`).join(', ');
+    out.set(file, `FHIR template${changed.size > 1 ? 's' : ''} ${names} changed`);
   }
   return out;
 }
