@@ -14,7 +14,7 @@ import {
   DEVICE_MESSAGES_TABLE,
   type AnalyticsStore,
 } from '../../clickhouse/index.js';
-import { PipelineError } from '../../errors.js';
+import { isPipelineError, PipelineError } from '../../errors.js';
 import type { DeadLetterJobData } from '../../queues.js';
 import type { ShadowSample } from './shadow-run.js';
 
@@ -41,6 +41,35 @@ interface MessageRow {
   /** 64-bit integers come back as strings. */
   readonly received_ms: string | number;
   readonly payload: string;
+}
+
+/** The newest rows; a missing table is no answer, not "no traffic" (a wrong database would pass every gate). */
+async function readRows(
+  store: AnalyticsStore,
+  database: string,
+  limit: number,
+): Promise<MessageRow[]> {
+  try {
+    // FINAL: one row per message (the latest outcome); newest first.
+    return await store.queryRows<MessageRow>(
+      `SELECT message_id, mqtt_device_id, patient_id, topic,
+              toUnixTimestamp64Milli(received_at) AS received_ms, payload
+       FROM ${database}.${DEVICE_MESSAGES_TABLE} FINAL
+       WHERE encoding = 'utf8'
+       ORDER BY received_at DESC, message_id DESC
+       LIMIT ${Math.floor(limit)}`,
+    );
+  } catch (err) {
+    const name = isPipelineError(err) ? err.details.clickhouseError : undefined;
+    if (name === 'UNKNOWN_TABLE' || name === 'UNKNOWN_DATABASE') {
+      throw new PipelineError(
+        'ClickHouseUnavailable',
+        `ClickHouse has no ${database}.${DEVICE_MESSAGES_TABLE} (check CLICKHOUSE_DATABASE; the mirror creates it when it starts)`,
+        { cause: err },
+      );
+    }
+    throw err;
+  }
 }
 
 export function createShadowSource(o: ShadowSourceOptions): ShadowSource {
@@ -74,15 +103,7 @@ export function createShadowSource(o: ShadowSourceOptions): ShadowSource {
         }
       }
       if (limits.deviceMessages > 0) {
-        // FINAL: one row per message (the latest outcome); newest first.
-        const rows = await o.store.queryRows<MessageRow>(
-          `SELECT message_id, mqtt_device_id, patient_id, topic,
-                  toUnixTimestamp64Milli(received_at) AS received_ms, payload
-           FROM ${o.database}.${DEVICE_MESSAGES_TABLE} FINAL
-           WHERE encoding = 'utf8'
-           ORDER BY received_at DESC, message_id DESC
-           LIMIT ${Math.floor(limits.deviceMessages)}`,
-        );
+        const rows = await readRows(o.store, o.database, limits.deviceMessages);
         const deadAt = new Map(out.map((d, i) => [d.id, i]));
         for (const r of rows) {
           const i = deadAt.get(r.message_id);
