@@ -161,7 +161,7 @@ export function createNormalizeProcessor(
         if (e.retryable) throw e; // e.g. Redis unreachable: the whole batch retries
         const unmatched = e.code === 'TemplateNotMatched';
         deps.metrics?.templateMessages.inc({
-          template: unmatched ? '(none)' : String(e.details.template ?? '(none)'),
+          template: typeof e.details.template === 'string' ? e.details.template : '(none)',
           version: mappings.version,
           outcome: unmatched ? 'unmatched' : 'dead_lettered',
         });

@@ -194,6 +194,14 @@ afterAll(async () => {
 
 describe('template lifecycle', () => {
   it('gates refuse a breaking edit, a correct one is activated explicitly and rolled back on both pipelines, and a restart changes nothing', async () => {
+    // 0. The lifecycle routes need the admin token, like every admin route.
+    const anonymous = await a.pipeline.admin!.app.inject({
+      method: 'POST',
+      url: '/api/mappings/rollback',
+      payload: {},
+    });
+    expect(anonymous.statusCode).toBe(401);
+
     // 1. The first worker's folder became the fleet's version (audited); both run it.
     const v1 = active(a);
     expect(active(b)).toBe(v1);

@@ -1,12 +1,8 @@
 /** The template lifecycle: versions, gates, shadow run, activation, rollback, audit. */
 export { MappingLifecycle, lifecycleSettings } from './service.js';
-export type {
-  FixtureReport,
-  LifecycleOptions,
-  LifecycleSettings,
-  StoredVersion,
-  ValidationReport,
-} from './service.js';
+export type { LifecycleOptions, LifecycleSettings, StoredVersion } from './service.js';
+export { testCandidate, validateCandidate } from './checks.js';
+export type { FixtureReport, ValidationReport } from './checks.js';
 export { createShadowSource } from './shadow-source.js';
 export type { ShadowSource, ShadowSourceOptions } from './shadow-source.js';
 export { affectedFiles, observationDiff, shadowRun } from './shadow-run.js';

@@ -20,8 +20,13 @@ import type { Redis } from 'ioredis';
 import type { Config } from '../../config.js';
 import { PipelineError, toPipelineError } from '../../errors.js';
 import type { Logger } from '../../logger.js';
-import { runFixture } from '../fixtures.js';
 import { compileSources, formatProblem } from '../load.js';
+import {
+  testCandidate,
+  validateCandidate,
+  type FixtureReport,
+  type ValidationReport,
+} from './checks.js';
 import { runGates, summarizeGates, type GateSettings } from './gates.js';
 import type { ShadowSample } from './shadow-run.js';
 import type { ShadowSource } from './shadow-source.js';
@@ -32,7 +37,6 @@ import type {
   Actor,
   AuditEntry,
   Candidate,
-  FixtureResult,
   GateReport,
   VersionInfo,
   VersionRecord,
@@ -65,25 +69,6 @@ export interface LifecycleOptions {
   readonly source?: ShadowSource;
   readonly log?: Logger;
   readonly now?: () => Date;
-}
-
-export interface ValidationReport {
-  readonly ok: boolean;
-  readonly version?: string;
-  readonly deviceTemplates: number;
-  readonly fhirTemplates: number;
-  readonly problems: readonly string[];
-  readonly notes: readonly string[];
-}
-
-export interface FixtureReport {
-  readonly ok: boolean;
-  readonly version?: string;
-  readonly passed: number;
-  readonly failed: number;
-  readonly results: readonly FixtureResult[];
-  /** Set when the templates do not validate (no fixture ran). */
-  readonly problems?: readonly string[];
 }
 
 export interface StoredVersion extends Candidate {
@@ -148,48 +133,11 @@ export class MappingLifecycle {
   }
 
   validate(candidate: Candidate): ValidationReport {
-    const r = compileSources(candidate.files, 'candidate');
-    return r.ok
-      ? {
-          ok: true,
-          version: r.mappings.version,
-          deviceTemplates: r.mappings.deviceTemplates.length,
-          fhirTemplates: r.mappings.fhirTemplates.size,
-          problems: [],
-          notes: r.notes.map(formatProblem),
-        }
-      : {
-          ok: false,
-          deviceTemplates: 0,
-          fhirTemplates: 0,
-          problems: r.problems.map(formatProblem),
-          notes: r.notes.map(formatProblem),
-        };
+    return validateCandidate(candidate);
   }
 
-  async test(candidate: Candidate): Promise<FixtureReport> {
-    const r = compileSources(candidate.files, 'candidate');
-    if (!r.ok)
-      return {
-        ok: false,
-        passed: 0,
-        failed: 0,
-        results: [],
-        problems: r.problems.map(formatProblem),
-      };
-    const results: FixtureResult[] = [];
-    for (const f of candidate.fixtures) {
-      const o = await runFixture(r.mappings, f);
-      results.push({ name: o.name, ok: o.ok, differences: o.differences });
-    }
-    const failed = results.filter((x) => !x.ok).length;
-    return {
-      ok: failed === 0,
-      version: r.mappings.version,
-      passed: results.length - failed,
-      failed,
-      results,
-    };
+  test(candidate: Candidate): Promise<FixtureReport> {
+    return testCandidate(candidate);
   }
 
   async #samples(): Promise<readonly ShadowSample[] | { unavailable: string }> {
