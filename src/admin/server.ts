@@ -1,9 +1,10 @@
 /**
  * The admin HTTP API (fastify): /healthz (alive), /readyz (Redis, FHIR and
  * ClickHouse reachable), /metrics (Prometheus), the analysts' endpoints
- * (analytics-routes.ts) and the template lifecycle (mapping-routes.ts). Everything but /healthz needs
- * `Authorization: Bearer <ADMIN_TOKEN>`; the pipeline refuses to start the admin
- * role without a token unless ADMIN_AUTH=none (development only).
+ * (analytics-routes.ts) and the template lifecycle (mapping-routes.ts).
+ * Everything but /healthz needs `Authorization: Bearer <ADMIN_TOKEN>`; the
+ * pipeline refuses to start the admin role without a token unless
+ * ADMIN_AUTH=none (development only).
  */
 import { timingSafeEqual } from 'node:crypto';
 import Fastify, { type FastifyInstance } from 'fastify';
