@@ -24,6 +24,7 @@ import { parseArgs } from 'node:util';
 import mqtt, { type MqttClient } from 'mqtt';
 import type { Device, Observation } from 'fhir/r4.js';
 import { loadConfig } from '../src/config.js';
+import { createFhirGateway } from '../src/fhir/gateway.js';
 import { createFhirStore } from '../src/fhir/store.js';
 import { createLogger } from '../src/logger.js';
 import { loadMappings, normalizeMessage, type MappingSet } from '../src/mapping/index.js';
@@ -115,12 +116,13 @@ async function fhirAloneRate(
   batch: number,
 ): Promise<number> {
   // The same Observations the pipeline would write, for patients that exist.
-  const store = createFhirStore({ baseUrl: fhirUrl, timeoutMs: 60_000 });
+  const gateway = createFhirGateway({ baseUrl: fhirUrl, timeoutMs: 60_000 });
+  const store = createFhirStore(gateway);
   const patient = `bench-${runId}-baseline`;
   await store.ensurePatients([
     { id: patient, identifier: { system: 'urn:iomt:patient', value: patient }, create: true },
   ]);
-  await store.transaction([
+  await gateway.transaction([
     {
       resource: {
         resourceType: 'Device',

@@ -12,6 +12,7 @@ import {
   type DeviceService,
 } from './devices/index.js';
 import { PipelineError, toPipelineError } from './errors.js';
+import { createFhirGateway, type FhirGateway } from './fhir/gateway.js';
 import { createFhirStore, type FhirStore } from './fhir/store.js';
 import type { Logger } from './logger.js';
 import {
@@ -51,6 +52,7 @@ export interface Pipeline {
   readonly queues: Queues;
   readonly metrics: Metrics;
   readonly fhirStore: FhirStore;
+  readonly fhir: FhirGateway;
   readonly analyticsStore: AnalyticsStore | undefined;
   readonly broker: RunningBroker | undefined;
   readonly admin: RunningAdmin | undefined;
@@ -95,7 +97,9 @@ export async function startPipeline(
   const associations = new AssociationStore(redis, config.redis.prefix);
   metrics.setQueueDepthSource(() => queueDepths(queues));
   let templatesVersion: string | undefined;
-  const fhirStore = createFhirStore({ baseUrl: config.fhir.url, timeoutMs: config.fhir.timeoutMs });
+  // One FHIR gateway for the whole process: every request to the server goes through it.
+  const fhir = createFhirGateway({ baseUrl: config.fhir.url, timeoutMs: config.fhir.timeoutMs });
+  const fhirStore = createFhirStore(fhir);
   const devices = createDeviceService(config, redis, queues, fhirStore);
   // SUBSCRIBE holds a connection of its own (sessions of re-keyed devices end at once).
   const revocationRedis = roles.includes('broker') ? createRedis(config.redis.url) : undefined;
@@ -191,6 +195,7 @@ export async function startPipeline(
         // Each job takes the active set once: a swap never splits a job.
         mappings: templates ? () => templates!.current() : () => mappings,
         fhirStore,
+        fhir,
         ...(analyticsStore ? { analyticsStore } : {}),
         log,
         metrics,
@@ -212,7 +217,7 @@ export async function startPipeline(
         log,
         metrics,
         redis,
-        fhirStore,
+        fhir,
         analyticsStore,
         devices,
         mappingLifecycle: lifecycle,
@@ -234,6 +239,7 @@ export async function startPipeline(
     queues,
     metrics,
     fhirStore,
+    fhir,
     analyticsStore,
     broker,
     admin,

@@ -14,6 +14,7 @@ import { LRUCache } from 'lru-cache';
 import type { Config } from '../src/config.js';
 import { toPipelineError, type PipelineError } from '../src/errors.js';
 import type { AssociationSync } from '../src/fhir/associations.js';
+import type { FhirGateway } from '../src/fhir/gateway.js';
 import type { FhirStore } from '../src/fhir/store.js';
 import type { Logger } from '../src/logger.js';
 import type { Metrics } from '../src/metrics.js';
@@ -33,6 +34,8 @@ import { messagesDigest, settleMessages, storedVersions } from './analytics-hand
 export interface FhirWriterDeps {
   readonly config: Config;
   readonly store: FhirStore;
+  /** The FHIR gateway (grouped Observations are merged with If-Match). */
+  readonly fhir: FhirGateway;
   /** Writes a device's FHIR Device and DeviceUseStatements from its history. */
   readonly associationSync: AssociationSync;
   readonly analyticsQueue: Queue<AnalyticsJobData> | undefined;
@@ -65,10 +68,7 @@ export function createFhirWriterProcessor(
   deps: FhirWriterDeps,
 ): (job: Job<FhirJobData>) => Promise<void> {
   // Grouped Observations (windows, correlation ids) are merged into the stored one.
-  const merger = createObservationMerger({
-    baseUrl: deps.config.fhir.url,
-    timeoutMs: deps.config.fhir.timeoutMs,
-  });
+  const merger = createObservationMerger(deps.fhir);
   // Devices whose FHIR Device this process has written from their history; a
   // change of association reaches FHIR through its own sync job, not through this.
   const devicesWritten = new LRUCache<string, true>({ max: 100_000 });

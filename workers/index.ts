@@ -12,6 +12,7 @@ import type { DeviceRegistry } from '../src/devices/registry.js';
 import { queueDecision, toPipelineError, type PipelineError } from '../src/errors.js';
 import { createAssociationSync } from '../src/fhir/associations.js';
 import { createIdentityService } from '../src/fhir/identity.js';
+import type { FhirGateway } from '../src/fhir/gateway.js';
 import type { FhirStore } from '../src/fhir/store.js';
 import type { Logger } from '../src/logger.js';
 import type { MappingSet } from '../src/mapping/index.js';
@@ -38,6 +39,8 @@ export interface WorkerDeps {
   readonly associations: AssociationStore;
   readonly mappings: () => MappingSet;
   readonly fhirStore: FhirStore;
+  /** The one FHIR gateway (reads, searches, merges, association syncs). */
+  readonly fhir: FhirGateway;
   /** Required when this process runs the "analytics" stage. */
   readonly analyticsStore?: AnalyticsStore;
   readonly log: Logger;
@@ -188,7 +191,7 @@ export function startWorkers(deps: WorkerDeps): RunningWorkers {
         // MedTech's identity modes (IDENTITY_RESOLUTION): associations + Create, or FHIR Lookup.
         identity: createIdentityService({
           mode: config.fhir.identityResolution,
-          store: deps.fhirStore,
+          fhir: deps.fhir,
           deviceIdentifierSystem: config.fhir.deviceIdentifierSystem,
           createPatients: config.fhir.createPatients,
           associations: deps.associations,
@@ -207,7 +210,8 @@ export function startWorkers(deps: WorkerDeps): RunningWorkers {
         ...deps,
         store: deps.fhirStore,
         associationSync: createAssociationSync({
-          store: deps.fhirStore,
+          fhir: deps.fhir,
+          patients: deps.fhirStore,
           reader: deps.associations,
           deviceIdentifierSystem: config.fhir.deviceIdentifierSystem,
           createPatients: config.fhir.createPatients,

@@ -12,7 +12,7 @@ import type { Redis } from 'ioredis';
 import type { AnalyticsStore } from '../clickhouse/index.js';
 import type { Config } from '../config.js';
 import { httpAnswer, PipelineError } from '../errors.js';
-import type { FhirStore } from '../fhir/store.js';
+import type { FhirGateway } from '../fhir/gateway.js';
 import type { Logger } from '../logger.js';
 import type { Metrics } from '../metrics.js';
 import type { DeviceService } from '../devices/index.js';
@@ -26,7 +26,7 @@ export interface AdminDeps {
   readonly log: Logger;
   readonly metrics: Metrics;
   readonly redis: Redis;
-  readonly fhirStore: FhirStore;
+  readonly fhir: FhirGateway;
   readonly analyticsStore: AnalyticsStore | undefined;
   /** The active mapping templates' version, in a process that runs workers. */
   readonly templatesVersion?: () => string | undefined;
@@ -85,7 +85,7 @@ export function buildAdmin(deps: AdminDeps): FastifyInstance {
     const checks = Object.fromEntries(
       await Promise.all([
         check('redis', () => deps.redis.ping()),
-        check('fhir', () => deps.fhirStore.ping()),
+        check('fhir', () => deps.fhir.capabilities()),
         ...(deps.analyticsStore ? [check('clickhouse', () => deps.analyticsStore!.ping())] : []),
         ...(deps.templatesVersion
           ? [

@@ -33,6 +33,7 @@ import {
 import type { AssociationReader } from '../devices/association-store.js';
 import { deviceResourceId } from '../mapping/identity.js';
 import type { PatientRef } from '../queues.js';
+import type { FhirGateway } from './gateway.js';
 import type { FhirStore } from './store.js';
 
 /** DeviceUseStatement.identifier.system: value `<device id>/<seq of the opening record>`. */
@@ -43,7 +44,8 @@ export const PATIENT_IDENTIFIER_SYSTEM = 'urn:iomt:patient';
 const MAX_ROUNDS = 5;
 
 export interface AssociationSyncDeps {
-  readonly store: Pick<FhirStore, 'ensurePatients' | 'read' | 'search' | 'transaction'>;
+  readonly fhir: Pick<FhirGateway, 'read' | 'search' | 'transaction'>;
+  readonly patients: Pick<FhirStore, 'ensurePatients'>;
   readonly reader: AssociationReader & { length(deviceId: string): Promise<number> };
   readonly deviceIdentifierSystem: string;
   /** FHIR_CREATE_PATIENTS: any missing Patient may be created. */
@@ -129,10 +131,10 @@ export function createAssociationSync(deps: AssociationSyncDeps): AssociationSyn
   async function write(deviceId: string, history: readonly AssociationRecord[]): Promise<void> {
     const periods = patientPeriods(history);
     const current = periodAt(periods, now());
-    await deps.store.ensurePatients(patientRefs(history, deps.createPatients));
+    await deps.patients.ensurePatients(patientRefs(history, deps.createPatients));
 
     const id = deviceResourceId(deviceId);
-    const existing = await deps.store.read<Device>('Device', id);
+    const existing = await deps.fhir.read<Device>('Device', id);
     const identifier = [
       ...(existing?.identifier ?? []).filter((i) => i.system !== deps.deviceIdentifierSystem),
       { system: deps.deviceIdentifierSystem, value: deviceId },
@@ -150,7 +152,7 @@ export function createAssociationSync(deps: AssociationSyncDeps): AssociationSyn
 
     const stored = new Map(
       (
-        await deps.store.search<DeviceUseStatement>('DeviceUseStatement', {
+        await deps.fhir.search<DeviceUseStatement>('DeviceUseStatement', {
           device: `Device/${id}`,
           _count: '1000',
         })
@@ -178,7 +180,7 @@ export function createAssociationSync(deps: AssociationSyncDeps): AssociationSyn
         request: { method: 'PUT', url: `${resource.resourceType}/${resource.id ?? ''}` },
       }),
     );
-    if (entries.length > 0) await deps.store.transaction(entries);
+    if (entries.length > 0) await deps.fhir.transaction(entries);
   }
 
   return {

@@ -46,13 +46,13 @@ import {
 } from '../mapping/index.js';
 import type { PatientRef } from '../queues.js';
 import { patientRefs } from './associations.js';
-import type { FhirStore } from './store.js';
+import type { FhirGateway } from './gateway.js';
 
 export type IdentityMode = 'Create' | 'Lookup' | 'LookupWithEncounter';
 
 export interface IdentityOptions {
   readonly mode: IdentityMode;
-  readonly store: Pick<FhirStore, 'read' | 'search'>;
+  readonly fhir: Pick<FhirGateway, 'read' | 'search'>;
   readonly deviceIdentifierSystem: string;
   /** FHIR_CREATE_PATIENTS: any Patient an association names may be created. */
   readonly createPatients: boolean;
@@ -105,17 +105,17 @@ export function createIdentityService(options: IdentityOptions): IdentityService
 
   const fhirDevice = (deviceId: string) =>
     cached(`device:${deviceId}`, async () => {
-      const found = await options.store.search<Device>('Device', {
+      const found = await options.fhir.search<Device>('Device', {
         identifier: `${options.deviceIdentifierSystem}|${deviceId}`,
         _count: '2',
       });
       return found[0];
     });
   const patientExists = (id: string) =>
-    cached(`patient:${id}`, async () => (await options.store.read('Patient', id)) !== undefined);
+    cached(`patient:${id}`, async () => (await options.fhir.read('Patient', id)) !== undefined);
   const encounter = (identifier: string) =>
     cached(`encounter:${identifier}`, async () => {
-      const found = await options.store.search<Encounter>('Encounter', {
+      const found = await options.fhir.search<Encounter>('Encounter', {
         identifier,
         _count: '2',
       });

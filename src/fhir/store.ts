@@ -1,27 +1,24 @@
 /**
- * The FHIR adapter (fhir-kit-client). Contract:
+ * What the FHIR writer needs of the FHIR server, over the one gateway
+ * (gateway.ts). Contract:
  *  - ensurePatients(refs): every Patient exists before Observations reference
  *    it (servers enforce referential integrity). A missing Patient is created
  *    (our deterministic id) only when its reference says it may be
  *    (FHIR_CREATE_PATIENTS, or an association that marked it new); otherwise
  *    PatientNotFound: a mistyped id never becomes a phantom Patient. Found
- *    Patients are remembered per process. Devices are written from their
- *    association history (fhir/associations.ts), never from an Observation.
+ *    Patients are remembered per process (bounded). Devices are written from
+ *    their association history (associations.ts), never from an Observation.
  *  - writeObservations(obs): one batch Bundle of `PUT Observation/{id}` (create
- *    or update, idempotent); returns one outcome per entry, in order — a rejected
- *    entry never fails its neighbours.
+ *    or update, idempotent); returns one outcome per entry, in order — a
+ *    rejected entry never fails its neighbours.
  * Throws PipelineError FhirUnavailable when the whole request failed transiently.
  */
-import { Client, type FhirResource } from 'fhir-kit-client';
-import type { Bundle, BundleEntry, Observation, OperationOutcome, Patient } from 'fhir/r4.js';
+import type { BundleEntry, Observation, OperationOutcome, Patient } from 'fhir/r4.js';
+import { LRUCache } from 'lru-cache';
 import { PipelineError } from '../errors.js';
 import type { PatientRef } from '../queues.js';
-
-interface FhirResourceLike {
-  readonly resourceType: string;
-  readonly id?: string;
-}
-import { fhirError, statusError } from './errors.js';
+import { statusError } from './errors.js';
+import { versionFromEtag, type FhirGateway } from './gateway.js';
 
 export type EntryOutcome =
   | {
@@ -45,27 +42,14 @@ export interface FhirStore {
   ensurePatients(patients: readonly PatientRef[]): Promise<void>;
   /** Whether Patient/{id} exists (not cached: an operator is asking). */
   patientExists(id: string): Promise<boolean>;
-  /** A resource by id, or undefined (404/410). */
-  read<T extends FhirResourceLike>(resourceType: string, id: string): Promise<T | undefined>;
-  /** One page of a search (at most `_count` entries): the resources. */
-  search<T extends FhirResourceLike>(
-    resourceType: string,
-    params: Readonly<Record<string, string>>,
-  ): Promise<T[]>;
-  /** A transaction Bundle (all or nothing); the response Bundle. */
-  transaction(entries: readonly BundleEntry[]): Promise<Bundle>;
   writeObservations(observations: readonly Observation[]): Promise<EntryOutcome[]>;
   /** The stored Observations with these ids (missing ones are left out). */
   readObservations(ids: readonly string[]): Promise<Observation[]>;
-  /** Resolves when the server answers its CapabilityStatement. */
-  ping(): Promise<void>;
 }
 
 export interface FhirStoreOptions {
-  readonly baseUrl: string;
-  readonly timeoutMs: number;
-  /** Most Patients remembered as existing (then the memory starts over). */
-  readonly knownSubjectsLimit?: number;
+  /** Most Patients remembered as existing. */
+  readonly knownPatients?: number;
 }
 
 /** "201 Created" → 201 (FHIR R4 Bundle.entry.response.status). */
@@ -80,49 +64,25 @@ function outcomeHasCode(outcome: unknown, code: string): boolean {
   return issues.some((i) => i.details?.coding?.some((c) => c.code === code) ?? false);
 }
 
-/** W/"3" → "3" */
-function versionFromEtag(etag: string | undefined): string | undefined {
-  return etag?.match(/"([^"]+)"/)?.[1];
-}
-
-export function createFhirStore(options: FhirStoreOptions): FhirStore {
-  const client = new Client({ baseUrl: options.baseUrl });
-  const known = new Set<string>();
-  /** Ensures in progress, so concurrent jobs for one device share one request. */
+export function createFhirStore(gateway: FhirGateway, options: FhirStoreOptions = {}): FhirStore {
+  const known = new LRUCache<string, true>({ max: options.knownPatients ?? 100_000 });
+  /** Ensures in progress, so concurrent jobs for one patient share one request. */
   const inFlight = new Map<string, Promise<void>>();
-  const limit = options.knownSubjectsLimit ?? 100_000;
-  const requestOptions = () => ({
-    signal: AbortSignal.timeout(options.timeoutMs),
-    headers: { 'Cache-Control': 'no-cache' },
-  });
 
   function ensureOne(p: PatientRef): Promise<void> {
     if (known.has(p.id)) return Promise.resolve();
     let pending = inFlight.get(p.id);
     if (!pending) {
       pending = ensurePatient(p)
-        .then(() => {
-          if (known.size >= limit) known.clear();
-          known.add(p.id);
-        })
+        .then(() => void known.set(p.id, true))
         .finally(() => inFlight.delete(p.id));
       inFlight.set(p.id, pending);
     }
     return pending;
   }
 
-  async function read<T>(resourceType: string, id: string): Promise<T | undefined> {
-    try {
-      return (await client.read({ resourceType, id, options: requestOptions() })) as T;
-    } catch (err) {
-      const status = (err as { response?: { status?: number } }).response?.status;
-      if (status === 404 || status === 410) return undefined;
-      throw fhirError(err, `read ${resourceType}`);
-    }
-  }
-
   async function ensurePatient(p: PatientRef, attempt = 1): Promise<void> {
-    if ((await read<Patient>('Patient', p.id)) !== undefined) return;
+    if ((await gateway.read<Patient>('Patient', p.id)) !== undefined) return;
     if (!p.create) {
       throw new PipelineError(
         'PatientNotFound',
@@ -131,23 +91,17 @@ export function createFhirStore(options: FhirStoreOptions): FhirStore {
         { details: { patientId: p.id }, stage: 'fhir' },
       );
     }
-    try {
-      await client.update({
-        resourceType: 'Patient',
-        id: p.id,
-        body: {
-          resourceType: 'Patient',
-          id: p.id,
-          identifier: [{ ...p.identifier }],
-        },
-        options: requestOptions(),
+    const written = await gateway.update<Patient>(
+      { resourceType: 'Patient', id: p.id, identifier: [{ ...p.identifier }] },
+      { representation: false },
+    );
+    // 409/412: another writer (another worker process) created it at the same
+    // moment (HAPI-0825). Read again: it is most likely there now.
+    if (written.conflict) {
+      if (attempt < 3) return ensurePatient(p, attempt + 1);
+      throw new PipelineError('FhirUnavailable', 'write Patient: still conflicting', {
+        details: { status: written.status },
       });
-    } catch (err) {
-      const status = (err as { response?: { status?: number } }).response?.status;
-      // 409/412: another writer (another worker process) created it at the same
-      // moment (HAPI-0825). Read again: it is most likely there now.
-      if ((status === 409 || status === 412) && attempt < 3) return ensurePatient(p, attempt + 1);
-      throw fhirError(err, 'write Patient');
     }
   }
 
@@ -157,59 +111,19 @@ export function createFhirStore(options: FhirStoreOptions): FhirStore {
     },
 
     async patientExists(id) {
-      return (await read<Patient>('Patient', id)) !== undefined;
-    },
-
-    read,
-
-    async search(resourceType, params) {
-      let bundle: Bundle;
-      try {
-        bundle = (await client.search({
-          resourceType,
-          searchParams: { ...params },
-          options: requestOptions(),
-        })) as unknown as Bundle;
-      } catch (err) {
-        throw fhirError(err, `search ${resourceType}`);
-      }
-      return (bundle.entry ?? []).flatMap((e) =>
-        e.resource?.resourceType === resourceType ? [e.resource as never] : [],
-      );
-    },
-
-    async transaction(entries) {
-      try {
-        return (await client.transaction({
-          body: { resourceType: 'Bundle', type: 'transaction', entry: [...entries] },
-          options: requestOptions(),
-        })) as unknown as Bundle;
-      } catch (err) {
-        throw fhirError(err, 'transaction');
-      }
+      return (await gateway.read<Patient>('Patient', id)) !== undefined;
     },
 
     async writeObservations(observations) {
       if (observations.length === 0) return [];
-      const bundle: Bundle = {
-        resourceType: 'Bundle',
-        type: 'batch',
-        entry: observations.map((o): BundleEntry => ({
+      const response = await gateway.batch(
+        observations.map((o): BundleEntry => ({
           resource: o,
           request: { method: 'PUT', url: `Observation/${o.id ?? ''}` },
         })),
-      };
-      let response: Bundle;
-      try {
-        const base = requestOptions();
-        response = (await client.batch({
-          body: bundle as unknown as FhirResource,
-          // FHIR R4 http.html#ops: the stored version per entry, for the ClickHouse mirror.
-          options: { ...base, headers: { ...base.headers, Prefer: 'return=representation' } },
-        })) as unknown as Bundle;
-      } catch (err) {
-        throw fhirError(err, 'batch write');
-      }
+        // The stored version per entry, for the ClickHouse mirror.
+        { representation: true },
+      );
       const entries = response.entry ?? [];
       if (entries.length !== observations.length) {
         throw new PipelineError(
@@ -249,28 +163,14 @@ export function createFhirStore(options: FhirStoreOptions): FhirStore {
       // 50 ids per search keeps the URL short (ids are up to 64 characters).
       for (let i = 0; i < ids.length; i += 50) {
         const part = ids.slice(i, i + 50);
-        let bundle: Bundle;
-        try {
-          bundle = (await client.search({
-            resourceType: 'Observation',
-            searchParams: { _id: part.join(','), _count: String(part.length) },
-            options: requestOptions(),
-          })) as unknown as Bundle;
-        } catch (err) {
-          throw fhirError(err, 'read Observations');
-        }
-        for (const e of bundle.entry ?? [])
-          if (e.resource?.resourceType === 'Observation') found.push(e.resource as Observation);
+        found.push(
+          ...(await gateway.search<Observation>('Observation', {
+            _id: part.join(','),
+            _count: String(part.length),
+          })),
+        );
       }
       return found;
-    },
-
-    async ping() {
-      try {
-        await client.capabilityStatement({ signal: AbortSignal.timeout(options.timeoutMs) });
-      } catch (err) {
-        throw fhirError(err, 'metadata');
-      }
     },
   };
 }

@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { AssociationStore, DeviceRegistry, DeviceService } from '../../src/devices/index.js';
 import type { PipelineError } from '../../src/errors.js';
 import { createIdentityService, type IdentityMode } from '../../src/fhir/identity.js';
-import { createFhirStore } from '../../src/fhir/store.js';
+import { createFhirGateway } from '../../src/fhir/gateway.js';
 import type { IdentityClaim } from '../../src/mapping/index.js';
 import { createRedis } from '../../src/queue-runtime.js';
 import {
@@ -55,12 +55,12 @@ const devices = new DeviceService({
   createPatients: false,
   identityMode: 'Create',
 });
-const store = createFhirStore({ baseUrl: fhirUrl, timeoutMs: 30_000 });
+const fhir = createFhirGateway({ baseUrl: fhirUrl, timeoutMs: 30_000 });
 
 async function who(mode: IdentityMode, deviceId: string) {
   const service = createIdentityService({
     mode,
-    store,
+    fhir,
     deviceIdentifierSystem: SYSTEM,
     createPatients: false,
     associations,

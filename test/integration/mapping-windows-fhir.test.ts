@@ -8,6 +8,7 @@
 import type { Observation } from 'fhir/r4.js';
 import type { MqttClient } from 'mqtt';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { createFhirGateway } from '../../src/fhir/gateway.js';
 import { createObservationMerger } from '../../src/fhir/merge.js';
 import { compileSources, normalizeMessage, type MappingSet } from '../../src/mapping/index.js';
 import {
@@ -158,7 +159,8 @@ beforeAll(async () => {
 });
 
 describe('read-merge-write of grouped Observations', () => {
-  const merger = createObservationMerger({ baseUrl: fhirUrl, timeoutMs: 30_000 });
+  const gateway = createFhirGateway({ baseUrl: fhirUrl, timeoutMs: 30_000 });
+  const merger = createObservationMerger(gateway);
 
   it('creates the window, then merges a late, out-of-order batch into it by time', async () => {
     const first = await windowOf([{ hr: true, t: '2026-05-01T10:30:00Z', v: 80 }]);
@@ -183,9 +185,7 @@ describe('read-merge-write of grouped Observations', () => {
 
   it('concurrent writers of one window lose no sample (If-Match conflicts are retried)', async () => {
     let conflicts = 0;
-    const racing = createObservationMerger({
-      baseUrl: fhirUrl,
-      timeoutMs: 30_000,
+    const racing = createObservationMerger(gateway, {
       maxAttempts: 20,
       onConflict: () => conflicts++,
     });

@@ -181,7 +181,8 @@ describe('FHIR follows the history', () => {
 
   function syncOf(history: AssociationRecord[], store: ReturnType<typeof fakeStore>, now: number) {
     return createAssociationSync({
-      store,
+      fhir: store,
+      patients: store,
       reader: {
         history: () => Promise.resolve(history),
         histories: () => Promise.resolve(new Map()),
