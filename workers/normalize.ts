@@ -12,7 +12,7 @@ import { PipelineError, toPipelineError } from '../src/errors.js';
 import type { Logger } from '../src/logger.js';
 import type { GatewayLinks } from '../src/devices/gateways.js';
 import { createIdentityService } from '../src/fhir/identity.js';
-import { normalizeMessage, type MappingSet } from '../src/mapping/index.js';
+import { normalizeMessage, normalizePolicy, type MappingSet } from '../src/mapping/index.js';
 import type { Metrics } from '../src/metrics.js';
 import type {
   AnalyticsJobData,
@@ -26,12 +26,7 @@ import type {
 import { messageSourceUri } from '../src/fhir/message-source.js';
 import { messageOutcome } from './analytics-handoff.js';
 import { deadLetter, type DeadLetterInput } from './dead-letter.js';
-import {
-  checkJsonShape,
-  checkObservationValues,
-  checkOccurrenceTimes,
-  hasRefusedReading,
-} from './input-policy.js';
+import { hasRefusedReading } from './input-policy.js';
 
 export interface NormalizeDeps {
   readonly config: Config;
@@ -54,6 +49,7 @@ export function createNormalizeProcessor(
   deps: NormalizeDeps,
 ): (job: Job<IngestJobData>) => Promise<void> {
   const cache = new Map<string, { record: DeviceRecord | undefined; at: number }>();
+  const policy = normalizePolicy(deps.config);
 
   async function device(deviceId: string): Promise<DeviceRecord | undefined> {
     const hit = cache.get(deviceId);
@@ -94,7 +90,6 @@ export function createNormalizeProcessor(
       try {
         if (message.encoding !== 'utf8')
           throw new PipelineError('InvalidPayload', 'the payload is not UTF-8 text');
-        checkJsonShape(message.payload, deps.config.input);
         const record = await device(message.deviceId);
         if (!record)
           throw new PipelineError(
@@ -113,13 +108,11 @@ export function createNormalizeProcessor(
           patientId: record.patientId,
           identifierSystem: deps.config.fhir.identifierSystem,
           resolveIdentity: who.resolve,
+          // Input limits, device times, plausibility: the pure path's policy (input-policy.ts).
+          policy,
         });
-        checkOccurrenceTimes(
-          result.measurements.map((m) => m.occurrenceTime),
-          message.receivedAt,
-          deps.config.input,
-        );
-        checkObservationValues(result.observations.map((o) => o.observation));
+        for (const f of result.implausible)
+          deps.metrics?.readingsImplausible.inc({ type: f.type, code: f.code });
         for (const o of result.observations)
           if (hasRefusedReading(o.observation)) deps.metrics?.readingsAbsent.inc();
         for (const m of result.measurements) deps.metrics?.measurements.inc({ type: m.type });

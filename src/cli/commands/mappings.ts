@@ -13,6 +13,7 @@ import {
   debugMessage,
   formatProblem,
   loadMappings,
+  normalizePolicy,
   readFixtures,
   runFixture,
   type LocatedProblem,
@@ -68,7 +69,10 @@ export function register(program: Program): void {
     .description('run every fixture (message → measurements → Observations); exit 1 on a mismatch')
     .action(async (opts) => {
       try {
-        const dir = mappingsDir(opts.dir);
+        const config = loadConfig();
+        // The worker's own policy: input limits, plausibility limits, daily-window zone.
+        const policy = normalizePolicy(config);
+        const dir = opts.dir ?? config.mappings.dir;
         const result = await loadMappings(dir);
         if (!result.ok) {
           for (const p of result.problems) warn(formatProblem(p));
@@ -84,7 +88,7 @@ export function register(program: Program): void {
         }
         let failed = 0;
         for (const f of fixtures) {
-          const outcome = await runFixture(result.mappings, f);
+          const outcome = await runFixture(result.mappings, f, policy);
           write(`${outcome.ok ? 'pass' : 'FAIL'}  ${f.name}`);
           for (const d of outcome.differences) write(`      ${d}`);
           if (!outcome.ok) failed++;
@@ -138,6 +142,8 @@ export function register(program: Program): void {
           patientId: opts.patient,
           children,
           identifierSystem: config.fhir.identifierSystem,
+          // The same input policy as the worker (limits, device times, plausibility).
+          policy: normalizePolicy(config),
         });
         write(report.text);
         if (!report.ok) process.exitCode = 1;
