@@ -7,7 +7,7 @@
  * docs/configuration.md documents every key (a test keeps the two in step).
  */
 import { PipelineError } from './errors.js';
-import { DEFAULT_LIMITS, parseLimits, type PlausibilityLimit } from './mapping/plausibility.js';
+import { DEFAULT_LIMITS, parseLimits } from './mapping/plausibility.js';
 
 type Parser<T> = (raw: string) => T;
 
@@ -230,7 +230,7 @@ export const SETTINGS = {
   values: {
     plausibilityLimits: setting(
       'PLAUSIBILITY_LIMITS',
-      DEFAULT_LIMITS as readonly PlausibilityLimit[],
+      DEFAULT_LIMITS,
       (raw) => parseLimits(raw),
       'Physiological plausibility limits by LOINC or MDC code, changing the sourced defaults (docs/mappings.md#plausibility): `CODE=(low,high) UCUM` or `CODE=off`, separated by `;` — e.g. `8867-4=(0,250] /min;29463-7=off`. A value outside is kept, flagged (status preliminary, interpretation HX/LX) and counted.',
     ),

@@ -173,7 +173,12 @@ function fhirValueNames(t: FhirTemplateSpec): string[] {
   if (t.kind !== 'CodeValueFhir') return [];
   return [t.value, ...(t.components ?? []).map((c) => c.value)]
     .filter((v) => v !== undefined && v.valueType !== 'CodeableConcept')
-    .map((v) => (v as { valueName: string }).valueName);
+    .flatMap((v) => {
+      const named = v as { valueName: string; periodName?: string };
+      return named.periodName !== undefined
+        ? [named.valueName, named.periodName]
+        : [named.valueName];
+    });
 }
 
 /** The UCUM code a CodeValueFhir template writes a value in (Quantity code, SampledData origin code). */

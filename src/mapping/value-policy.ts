@@ -7,7 +7,8 @@
  *     (units.ts), keeping what the device sent in `original`; a saturation
  *     written as a fraction of one (0.97) → converted to % when the template
  *     says so (`fractionAtMost`);
- *  3. a device unit that cannot be read or converted → UnitNotConvertible: the
+ *  3. a device unit that is missing (where the template reads one and documents
+ *     no default), cannot be read or converted → UnitNotConvertible: the
  *     message is dead-lettered, never written with the template's unit on a
  *     number in another.
  *
@@ -47,7 +48,7 @@ export interface ValueContext {
 function refuse(
   ctx: ValueContext,
   spec: DeviceValueSpec,
-  reason: 'unknown-unit' | 'incommensurable' | 'molar-mass-required',
+  reason: 'unit-missing' | 'unknown-unit' | 'incommensurable' | 'molar-mass-required',
   message: string,
 ): never {
   // The unit text is payload: it stays in the dead letter's raw message, not in the reason.
@@ -78,6 +79,16 @@ export function applyValuePolicy(
   if (target === undefined || n === undefined) return { kind: 'value', value: raw };
 
   const text = deviceUnit ?? spec.defaultUnit;
+  if (text === undefined && spec.unitExpression !== undefined) {
+    // The template reads the device's unit, the device sent none, and its maker documents no default.
+    refuse(
+      ctx,
+      spec,
+      'unit-missing',
+      'the device sent no unit and the template names no defaultUnit',
+    );
+  }
+  // No unit expression and no default: the template says the device writes the template's unit.
   let from = text === undefined ? target : readDeviceUnit(text);
   if (from === undefined) {
     refuse(
