@@ -2,8 +2,15 @@
  * Every sample template's output passes HAPI FHIR's `$validate` against FHIR
  * R4 — and against the vital-signs profile for that reading (heart rate,
  * oxygen saturation, blood pressure, body temperature, body weight, BMI,
- * respiratory rate) where one applies. The Observations come from the library
- * fixtures through the same pure path the worker runs.
+ * respiratory rate) where one applies, and against every profile its
+ * meta.profile claims. The Observations come from the library fixtures, and
+ * from the value cases of issue 10 (special values, implausible flags, glucose
+ * contexts and HI/LO, mean arterial pressure, sub-millisecond times, a device
+ * sampling period), through the same pure path the worker runs.
+ *
+ * The HL7 PHD profiles are not claimed: this HAPI has no PHD IG package (see
+ * docs/mappings.md#profiles), and a test below keeps every claim to profiles
+ * HAPI can check.
  */
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -67,7 +74,7 @@ beforeAll(async () => {
 async function observationsOf(f: Fixture): Promise<Observation[]> {
   const s = f.settings;
   const out = await normalizeMessage(mappings, {
-    payload: f.message,
+    payload: typeof f.message === 'string' ? f.message : JSON.stringify(f.message),
     meta: {
       deviceId: s.deviceId,
       topic: `devices/${s.deviceId}/telemetry`,
@@ -83,14 +90,150 @@ async function observationsOf(f: Fixture): Promise<Observation[]> {
   return out.observations.map((o) => o.observation);
 }
 
+const AT = '2026-11-26T09:00:00Z';
+const RECEIVED = '2026-11-26T09:00:05Z';
+const valueCase = (name: string, body: unknown, deviceId = 'dev-1'): Fixture => ({
+  name,
+  settings: { deviceId, patientId: 'p-1', receivedAt: RECEIVED },
+  message: JSON.stringify(body),
+});
+
+/** Issue 10's value cases: every shape the templates now produce. */
+const VALUE_CASES: Fixture[] = [
+  valueCase('monitor, 11073 FLOAT special values', {
+    timestamp: AT,
+    heartRate: 8388607,
+    spo2: 8388608,
+    respiratoryRate: 8388606,
+    temperature: 8388610,
+    bloodPressure: { systolic: 8388609, diastolic: 80, mean: 93 },
+  }),
+  valueCase('monitor, implausible values flagged', {
+    timestamp: AT,
+    heartRate: 320,
+    spo2: 127,
+    respiratoryRate: 0,
+    temperature: 98.6,
+    temperatureUnit: 'F',
+    bloodPressure: { systolic: 450, diastolic: 80 },
+  }),
+  valueCase('monitor, sub-millisecond time and SpO2 as a fraction', {
+    timestamp: '2026-11-26T09:00:00.000125Z',
+    spo2: 0.97,
+  }),
+  valueCase('cuff in kPa with mean and an SFLOAT NaN pulse', {
+    kind: 'bp-cuff',
+    measuredAt: AT,
+    systolic: 16.4,
+    diastolic: 10.5,
+    mean: 12.4,
+    unit: 'kpa',
+    pulse: 2047,
+  }),
+  valueCase('oximeter sentinels', {
+    kind: 'pulse-oximeter',
+    readings: [{ at: AT, spo2: 127, pulse: 255 }],
+  }),
+  valueCase('thermometer in [degF]', {
+    kind: 'thermometer',
+    time: AT,
+    value: 101.2,
+    unit: '[degF]',
+    site: 'ear',
+  }),
+  valueCase('scale in grams', { kind: 'weight-scale', time: AT, weight: 3450, unit: 'g' }),
+  valueCase('glucose HI at the reported range', {
+    kind: 'glucose-meter',
+    time: AT,
+    glucose: 'HI',
+    unit: 'mmol/L',
+    meal: 'after',
+    range: { low: 1.1, high: 33.3 },
+  }),
+  valueCase('glucose LO without a range, no meal', {
+    kind: 'glucose-meter',
+    time: AT,
+    glucose: 'LO',
+    unit: 'mg/dL',
+  }),
+  valueCase('glucose fasting, critical low', {
+    kind: 'glucose-meter',
+    time: AT,
+    glucose: 28,
+    unit: 'mg/dL',
+    meal: 'fasting',
+  }),
+  valueCase('pleth at 8 ms', {
+    kind: 'pleth',
+    segment: 'seg-8',
+    start: '2026-11-26T09:00:00.000Z',
+    intervalMs: 8,
+    samples: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10],
+  }),
+];
+
 describe('library output against HAPI $validate', () => {
+  it('the value cases of issue 10 are valid against R4, their vital-signs profile and their meta.profile', async () => {
+    const failures: string[] = [];
+    const claimed = new Set<string>();
+    for (const f of VALUE_CASES) {
+      for (const o of await observationsOf(f)) {
+        const profiles = new Set([...profilesOf(o), ...(o.meta?.profile ?? [])]);
+        for (const p of o.meta?.profile ?? []) claimed.add(p);
+        for (const profile of [undefined, ...profiles]) {
+          const errors = await validate(o, profile);
+          if (errors.length > 0) {
+            failures.push(
+              `${f.name} ${o.code.coding?.[0]?.code ?? ''} ${profile ?? 'R4'}:\n    ${errors.join('\n    ')}`,
+            );
+          }
+        }
+      }
+    }
+    expect(failures).toEqual([]);
+    expect([...claimed].sort()).toEqual([
+      'http://hl7.org/fhir/StructureDefinition/bodytemp',
+      'http://hl7.org/fhir/StructureDefinition/bodyweight',
+      'http://hl7.org/fhir/StructureDefinition/bp',
+      'http://hl7.org/fhir/StructureDefinition/heartrate',
+      'http://hl7.org/fhir/StructureDefinition/oxygensat',
+      'http://hl7.org/fhir/StructureDefinition/resprate',
+    ]);
+  });
+
+  it('claims only profiles this HAPI knows (the PHD profiles are not among them)', async () => {
+    const unknown = async (url: string) =>
+      (
+        await validate({
+          resourceType: 'Observation',
+          status: 'final',
+          code: { text: 'probe' },
+          meta: { profile: [url] },
+        })
+      ).some((e) => /could not be found|Failed to retrieve profile/.test(e));
+    // The probe sees an unknown profile: the PHD IG's is one here (no IG package loaded).
+    expect(
+      await unknown('http://hl7.org/fhir/uv/phd/StructureDefinition/PhdNumericObservation'),
+    ).toBe(true);
+    const claimed = new Set<string>();
+    for (const f of [...fixtures, ...VALUE_CASES]) {
+      for (const o of await observationsOf(f))
+        for (const p of o.meta?.profile ?? []) claimed.add(p);
+    }
+    expect(claimed.size).toBeGreaterThan(0);
+    for (const url of claimed) expect(await unknown(url), url).toBe(false);
+  });
+
   it('every fixture yields Observations valid against FHIR R4 and their vital-signs profile', async () => {
     const failures: string[] = [];
     let validated = 0;
     let profiled = 0;
     for (const f of fixtures) {
       for (const o of await observationsOf(f)) {
-        for (const profile of [undefined, ...profilesOf(o)]) {
+        for (const profile of [
+          undefined,
+          ...new Set([...profilesOf(o), ...(o.meta?.profile ?? [])]),
+        ]) {
           const errors = await validate(o, profile);
           validated++;
           if (profile) profiled++;

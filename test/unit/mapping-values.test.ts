@@ -489,7 +489,7 @@ describe('details', () => {
       end: '2026-11-26T22:59:59.999Z',
     });
     // Minute 30 of the Berlin day holds the 40 steps.
-    expect(berlin.valueSampledData?.data.split(' ')[30]).toBe('40');
+    expect(berlin.valueSampledData?.data?.split(' ')[30]).toBe('40');
     // A DST day in New York has 25 hours (1 Nov 2026).
     const dst = await normalizeMessage(mappings, {
       payload: JSON.stringify({
@@ -510,7 +510,7 @@ describe('details', () => {
       start: '2026-11-01T04:00:00.000Z',
       end: '2026-11-02T04:59:59.999Z',
     });
-    expect(day.valueSampledData?.data.split(' ')).toHaveLength(25 * 60);
+    expect(day.valueSampledData?.data?.split(' ')).toHaveLength(25 * 60);
   });
 });
 
