@@ -20,9 +20,14 @@ import { PipelineError } from '../errors.js';
  * Escapes the separator so that ("a/b","c") and ("a","b/c") never collide. The
  * PHD IG joins with "-"; device ids, FHIR ids and LOINC codes all contain "-",
  * so we join with "/", which none of them may contain, and keep values readable.
+ * The characters FHIR token search treats specially ("," "|" "$" "\") are
+ * escaped too, so `identifier=system|value` finds every identifier as written.
  */
 function part(s: string): string {
-  return s.replace(/%/g, '%25').replace(/\//g, '%2F');
+  return s.replace(
+    /[%/,|$\\]/g,
+    (c) => `%${c.charCodeAt(0).toString(16).toUpperCase().padStart(2, '0')}`,
+  );
 }
 
 /** How readings are grouped into one Observation (MedTech periodInterval). */
@@ -114,12 +119,12 @@ function oneValue(v: Valued): string {
  * The value part of a reading's identity, per the HL7 PHD IG STU 1.1 rule
  * ("device-patient-type-value-units-timestamp" for numerics; the value code
  * for enumerations): "72 /min", "absent:not-a-number", the component values in
- * order for a panel ("121 mm[Hg],79 mm[Hg]"). Two readings of one type at one
+ * order for a panel ("121 mm[Hg];79 mm[Hg]"). Two readings of one type at one
  * time are one Observation only when they say the same thing.
  */
 export function valuePart(o: Valued & Pick<Observation, 'component'>): string {
   const parts = [oneValue(o), ...(o.component ?? []).map(oneValue)].filter((p) => p !== '');
-  const text = parts.join(',');
+  const text = parts.join(';');
   return text.length <= MAX_VALUE_PART ? text : `sha256:${digest(text)}`;
 }
 

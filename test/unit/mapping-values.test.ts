@@ -329,6 +329,22 @@ describe('identities that never merge two readings', () => {
     expect(new Set(again.observations.map((o) => o.observation.id)).size).toBe(1);
   });
 
+  it('identifier values are safe in FHIR token search (no unescaped , | $ \\)', async () => {
+    const [bp] = await observations({
+      kind: 'bp-cuff',
+      measuredAt: AT,
+      systolic: 120,
+      diastolic: 80,
+      mean: 93,
+      unit: 'mmHg',
+    });
+    const value = bp!.identifier![0]!.value!;
+    expect(value).toBe(
+      'dev-1/p-1/bloodpressure/85354-9/2026-11-26T09:00:00.000Z/120 mm[Hg];80 mm[Hg];93 mm[Hg]',
+    );
+    expect(value).not.toMatch(/[,|$\\]/);
+  });
+
   it("keeps the device's sub-millisecond time: readings 250 µs apart are two readings", async () => {
     const out = await normalize({
       kind: 'pulse-oximeter',
