@@ -169,6 +169,17 @@ function limitFor(
   return undefined;
 }
 
+/** Limits by code, built once per configured list. */
+const indexes = new WeakMap<readonly PlausibilityLimit[], ReadonlyMap<string, PlausibilityLimit>>();
+function indexOf(list: readonly PlausibilityLimit[]): ReadonlyMap<string, PlausibilityLimit> {
+  let index = indexes.get(list);
+  if (!index) {
+    index = new Map(list.map((l) => [l.code, l]));
+    indexes.set(list, index);
+  }
+  return index;
+}
+
 function breaks(value: number, l: PlausibilityLimit): 'low' | 'high' | undefined {
   if (l.low && (l.low.inclusive ? value < l.low.value : value <= l.low.value)) return 'low';
   if (l.high && (l.high.inclusive ? value > l.high.value : value >= l.high.value)) return 'high';
@@ -209,7 +220,7 @@ export function flagImplausible(
   limitsList: readonly PlausibilityLimit[],
 ): ImplausibleValue[] {
   if (limitsList.length === 0) return [];
-  const index = new Map(limitsList.map((l) => [l.code, l]));
+  const index = indexOf(limitsList);
   const found: ImplausibleValue[] = [];
   const check = (part: Observation | ObservationComponent, concept: CodeableConcept) => {
     const l = limitFor(concept, index);
