@@ -30,6 +30,13 @@ function int(min: number, max: number): Parser<number> {
   };
 }
 
+const bool: Parser<boolean> = (raw) => {
+  const v = raw.trim().toLowerCase();
+  if (['true', '1', 'yes', 'on'].includes(v)) return true;
+  if (['false', '0', 'no', 'off'].includes(v)) return false;
+  throw new Error(`expected true or false, got "${raw}"`);
+};
+
 function oneOf<T extends string>(...values: readonly T[]): Parser<T> {
   return (raw) => {
     if (!(values as readonly string[]).includes(raw)) {
@@ -194,6 +201,12 @@ export const SETTINGS = {
       int(0, 100000000),
       'Low-water mark: jobs waiting at which brokers read again (below BROKER_BACKLOG_HIGH).',
     ),
+    sessionRecheckMs: setting(
+      'MQTT_SESSION_RECHECK_MS',
+      15000,
+      int(1000, 3600000),
+      "How often a broker checks its open connections' credentials against the registry, milliseconds (a re-keyed or removed device is disconnected at once through Redis pub/sub; this catches a missed message).",
+    ),
     backlogPollMs: setting(
       'BROKER_BACKLOG_POLL_MS',
       500,
@@ -276,7 +289,13 @@ export const SETTINGS = {
       'IDENTITY_RESOLUTION',
       'Create',
       oneOf('Create', 'Lookup', 'LookupWithEncounter'),
-      'Create: Patient and Device from the registry, created with deterministic ids; Lookup: the FHIR Device must exist and name its Patient; LookupWithEncounter: also the Encounter.',
+      'Create: the patient is the one associated with the device at the reading time (iomt devices assign; docs/associations.md), Device and DeviceUseStatements written from that history; Lookup: the FHIR Device must exist and name its Patient; LookupWithEncounter: also the Encounter.',
+    ),
+    createPatients: setting(
+      'FHIR_CREATE_PATIENTS',
+      false,
+      bool,
+      'Create mode: true lets the pipeline create any Patient an association names; false (default) needs the Patient to exist on the FHIR server, or the association to mark it new (--new-patient), so a mistyped id never becomes a phantom Patient.',
     ),
   },
   clickhouse: {

@@ -5,11 +5,15 @@
  */
 import { createAnalyticsStore, type AnalyticsStore } from './clickhouse/index.js';
 import type { Config } from './config.js';
-import { DeviceRegistry } from './devices/registry.js';
+import {
+  AssociationStore,
+  createDeviceService,
+  DeviceRegistry,
+  type DeviceService,
+} from './devices/index.js';
 import { PipelineError, toPipelineError } from './errors.js';
 import { createFhirStore, type FhirStore } from './fhir/store.js';
 import type { Logger } from './logger.js';
-import { GatewayLinks } from './devices/gateways.js';
 import {
   formatProblem,
   loadMappings,
@@ -35,6 +39,10 @@ export const ROLES: readonly Role[] = ['broker', 'worker', 'admin'];
 export interface Pipeline {
   readonly config: Config;
   readonly registry: DeviceRegistry;
+  /** Device–patient associations over time (attribution reads them). */
+  readonly associations: AssociationStore;
+  /** Device administration: register, re-key, assign, link (the CLI and admin API use the same). */
+  readonly devices: DeviceService;
   readonly queues: Queues;
   readonly metrics: Metrics;
   readonly fhirStore: FhirStore;
@@ -79,9 +87,13 @@ export async function startPipeline(
   const workerRedis = roles.includes('worker') ? createRedis(config.redis.url, true) : undefined;
   const queues = createQueues(redis, config.redis.prefix);
   const registry = new DeviceRegistry(redis, config.redis.prefix);
+  const associations = new AssociationStore(redis, config.redis.prefix);
   metrics.setQueueDepthSource(() => queueDepths(queues));
   let templatesVersion: string | undefined;
   const fhirStore = createFhirStore({ baseUrl: config.fhir.url, timeoutMs: config.fhir.timeoutMs });
+  const devices = createDeviceService(config, redis, queues, fhirStore);
+  // SUBSCRIBE holds a connection of its own (sessions of re-keyed devices end at once).
+  const revocationRedis = roles.includes('broker') ? createRedis(config.redis.url) : undefined;
   const runsAnalytics = roles.includes('worker') && config.worker.stages.includes('analytics');
   // The embedded engine belongs to the process running the mirror; a ClickHouse
   // server can also be queried by an admin-only process.
@@ -105,6 +117,7 @@ export async function startPipeline(
     await workers?.close();
     await templates?.close();
     templatesRedis?.disconnect();
+    revocationRedis?.disconnect();
     await queues.close();
     await analyticsStore?.close();
     redis.disconnect();
@@ -123,6 +136,14 @@ export async function startPipeline(
         );
       });
     if (roles.includes('worker') && workerRedis) {
+      // Registries from before associations: each one-patient binding becomes an
+      // association from the device's registration on (idempotent).
+      const migrated = await devices.migrateLegacyBindings();
+      if (migrated > 0)
+        log.warn(
+          { event: 'associations-migrated', devices: migrated },
+          'device bindings recorded as associations',
+        );
       if (templatesRedis) {
         templates = await startTemplateActivation({
           dir: config.mappings.dir,
@@ -149,9 +170,9 @@ export async function startPipeline(
         connection: workerRedis,
         queues,
         registry,
+        associations,
         // Each job takes the active set once: a swap never splits a job.
         mappings: templates ? () => templates!.current() : () => mappings,
-        gateways: new GatewayLinks(redis, config.redis.prefix),
         fhirStore,
         ...(analyticsStore ? { analyticsStore } : {}),
         log,
@@ -166,6 +187,7 @@ export async function startPipeline(
         backlog: () => backlogJobs(queues),
         log,
         metrics,
+        ...(revocationRedis ? { revocationSubscriber: revocationRedis } : {}),
       });
     if (roles.includes('admin'))
       admin = await startAdmin({
@@ -175,6 +197,7 @@ export async function startPipeline(
         redis,
         fhirStore,
         analyticsStore,
+        devices,
         ...(roles.includes('worker')
           ? { templatesVersion: () => templates?.current().version ?? templatesVersion }
           : {}),
@@ -188,6 +211,8 @@ export async function startPipeline(
   return {
     config,
     registry,
+    associations,
+    devices,
     queues,
     metrics,
     fhirStore,

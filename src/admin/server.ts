@@ -13,7 +13,9 @@ import { httpAnswer, PipelineError } from '../errors.js';
 import type { FhirStore } from '../fhir/store.js';
 import type { Logger } from '../logger.js';
 import type { Metrics } from '../metrics.js';
+import type { DeviceService } from '../devices/index.js';
 import { registerAnalyticsRoutes } from './analytics-routes.js';
+import { registerDeviceRoutes } from './device-routes.js';
 
 export interface AdminDeps {
   readonly config: Config;
@@ -29,6 +31,8 @@ export interface AdminDeps {
    * process stays ready: the active version keeps processing).
    */
   readonly templatesStatus?: () => unknown;
+  /** Device administration (associations, credentials): /api/devices, /api/gateways. */
+  readonly devices?: DeviceService;
 }
 
 export interface RunningAdmin {
@@ -98,6 +102,7 @@ export function buildAdmin(deps: AdminDeps): FastifyInstance {
   });
   // Analysts' read-only SQL and the mirror backfill (the process owning the store answers).
   registerAnalyticsRoutes(app, deps);
+  if (deps.devices) registerDeviceRoutes(app, { devices: deps.devices });
   app.get('/metrics', async (_req, reply) => {
     await reply
       .header('content-type', deps.metrics.registry.contentType)

@@ -1,9 +1,6 @@
-/** Shared by the CLI commands: one-line failures, registry access. */
+/** Shared by the CLI commands: one-line failures. */
 import type { Command } from '@commander-js/extra-typings';
-import type { Config } from '../config.js';
-import { DeviceRegistry } from '../devices/registry.js';
 import { isPipelineError } from '../errors.js';
-import { createRedis } from '../queue-runtime.js';
 
 export type Program = Command;
 
@@ -16,16 +13,4 @@ export function fail(err: unknown): never {
       : String(err);
   process.stderr.write(`iomt: ${message}\n`);
   process.exit(1);
-}
-
-export async function withRegistry<T>(
-  config: Config,
-  fn: (registry: DeviceRegistry) => Promise<T>,
-): Promise<T> {
-  const redis = createRedis(config.redis.url);
-  try {
-    return await fn(new DeviceRegistry(redis, config.redis.prefix));
-  } finally {
-    redis.disconnect();
-  }
 }

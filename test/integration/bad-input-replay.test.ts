@@ -12,6 +12,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import {
+  enrol,
   connectDevice,
   fhirSearch,
   publish,
@@ -109,7 +110,7 @@ beforeAll(async () => {
     fhirUrl,
     overrides: { redis: { prefix }, mappings: { dir: await mappingsDir('before', false) } },
   });
-  ({ secret } = await h.pipeline.registry.add(deviceId, patientId));
+  secret = await enrol(h.pipeline, deviceId, patientId);
 });
 
 afterAll(async () => {
@@ -137,11 +138,16 @@ describe('iomt dlq', () => {
     const client = await connectDevice(h!.mqttUrl, deviceId, secret);
     await publish(client, `devices/${deviceId}/telemetry`, { timestamp: at(4), heartRate: 70 });
     const [first] = await waitFor(observations, (o) => o.length === 1, 30_000, 'first reading');
-    // 2. Someone deletes them on the FHIR server (Observation first: references block deletes).
+    // 2. Someone deletes them on the FHIR server (what references them first: references
+    //    block deletes — the Observation, and the association's DeviceUseStatement).
     patient = await (await rest('GET', `Patient/${patientId}`)).json();
     device = await (await rest('GET', `Device/dev-${deviceId}`)).json();
+    const statements = await fhirSearch(fhirUrl, 'DeviceUseStatement', {
+      device: `Device/dev-${deviceId}`,
+    });
     for (const p of [
       `Observation/${String(first!.id)}`,
+      ...(statements.entry ?? []).map((e) => `DeviceUseStatement/${String(e.resource.id)}`),
       `Device/dev-${deviceId}`,
       `Patient/${patientId}`,
     ])

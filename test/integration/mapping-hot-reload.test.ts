@@ -13,6 +13,7 @@ import { fileURLToPath } from 'node:url';
 import type { MqttClient } from 'mqtt';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import {
+  enrol,
   connectDevice,
   fhirSearch,
   HARNESS_ADMIN_TOKEN,
@@ -94,7 +95,7 @@ beforeAll(async () => {
       worker: { stages: ['normalize', 'fhir'] },
     },
   });
-  const { secret } = await a.pipeline.registry.add(monitor, `Patient/${patient}`);
+  const secret = await enrol(a.pipeline, monitor, `Patient/${patient}`);
   client = await connectDevice(a.mqttUrl, monitor, secret);
 });
 

@@ -5,9 +5,11 @@
  * dead-lettered with UnitNotConvertible, and PLAUSIBILITY_LIMITS from the
  * configuration is the policy the worker applies.
  */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { loadConfig } from '../../src/config.js';
-import { DeviceRegistry } from '../../src/devices/registry.js';
+import { AssociationStore, DeviceRegistry, DeviceService } from '../../src/devices/index.js';
+import { createIdentityService } from '../../src/fhir/identity.js';
+import { createFhirStore } from '../../src/fhir/store.js';
 import { createLogger } from '../../src/logger.js';
 import { loadMappings, type MappingSet } from '../../src/mapping/index.js';
 import { createMetrics } from '../../src/metrics.js';
@@ -20,13 +22,38 @@ const redis = createRedis(process.env.REDIS_URL ?? 'redis://127.0.0.1:6379');
 const prefix = uniqueId('val');
 const queues = createQueues(redis, prefix);
 const registry = new DeviceRegistry(redis, prefix);
+const associations = new AssociationStore(redis, prefix);
+const devices = new DeviceService({
+  registry,
+  associations,
+  revoke: () => Promise.resolve(),
+  sync: () => Promise.resolve(),
+  patientExists: () => Promise.resolve(true),
+  createPatients: false,
+  identityMode: 'Create',
+});
+// Create mode: the patient associated with the device at the reading's time.
+const identity = createIdentityService({
+  mode: 'Create',
+  store: createFhirStore({ baseUrl: inject('fhirUrl'), timeoutMs: 30_000 }),
+  deviceIdentifierSystem: 'urn:iomt:device',
+  createPatients: false,
+  associations,
+  registry,
+  cacheMs: 0,
+});
 let mappings: MappingSet;
 
 beforeAll(async () => {
   const r = await loadMappings(new URL('../../mappings', import.meta.url).pathname);
   if (!r.ok) throw new Error(JSON.stringify(r.problems));
   mappings = r.mappings;
-  await registry.add('mon-1', 'Patient/p-1');
+  await devices.add('mon-1', {
+    actor: 'test',
+    source: 'api',
+    patient: 'p-1',
+    at: Date.now() - 3_600_000,
+  });
 });
 
 afterAll(async () => {
@@ -57,7 +84,7 @@ async function run(env: Record<string, string>, jobId: string, messages: Telemet
   const config = loadConfig({ ...env, QUEUE_PREFIX: prefix });
   const process = createNormalizeProcessor({
     config,
-    registry,
+    identity,
     mappings: () => mappings,
     fhirQueue: queues.fhir,
     deadLetterQueue: queues.deadLetter,

@@ -9,6 +9,7 @@
  */
 import type { Command, OptionValues } from '@commander-js/extra-typings';
 import { loadConfig, type Config } from '../../config.js';
+import { AssociationStore } from '../../devices/index.js';
 import { DeadLetterStore, parseTime, type DeadLetterFilter } from '../../dlq/index.js';
 import { PipelineError } from '../../errors.js';
 import { createQueues, createRedis } from '../../queue-runtime.js';
@@ -58,7 +59,17 @@ async function withStore<T>(config: Config, fn: (store: DeadLetterStore) => Prom
   const queues = createQueues(redis, config.redis.prefix);
   try {
     return await fn(
-      new DeadLetterStore(queues, { deviceIdentifierSystem: config.fhir.deviceIdentifierSystem }),
+      new DeadLetterStore(queues, {
+        // Create mode: replays are checked against the association history.
+        ...(config.fhir.identityResolution === 'Create'
+          ? {
+              associations: {
+                reader: new AssociationStore(redis, config.redis.prefix),
+                createPatients: config.fhir.createPatients,
+              },
+            }
+          : {}),
+      }),
     );
   } finally {
     await queues.close();
