@@ -69,7 +69,7 @@ export interface ObservationKey {
  *   device/patient/type/code/<window start>/PT1H|P1D
  *   device/patient/type/code/correlation/<id>
  * (Each part escaped, so every identifier has exactly six parts; the scheme
- * before issue 10 had no type and no value: see docs/mappings.md#upgrading.)
+ * before issue 10 had no type and no value: see docs/mappings.md, "Upgrading".)
  */
 export function observationIdentifierValue(k: ObservationKey): string {
   const head = [part(k.deviceId), part(k.patientId), part(k.type), part(k.code)];

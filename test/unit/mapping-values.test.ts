@@ -13,6 +13,7 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import type { PipelineError } from '../../src/errors.js';
 import {
   bindingResolver,
+  compileSources,
   debugMessage,
   DEFAULT_POLICY,
   loadMappings,
@@ -305,6 +306,51 @@ describe('identities that never merge two readings', () => {
     expect(monitor.id).not.toBe(thermometer.id);
     expect(monitor.identifier?.[0]?.value).toContain('/bodytemperature/8310-5/');
     expect(thermometer.identifier?.[0]?.value).toContain('/bodytemperature-site/8310-5/');
+  });
+
+  it("MedTech's basic sample: deviceWorn and deviceRemoved sharing a code are two Observations", async () => {
+    const device = {
+      templateType: 'CollectionContent',
+      template: ['deviceWorn', 'deviceRemoved'].map((typeName) => ({
+        templateType: 'JsonataContent',
+        template: {
+          typeName,
+          typeMatchExpression: `$exists(${typeName})`,
+          timestampExpression: 't',
+          values: [{ valueName: typeName, valueExpression: typeName, required: true }],
+        },
+      })),
+    };
+    const fhir = {
+      templateType: 'CollectionFhir',
+      template: ['deviceWorn', 'deviceRemoved'].map((typeName) => ({
+        templateType: 'CodeValueFhir',
+        template: {
+          typeName,
+          codes: [{ system: 'https://www.mydevice.com/v1', code: 'deviceEvent' }],
+          value: {
+            valueType: 'CodeableConcept',
+            valueName: typeName,
+            codes: [{ system: 'https://www.mydevice.com/v1', code: typeName }],
+          },
+        },
+      })),
+    };
+    const r = compileSources([
+      { file: 'device/d.json', kind: 'device', text: JSON.stringify(device) },
+      { file: 'fhir/f.json', kind: 'fhir', text: JSON.stringify(fhir) },
+    ]);
+    if (!r.ok) throw new Error(JSON.stringify(r.problems));
+    const out = await normalizeMessage(r.mappings, {
+      payload: JSON.stringify({ t: AT, deviceWorn: true, deviceRemoved: true }),
+      meta: { deviceId: 'band-1', topic: 'devices/band-1/telemetry', receivedAt: RECEIVED },
+      patientId: 'p-1',
+      identifierSystem: 'urn:iomt:observation',
+    });
+    expect(out.observations.map((o) => o.observation.identifier?.[0]?.value)).toEqual([
+      'band-1/p-1/deviceWorn/deviceEvent/2026-11-26T09:00:00.000Z/deviceWorn',
+      'band-1/p-1/deviceRemoved/deviceEvent/2026-11-26T09:00:00.000Z/deviceRemoved',
+    ]);
   });
 
   it('two same-type readings in one millisecond with different values are both kept (PHD STU 1.1)', async () => {
