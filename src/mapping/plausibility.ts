@@ -5,9 +5,10 @@
  *
  *  - Observation.status `preliminary` (FHIR R4: "data may be incomplete or
  *    unverified"), not `final`;
- *  - Observation.interpretation (or the component's) HX "above high threshold"
- *    / LX "below low threshold" (HL7 v3 ObservationInterpretation), with a text
- *    naming the limit;
+ *  - Observation.interpretation (or the component's): "questionable" (the
+ *    IEEE 11073 measurement status, coded as the HL7 PHD IG does) and HX
+ *    "above high threshold" / LX "below low threshold" (HL7 v3
+ *    ObservationInterpretation), with a text naming the limit;
  *  - counted by the worker (iomt_readings_implausible_total).
  *
  * Limits are per code (LOINC or IEEE 11073 MDC), in a UCUM unit: a value in
@@ -26,6 +27,9 @@ export const LOINC_SYSTEM = 'http://loinc.org';
 export const MDC_SYSTEM = 'urn:iso:std:iso:11073:10101';
 export const INTERPRETATION_SYSTEM =
   'http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation';
+/** HL7 POCD IG measurement status (IEEE 11073-10201 MeasurementStatus), as the PHD IG uses it. */
+export const MEASUREMENT_STATUS_SYSTEM =
+  'http://hl7.org/fhir/uv/pocd/CodeSystem/measurement-status';
 
 export interface Bound {
   readonly value: number;
@@ -200,6 +204,9 @@ function flag(l: PlausibilityLimit, side: 'low' | 'high'): CodeableConcept {
   const high = side === 'high';
   return {
     coding: [
+      // HL7 PHD IG: IEEE 11073 Measurement-Status "questionable" is written this way
+      // (and PhdNumericObservation requires this coding in any interpretation).
+      { system: MEASUREMENT_STATUS_SYSTEM, code: 'questionable', display: 'questionable' },
       {
         system: INTERPRETATION_SYSTEM,
         code: high ? 'HX' : 'LX',

@@ -8,10 +8,12 @@
  * contexts and HI/LO, mean arterial pressure, sub-millisecond times, a device
  * sampling period), through the same pure path the worker runs.
  *
- * The HL7 PHD profiles are not claimed: this HAPI has no PHD IG package (see
- * docs/mappings.md#profiles), and a test below keeps every claim to profiles
- * HAPI can check.
+ * The HL7 PHD IG's profiles (STU 1.1) are stored on HAPI first, from
+ * test/fixtures/phd (the IG package itself cannot be fetched here; see its
+ * README), so PhdNumericObservation is checked where meta.profile claims it;
+ * a test below keeps every claim to profiles HAPI can check.
  */
+import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Observation, OperationOutcome } from 'fhir/r4.js';
@@ -27,6 +29,24 @@ import {
 
 const fhirUrl = inject('fhirUrl');
 const dir = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../mappings');
+const phdDir = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../fixtures/phd');
+const PHD_NUMERIC = 'http://hl7.org/fhir/uv/phd/StructureDefinition/PhdNumericObservation';
+
+/** The PHD IG's StructureDefinitions, ValueSets and CodeSystems, stored on HAPI (PUT: idempotent). */
+async function loadPhdProfiles(): Promise<void> {
+  for (const file of (await readdir(phdDir)).filter((f) => f.endsWith('.json'))) {
+    const resource = JSON.parse(await readFile(path.join(phdDir, file), 'utf8')) as {
+      resourceType: string;
+      id: string;
+    };
+    const res = await fetch(`${fhirUrl}/${resource.resourceType}/${resource.id}`, {
+      method: 'PUT',
+      headers: { 'content-type': 'application/fhir+json' },
+      body: JSON.stringify(resource),
+    });
+    if (!res.ok) throw new Error(`PUT ${file}: HTTP ${res.status} ${await res.text()}`);
+  }
+}
 
 /** FHIR R4 vital-signs profiles by LOINC code (http://hl7.org/fhir/R4/observation-vitalsigns.html). */
 const VITAL_SIGNS: Record<string, string> = {
@@ -69,6 +89,7 @@ beforeAll(async () => {
   if (!r.ok) throw new Error(JSON.stringify(r.problems));
   mappings = r.mappings;
   fixtures = (await readFixtures(dir)).filter((f) => !f.expectedError);
+  await loadPhdProfiles();
 });
 
 async function observationsOf(f: Fixture): Promise<Observation[]> {
@@ -142,6 +163,16 @@ const VALUE_CASES: Fixture[] = [
     site: 'ear',
   }),
   valueCase('scale in grams', { kind: 'weight-scale', time: AT, weight: 3450, unit: 'g' }),
+  valueCase('scale, implausible (questionable, HX) under the PHD profile', {
+    kind: 'weight-scale',
+    time: AT,
+    weight: 3450,
+    unit: 'kg',
+  }),
+  valueCase('oximeter pulse rate out of range', {
+    kind: 'pulse-oximeter',
+    readings: [{ at: AT, pulse: 330 }],
+  }),
   valueCase('glucose HI at the reported range', {
     kind: 'glucose-meter',
     time: AT,
@@ -198,10 +229,11 @@ describe('library output against HAPI $validate', () => {
       'http://hl7.org/fhir/StructureDefinition/heartrate',
       'http://hl7.org/fhir/StructureDefinition/oxygensat',
       'http://hl7.org/fhir/StructureDefinition/resprate',
+      PHD_NUMERIC,
     ]);
   });
 
-  it('claims only profiles this HAPI knows (the PHD profiles are not among them)', async () => {
+  it('claims only profiles this HAPI knows (the vital-signs profiles and, once stored, PHD)', async () => {
     const unknown = async (url: string) =>
       (
         await validate({
@@ -211,17 +243,24 @@ describe('library output against HAPI $validate', () => {
           meta: { profile: [url] },
         })
       ).some((e) => /could not be found|Failed to retrieve profile/.test(e));
-    // The probe sees an unknown profile: the PHD IG's is one here (no IG package loaded).
-    expect(
-      await unknown('http://hl7.org/fhir/uv/phd/StructureDefinition/PhdNumericObservation'),
-    ).toBe(true);
+    // The probe sees an unknown profile.
+    expect(await unknown('http://example.org/fhir/StructureDefinition/never-stored')).toBe(true);
     const claimed = new Set<string>();
     for (const f of [...fixtures, ...VALUE_CASES]) {
       for (const o of await observationsOf(f))
         for (const p of o.meta?.profile ?? []) claimed.add(p);
     }
-    expect(claimed.size).toBeGreaterThan(0);
+    expect(claimed).toContain(PHD_NUMERIC);
     for (const url of claimed) expect(await unknown(url), url).toBe(false);
+  });
+
+  it('the PHD profile is really checked: an Observation without the phd category fails it', async () => {
+    const f = fixtures.find((x) => x.name === 'weight-scale')!;
+    const [o] = await observationsOf(f);
+    expect(o!.meta?.profile).toContain(PHD_NUMERIC);
+    expect(await validate(o!, PHD_NUMERIC)).toEqual([]);
+    const noCategory = { ...o!, category: o!.category!.slice(0, 1) };
+    expect((await validate(noCategory, PHD_NUMERIC)).join('\n')).toMatch(/PHD-Observation/);
   });
 
   it('every fixture yields Observations valid against FHIR R4 and their vital-signs profile', async () => {

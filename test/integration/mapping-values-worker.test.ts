@@ -118,7 +118,7 @@ describe('normalize worker: plausibility and units', () => {
     const spo2 = written.find((o) => o.code.coding?.[0]?.code === '59408-5')!;
     expect(spo2.status).toBe('preliminary');
     expect(spo2.valueQuantity?.value).toBe(127);
-    expect(spo2.interpretation?.[0]?.coding?.[0]?.code).toBe('HX');
+    expect(spo2.interpretation?.[0]?.coding?.map((c) => c.code)).toEqual(['questionable', 'HX']);
     expect(written.find((o) => o.code.coding?.[0]?.code === '8867-4')?.status).toBe('final');
     const dead = await queues.deadLetter.getJobs(['waiting', 'delayed', 'prioritized']);
     const letter = dead.map((j) => j.data).find((d) => d.message?.id === 'm2');
