@@ -112,7 +112,7 @@ export async function debugMessage(mappings: MappingSet, input: DebugInput): Pro
   out(`4. observations (${result.observations.length})`);
   for (const f of result.implausible) {
     out(
-      `   ${f.observationId}: ${f.type} code ${f.code} is implausible (${f.side === 'high' ? 'above' : 'below'} its limit) — kept, status preliminary, interpretation ${f.side === 'high' ? 'HX' : 'LX'}`,
+      `   ${f.observationId}: ${f.type} code ${f.code} is implausible (${f.side === 'high' ? 'above' : 'below'} its limit) — kept, status preliminary, interpretation questionable + ${f.side === 'high' ? 'HX' : 'LX'}`,
     );
   }
   for (const o of result.observations) {
