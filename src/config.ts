@@ -343,15 +343,39 @@ export const SETTINGS = {
     ),
     reload: setting(
       'MAPPINGS_RELOAD',
-      'watch',
-      oneOf('watch', 'off'),
-      'watch: validate changed templates, activate them, and publish the version through Redis; off: load once.',
+      'explicit',
+      oneOf('explicit', 'watch', 'off'),
+      'explicit: workers run the version activated through Redis (iomt mappings activate); watch: also propose a changed folder and activate it when it passes the gates (development); off: load the folder once, without Redis.',
     ),
     reloadPollMs: setting(
       'MAPPINGS_RELOAD_POLL_MS',
       2000,
       int(200, 600000),
       'How often a worker checks the folder and the active version in Redis, milliseconds.',
+    ),
+    shadowMessages: setting(
+      'MAPPINGS_SHADOW_MESSAGES',
+      500,
+      int(0, 1000000),
+      'Recent messages per affected device template file that the shadow run maps with both versions.',
+    ),
+    shadowScanMessages: setting(
+      'MAPPINGS_SHADOW_SCAN_MESSAGES',
+      20000,
+      int(0, 10000000),
+      'Most recent device_messages rows the shadow run reads to find them.',
+    ),
+    shadowDeadLetters: setting(
+      'MAPPINGS_SHADOW_DEAD_LETTERS',
+      1000,
+      int(0, 1000000),
+      'Most recent dead letters holding a raw message that the shadow run also maps.',
+    ),
+    gateMaxNewDeadLetters: setting(
+      'MAPPINGS_GATE_MAX_NEW_DEAD_LETTERS',
+      0,
+      int(0, 1000000),
+      'Shadow-run messages the active version maps and a candidate would dead-letter (or leave unmatched) above which activation is refused.',
     ),
   },
   worker: {

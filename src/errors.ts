@@ -226,6 +226,30 @@ export const ERROR_CODES = {
     http: 404,
     message: 'No dead letter with that id',
   },
+  MappingVersionNotFound: {
+    stage: 'admin',
+    retryable: false,
+    http: 404,
+    message: 'No stored template version matches',
+  },
+  GateRefused: {
+    stage: 'admin',
+    retryable: false,
+    http: 422,
+    message: 'The candidate templates did not pass the activation gates',
+  },
+  ActivationConflict: {
+    stage: 'admin',
+    retryable: false,
+    http: 409,
+    message: 'The active template version changed meanwhile',
+  },
+  AdminUnavailable: {
+    stage: 'cli',
+    retryable: true,
+    http: 503,
+    message: 'The admin API did not answer',
+  },
   Internal: { stage: 'admin', retryable: true, http: 500, message: 'Unexpected internal error' },
 } as const satisfies Record<string, CodeSpec>;
 

@@ -21,6 +21,11 @@ import {
   type MappingSet,
   type TemplateActivation,
 } from './mapping/index.js';
+import {
+  createShadowSource,
+  lifecycleSettings,
+  MappingLifecycle,
+} from './mapping/lifecycle/index.js';
 import { createMetrics, type Metrics } from './metrics.js';
 import {
   backlogJobs,
@@ -50,7 +55,7 @@ export interface Pipeline {
   readonly broker: RunningBroker | undefined;
   readonly admin: RunningAdmin | undefined;
   readonly workers: RunningWorkers | undefined;
-  /** Template activation (MAPPINGS_RELOAD=watch) in a process running workers. */
+  /** Template activation (following the fleet's active version) in a process running workers. */
   readonly templates: TemplateActivation | undefined;
   close(): Promise<void>;
 }
@@ -107,9 +112,21 @@ export async function startPipeline(
   let templates: TemplateActivation | undefined;
   // SUBSCRIBE holds a connection of its own (the template version channel).
   const templatesRedis =
-    roles.includes('worker') && config.mappings.reload === 'watch'
+    roles.includes('worker') && config.mappings.reload !== 'off'
       ? createRedis(config.redis.url)
       : undefined;
+  // Template versions, gates and audit: workers follow it, the admin API drives it.
+  const lifecycle = new MappingLifecycle({
+    redis,
+    prefix: config.redis.prefix,
+    settings: lifecycleSettings(config),
+    source: createShadowSource({
+      store: analyticsStore,
+      database: config.clickhouse.database,
+      deadLetters: queues.deadLetter,
+    }),
+    log,
+  });
   const close = async () => {
     // Intake first (no new messages), then workers (finish jobs), then stores and Redis.
     await broker?.close();
@@ -147,8 +164,8 @@ export async function startPipeline(
       if (templatesRedis) {
         templates = await startTemplateActivation({
           dir: config.mappings.dir,
-          prefix: config.redis.prefix,
-          redis,
+          lifecycle,
+          mode: config.mappings.reload === 'watch' ? 'watch' : 'explicit',
           subscriber: templatesRedis,
           pollMs: config.mappings.reloadPollMs,
           log,
@@ -198,6 +215,7 @@ export async function startPipeline(
         fhirStore,
         analyticsStore,
         devices,
+        mappingLifecycle: lifecycle,
         ...(roles.includes('worker')
           ? { templatesVersion: () => templates?.current().version ?? templatesVersion }
           : {}),

@@ -121,6 +121,12 @@ export function createNormalizeProcessor(
         for (const p of who.patients()) patients.set(p.id, p);
         for (const d of who.devices()) devices.add(d);
         deps.metrics?.messagesNormalized.inc();
+        for (const template of new Set(result.matchedTemplates))
+          deps.metrics?.templateMessages.inc({
+            template,
+            version: mappings.version,
+            outcome: 'matched',
+          });
         const observationCount = result.observations.length;
         (observationCount > 0 ? pending : settled).push(
           fate(message, { patientId, outcome: 'processed', observationCount }),
@@ -128,6 +134,12 @@ export function createNormalizeProcessor(
       } catch (err) {
         const e = toPipelineError(err);
         if (e.retryable) throw e; // e.g. Redis unreachable: the whole batch retries
+        const unmatched = e.code === 'TemplateNotMatched';
+        deps.metrics?.templateMessages.inc({
+          template: typeof e.details.template === 'string' ? e.details.template : '(none)',
+          version: mappings.version,
+          outcome: unmatched ? 'unmatched' : 'dead_lettered',
+        });
         if (e.code === 'TemplateNotMatched') {
           deps.metrics?.messagesUnmatched.inc();
           if (deps.config.mappings.unmatched === 'count') {

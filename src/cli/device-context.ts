@@ -7,21 +7,22 @@ import { userInfo } from 'node:os';
 import type { Config } from '../config.js';
 import { createDeviceService, type DeviceService } from '../devices/index.js';
 import { createFhirStore } from '../fhir/store.js';
-import { createQueues, createRedis } from '../queue-runtime.js';
+import { createQueues } from '../queue-runtime.js';
+import { withRedis } from './common.js';
 
-export async function withDeviceService<T>(
+export function withDeviceService<T>(
   config: Config,
   fn: (devices: DeviceService) => Promise<T>,
 ): Promise<T> {
-  const redis = createRedis(config.redis.url);
-  const queues = createQueues(redis, config.redis.prefix);
-  try {
-    const fhir = createFhirStore({ baseUrl: config.fhir.url, timeoutMs: config.fhir.timeoutMs });
-    return await fn(createDeviceService(config, redis, queues, fhir));
-  } finally {
-    await queues.close();
-    redis.disconnect();
-  }
+  return withRedis(config, async (redis) => {
+    const queues = createQueues(redis, config.redis.prefix);
+    try {
+      const fhir = createFhirStore({ baseUrl: config.fhir.url, timeoutMs: config.fhir.timeoutMs });
+      return await fn(createDeviceService(config, redis, queues, fhir));
+    } finally {
+      await queues.close();
+    }
+  });
 }
 
 /** --actor, else the operating-system user running the command. */

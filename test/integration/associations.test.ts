@@ -147,12 +147,12 @@ describe('a device reassigned mid-stream, with a FHIR outage, a stopped worker a
     await send(t0 - 30 * MIN, A);
     await send(t0 - 29 * MIN, A);
     // 4. The device moves to patient B, now.
-    const switched = Date.now();
-    await front.pipeline.devices.assign(device, B, {
+    const moved = await front.pipeline.devices.assign(device, B, {
       ...ACTOR,
       newPatient: true,
       note: 'bed 12 → bed 14',
     });
+    const switched = moved.periods.at(-1)!.start;
     // 5. It publishes live readings (B's) and uploads stored ones taken before (A's),
     //    one of them a millisecond before the switch, one exactly at it.
     await send(switched + 1000, B);
