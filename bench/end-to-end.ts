@@ -138,7 +138,7 @@ async function fhirAloneRate(
   for (let i = 0; observations.length < count; i++) {
     const out = await normalizeMessage(mappings, {
       payload: message(i, base),
-      meta: { deviceId: patient, topic: 't', receivedAt: base },
+      meta: { deviceId: patient, topic: 't', receivedAt: base + i * 1000 },
       patientId: patient,
       identifierSystem: 'urn:iomt:observation',
     });

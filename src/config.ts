@@ -7,6 +7,7 @@
  * docs/configuration.md documents every key (a test keeps the two in step).
  */
 import { PipelineError } from './errors.js';
+import { DEFAULT_LIMITS, parseLimits } from './mapping/plausibility.js';
 
 type Parser<T> = (raw: string) => T;
 
@@ -59,6 +60,15 @@ function url(...protocols: readonly string[]): Parser<string> {
     return raw.replace(/\/+$/, '');
   };
 }
+
+/** An IANA time zone name the runtime knows (Intl), e.g. Europe/Berlin. */
+const timeZone: Parser<string> = (raw) => {
+  try {
+    return new Intl.DateTimeFormat('en-US', { timeZone: raw }).resolvedOptions().timeZone;
+  } catch {
+    throw new Error(`expected an IANA time zone such as Europe/Berlin, got "${raw}"`);
+  }
+};
 
 const STAGES = ['normalize', 'fhir', 'analytics'] as const;
 export type WorkerStage = (typeof STAGES)[number];
@@ -228,6 +238,20 @@ export const SETTINGS = {
       2592000000,
       int(0, 3153600000000),
       'Oldest accepted device timestamp before broker receipt, milliseconds (30 days: store-and-forward).',
+    ),
+  },
+  values: {
+    plausibilityLimits: setting(
+      'PLAUSIBILITY_LIMITS',
+      DEFAULT_LIMITS,
+      (raw) => parseLimits(raw),
+      'Physiological plausibility limits by LOINC or MDC code, changing the sourced defaults (docs/mappings.md#plausibility): `CODE=(low,high) UCUM` or `CODE=off`, separated by `;` — e.g. `8867-4=(0,250] /min;29463-7=off`. A value outside is kept, flagged (status preliminary, interpretation HX/LX) and counted.',
+    ),
+    windowTimeZone: setting(
+      'WINDOW_TIME_ZONE',
+      'UTC',
+      timeZone,
+      "IANA time zone whose local days bound daily windows (periodInterval 1440), e.g. `Europe/Berlin`: a day of steps is the patient's day.",
     ),
   },
   fhir: {

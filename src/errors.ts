@@ -99,6 +99,12 @@ export const ERROR_CODES = {
     http: 422,
     message: 'A value is not a finite number where the template expects a quantity',
   },
+  UnitNotConvertible: {
+    stage: 'normalize',
+    retryable: false,
+    http: 422,
+    message: "The device's unit cannot be read or converted to the template's UCUM unit",
+  },
   FhirTemplateMissing: {
     stage: 'normalize',
     retryable: false,

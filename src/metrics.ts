@@ -46,6 +46,12 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}) {
       help: 'Observations recorded with dataAbsentReason "error" (an unusable reading, e.g. a word or 1e999 where a number belongs)',
       registers: [registry],
     }),
+    readingsImplausible: new Counter({
+      name: 'iomt_readings_implausible_total',
+      help: 'Values outside their physiological plausibility limits (PLAUSIBILITY_LIMITS): kept, flagged preliminary with interpretation HX/LX, by measurement type and code',
+      labelNames: ['type', 'code'] as const,
+      registers: [registry],
+    }),
     mappingReloads: new Counter({
       name: 'iomt_mapping_reloads_total',
       help: 'Template changes seen by this process, by outcome (activated / rejected: does not validate / refused: failed a gate)',

@@ -1,115 +1,12 @@
 /**
- * The input policy the normalize worker applies around the pure mapping core:
- * what a payload may look like before it is parsed, and what the readings it
- * yields may say. Pure functions; each violation is a PipelineError with its own
- * code, so the message is dead-lettered with a reason an operator can act on.
- *
- *  - shape: nesting deeper than INPUT_MAX_JSON_DEPTH or an array longer than
- *    INPUT_MAX_ARRAY_LENGTH → InvalidPayload, found by one linear scan of the
- *    text before JSON.parse (so a 256 KiB "[[[[…" never reaches a recursive
- *    evaluator);
- *  - time: a device timestamp more than INPUT_MAX_FUTURE_MS after the broker's
- *    receipt, or more than INPUT_MAX_AGE_MS before it → TimestampOutOfRange;
- *  - values: a reading the FHIR mapping could not turn into a quantity (a
- *    string, a boolean, 1e999 which JSON parses as Infinity) is RECORDED, not
- *    dropped: the mapping gives it dataAbsentReason "error" with the reason as
- *    text (FHIR R4 Observation.dataAbsentReason), which is what a glucose meter's
- *    "HI" or a thermometer's "LO" means clinically. Only a quantity that still
- *    holds a non-finite number (a template bug) → InvalidValue.
+ * The normalize worker's input policy now lives in the pure mapping path
+ * (src/mapping/input-policy.ts), where the worker, `iomt mappings debug` and
+ * `iomt mappings test` run it alike. Re-exported here for the worker's callers.
  */
-import type { Observation } from 'fhir/r4.js';
-import type { Config } from '../src/config.js';
-import { PipelineError } from '../src/errors.js';
-
-export type InputLimits = Config['input'];
-
-interface Level {
-  readonly array: boolean;
-  elements: number;
-}
-
-/** Throws InvalidPayload when `text` nests too deep or holds too long an array. */
-export function checkJsonShape(text: string, limits: InputLimits): void {
-  const stack: Level[] = [];
-  let inString = false;
-  for (let i = 0; i < text.length; i++) {
-    const c = text.charCodeAt(i);
-    if (inString) {
-      if (c === 0x5c /* \ */) i++;
-      else if (c === 0x22 /* " */) inString = false;
-      continue;
-    }
-    if (c === 0x20 || c === 0x0a || c === 0x0d || c === 0x09) continue;
-    const top = stack[stack.length - 1];
-    // The first value inside an array counts as its first element.
-    if (top?.array && top.elements === 0 && c !== 0x5d /* ] */) top.elements = 1;
-    if (c === 0x22) {
-      inString = true;
-    } else if (c === 0x5b /* [ */ || c === 0x7b /* { */) {
-      stack.push({ array: c === 0x5b, elements: 0 });
-      if (stack.length > limits.maxJsonDepth) {
-        throw new PipelineError(
-          'InvalidPayload',
-          `the payload nests deeper than ${limits.maxJsonDepth} levels (INPUT_MAX_JSON_DEPTH)`,
-        );
-      }
-    } else if (c === 0x5d || c === 0x7d /* } */) {
-      stack.pop();
-    } else if (c === 0x2c /* , */ && top?.array) {
-      top.elements++;
-      if (top.elements > limits.maxArrayLength) {
-        throw new PipelineError(
-          'InvalidPayload',
-          `the payload has an array of more than ${limits.maxArrayLength} elements (INPUT_MAX_ARRAY_LENGTH)`,
-        );
-      }
-    }
-  }
-}
-
-/** Throws TimestampOutOfRange for a device time outside the accepted window around receipt. */
-export function checkOccurrenceTimes(
-  times: readonly string[],
-  receivedAt: number,
-  limits: InputLimits,
-): void {
-  for (const t of times) {
-    const at = Date.parse(t);
-    if (Number.isNaN(at)) continue; // the mapping core refuses unparseable times itself
-    if (at > receivedAt + limits.maxFutureMs) {
-      throw new PipelineError(
-        'TimestampOutOfRange',
-        `the device timestamp ${t} is ${Math.round((at - receivedAt) / 1000)} s after receipt; at most ${limits.maxFutureMs / 1000} s are accepted (INPUT_MAX_FUTURE_MS)`,
-      );
-    }
-    if (at < receivedAt - limits.maxAgeMs) {
-      throw new PipelineError(
-        'TimestampOutOfRange',
-        `the device timestamp ${t} is more than ${Math.round(limits.maxAgeMs / 3_600_000)} h before receipt (INPUT_MAX_AGE_MS)`,
-      );
-    }
-  }
-}
-
-const DATA_ABSENT_SYSTEM = 'http://terminology.hl7.org/CodeSystem/data-absent-reason';
-
-/** Throws InvalidValue when an Observation (or a component) holds a quantity that is not a finite number. */
-export function checkObservationValues(observations: readonly Observation[]): void {
-  for (const o of observations) {
-    for (const part of [o, ...(o.component ?? [])]) {
-      const q = part.valueQuantity?.value;
-      if (q !== undefined && !Number.isFinite(q)) {
-        throw new PipelineError('InvalidValue', 'a quantity value is not a finite number');
-      }
-    }
-  }
-}
-
-/** True when the mapping recorded a reading as unusable (dataAbsentReason "error"): counted, not refused. */
-export function hasRefusedReading(o: Observation): boolean {
-  return [o, ...(o.component ?? [])].some((part) =>
-    part.dataAbsentReason?.coding?.some(
-      (c) => c.system === DATA_ABSENT_SYSTEM && c.code === 'error',
-    ),
-  );
-}
+export {
+  checkJsonShape,
+  checkObservationValues,
+  checkOccurrenceTimes,
+  hasRefusedReading,
+  type InputLimits,
+} from '../src/mapping/input-policy.js';

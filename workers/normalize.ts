@@ -11,7 +11,7 @@ import type { Config } from '../src/config.js';
 import { PipelineError, toPipelineError } from '../src/errors.js';
 import type { Logger } from '../src/logger.js';
 import type { IdentityService } from '../src/fhir/identity.js';
-import { normalizeMessage, type MappingSet } from '../src/mapping/index.js';
+import { normalizeMessage, normalizePolicy, type MappingSet } from '../src/mapping/index.js';
 import type { Metrics } from '../src/metrics.js';
 import type {
   AnalyticsJobData,
@@ -25,12 +25,7 @@ import type {
 import { messageSourceUri } from '../src/fhir/message-source.js';
 import { messageOutcome } from './analytics-handoff.js';
 import { deadLetter, type DeadLetterInput } from './dead-letter.js';
-import {
-  checkJsonShape,
-  checkObservationValues,
-  checkOccurrenceTimes,
-  hasRefusedReading,
-} from './input-policy.js';
+import { hasRefusedReading } from './input-policy.js';
 
 export interface NormalizeDeps {
   readonly config: Config;
@@ -57,6 +52,8 @@ function patientOfMessage(
 export function createNormalizeProcessor(
   deps: NormalizeDeps,
 ): (job: Job<IngestJobData>) => Promise<void> {
+  // Input limits, device times, plausibility, daily-window zone: the pure path's policy.
+  const policy = normalizePolicy(deps.config);
   return async function process(job) {
     const { traceId, messages } = job.data;
     const log = deps.log.child({ traceId, jobId: job.id });
@@ -79,7 +76,6 @@ export function createNormalizeProcessor(
       try {
         if (message.encoding !== 'utf8')
           throw new PipelineError('InvalidPayload', 'the payload is not UTF-8 text');
-        checkJsonShape(message.payload, deps.config.input);
         const who = await identity.forMessage(message.deviceId);
         const result = await normalizeMessage(mappings, {
           payload: message.payload,
@@ -91,15 +87,12 @@ export function createNormalizeProcessor(
           patientId: undefined,
           identifierSystem: deps.config.fhir.identifierSystem,
           resolveIdentity: who.resolve,
-          checkReadings: (readings) =>
-            checkOccurrenceTimes(
-              readings.map((r) => r.occurrenceTime),
-              message.receivedAt,
-              deps.config.input,
-            ),
+          // JSON shape, device times (before attribution) and values: input-policy.ts.
+          policy,
         });
         patientId = patientOfMessage(result.observations);
-        checkObservationValues(result.observations.map((o) => o.observation));
+        for (const f of result.implausible)
+          deps.metrics?.readingsImplausible.inc({ type: f.type, code: f.code });
         for (const o of result.observations)
           if (hasRefusedReading(o.observation)) deps.metrics?.readingsAbsent.inc();
         for (const m of result.measurements) deps.metrics?.measurements.inc({ type: m.type });

@@ -15,7 +15,9 @@
 import { PipelineError } from '../errors.js';
 import type { CompiledDeviceTemplate, CompiledExpression, MappingSet } from './compile.js';
 import type { Bindings } from './expressions.js';
+import type { AbsentCode } from './special-values.js';
 import { parseTimestamp } from './timestamp.js';
+import { applyValuePolicy, type ValueOutcome } from './value-policy.js';
 import type { Measurement, MeasurementValue, MessageMeta } from './types.js';
 
 /** A reading before identity resolution: the patient is only what the payload claims. */
@@ -42,6 +44,14 @@ export type TraceEvent =
       readonly language: string;
       readonly fast: boolean;
       readonly value: unknown;
+    }
+  | {
+      readonly kind: 'value';
+      readonly template: string;
+      readonly valueName: string;
+      /** The template's UCUM unit for the value, if it names one. */
+      readonly unit?: string;
+      readonly outcome: ValueOutcome;
     }
   | { readonly kind: 'reading'; readonly template: string; readonly reading: Reading };
 
@@ -205,13 +215,32 @@ async function mapContext(ev: Evaluation, ctx: unknown, envelope: unknown): Prom
   }
 
   const values: Record<string, MeasurementValue> = {};
+  const absent: Record<string, AbsentCode> = {};
+  const original: Record<string, { value: number; unit: string }> = {};
   for (const v of t.values) {
     const value = scalar(await ev.run(v.expression, input, `value "${v.valueName}"`));
     if (value === undefined) {
       if (v.required) ev.fail('RequiredValueMissing', `required value "${v.valueName}" is missing`);
       continue;
     }
-    values[v.valueName] = value;
+    const unitText = v.unitExpression
+      ? await ev.text(v.unitExpression, input, `unit of "${v.valueName}"`)
+      : undefined;
+    // Units, 11073 special values and sentinels (value-policy.ts).
+    const outcome = applyValuePolicy(value, unitText, v.spec, {
+      template: t.spec.typeName,
+      file: t.file,
+    });
+    ev.options.trace?.({
+      kind: 'value',
+      template: t.spec.typeName,
+      valueName: v.valueName,
+      outcome,
+      ...(v.spec.unit !== undefined ? { unit: v.spec.unit } : {}),
+    });
+    if (outcome.kind === 'absent') absent[v.valueName] = outcome.reason;
+    else values[v.valueName] = outcome.value;
+    if (outcome.kind === 'converted') original[v.valueName] = outcome.original;
   }
 
   return {
@@ -224,6 +253,8 @@ async function mapContext(ev: Evaluation, ctx: unknown, envelope: unknown): Prom
     ...(correlationId !== undefined ? { correlationId } : {}),
     occurrenceTime,
     values,
+    ...(Object.keys(absent).length > 0 ? { absent } : {}),
+    ...(Object.keys(original).length > 0 ? { original } : {}),
   };
 }
 

@@ -31,6 +31,7 @@ export {
   deviceResourceId,
   observationId,
   observationIdentifierValue,
+  valuePart,
 } from './identity.js';
 export type { IdentityClaim, IdentityResolver, ResolvedIdentity } from './identity.js';
 export { coalesceObservations, mergeObservations } from './windowing.js';
@@ -47,7 +48,21 @@ export type { Fixture, FixtureOutcome, FixtureSettings } from './fixtures.js';
 export { jsonDiff } from './diff.js';
 export type { LoadResult, LocatedProblem, SourceFile } from './load.js';
 export { normalizeMessage, parsePayload } from './normalize.js';
-export type { NormalizeResult, NormalizedObservation } from './normalize.js';
+export type { ImplausibleReading, NormalizeResult, NormalizedObservation } from './normalize.js';
+export {
+  checkJsonShape,
+  checkObservationValues,
+  checkOccurrenceTimes,
+  DEFAULT_POLICY,
+  hasRefusedReading,
+  normalizePolicy,
+} from './input-policy.js';
+export type { InputLimits, NormalizePolicy } from './input-policy.js';
+export { DEFAULT_LIMITS, flagImplausible, formatLimit, parseLimits } from './plausibility.js';
+export type { PlausibilityLimit } from './plausibility.js';
+export { convertValue, readDeviceUnit } from './units.js';
+export { specialValue } from './special-values.js';
+export type { AbsentCode, SpecialEncoding } from './special-values.js';
 export type { DeviceTemplateSpec, FhirTemplateSpec, Measurement, MessageMeta } from './types.js';
 export { checkMedTechTemplates } from './medtech-import.js';
 export type { ImportReport } from './medtech-import.js';

@@ -17,6 +17,14 @@ import {
   type ObservationGroup,
   type ResolvedIdentity,
 } from './identity.js';
+import {
+  checkJsonShape,
+  checkObservationValues,
+  checkOccurrenceTimes,
+  DEFAULT_POLICY,
+  type NormalizePolicy,
+} from './input-policy.js';
+import { flagImplausible, type ImplausibleValue } from './plausibility.js';
 import type { Measurement, MessageMeta } from './types.js';
 import { buildGroupedObservation, groupKey, groupOf } from './windowing.js';
 
@@ -37,6 +45,18 @@ export interface NormalizeInput {
    */
   readonly checkReadings?: (readings: readonly Reading[]) => void;
   readonly trace?: (event: TraceEvent) => void;
+  /**
+   * Input limits, plausibility limits and the daily-window zone, from the
+   * configuration (normalizePolicy); default: the documented defaults.
+   */
+  readonly policy?: NormalizePolicy;
+}
+
+/** A value kept but flagged as physiologically implausible (plausibility.ts). */
+export interface ImplausibleReading extends ImplausibleValue {
+  /** The measurement type. */
+  readonly type: string;
+  readonly observationId: string;
 }
 
 export interface NormalizedObservation {
@@ -53,6 +73,8 @@ export interface NormalizeResult {
   readonly matchedTemplates: readonly string[];
   readonly measurements: readonly Measurement[];
   readonly observations: readonly NormalizedObservation[];
+  /** Values outside their plausibility limits: kept, flagged, to be counted by the caller. */
+  readonly implausible: readonly ImplausibleReading[];
 }
 
 export function parsePayload(payload: string): unknown {
@@ -114,6 +136,8 @@ async function identify(
         ...(r.correlationId !== undefined ? { correlationId: r.correlationId } : {}),
         occurrenceTime: r.occurrenceTime,
         values: r.values,
+        ...(r.absent !== undefined ? { absent: r.absent } : {}),
+        ...(r.original !== undefined ? { original: r.original } : {}),
       },
     });
   }
@@ -124,6 +148,9 @@ export async function normalizeMessage(
   mappings: MappingSet,
   input: NormalizeInput,
 ): Promise<NormalizeResult> {
+  const policy = input.policy ?? DEFAULT_POLICY;
+  // Input policy, the same for the worker and the CLI: shape before parsing…
+  checkJsonShape(input.payload, policy.input);
   const body = parsePayload(input.payload);
   const { readings, matchedTemplates } = await mapMessage(mappings, body, input.meta, {
     ...(input.trace ? { trace: input.trace } : {}),
@@ -131,6 +158,12 @@ export async function normalizeMessage(
   if (matchedTemplates.length === 0) {
     throw new PipelineError('TemplateNotMatched', 'no device template matched the message');
   }
+  // …and the device times against the broker's receipt time (no clock of ours).
+  checkOccurrenceTimes(
+    readings.map((r) => r.occurrenceTime),
+    input.meta.receivedAt,
+    policy.input,
+  );
   input.checkReadings?.(readings);
   const resolve = input.resolveIdentity ?? bindingResolver({ patientId: input.patientId });
   const identified = await identify(readings, input.meta, resolve);
@@ -164,7 +197,7 @@ export async function normalizeMessage(
       observations.push({ ...provenance, observation, merge: false });
       continue;
     }
-    const group = groupOf(m, t.spec);
+    const group = groupOf(m, t.spec, policy.windowTimeZone);
     if (group.kind === 'point') {
       observations.push({
         ...provenance,
@@ -200,8 +233,22 @@ export async function normalizeMessage(
         },
         g.identity,
         g.group,
+        policy.windowTimeZone,
       ),
     };
   }
-  return { matchedTemplates, measurements: identified.map((i) => i.measurement), observations };
+  // Plausibility: flagged in place, never dropped (plausibility.ts).
+  const implausible: ImplausibleReading[] = [];
+  for (const o of observations) {
+    for (const f of flagImplausible(o.observation, policy.plausibilityLimits)) {
+      implausible.push({ ...f, type: o.templateName, observationId: o.observation.id ?? '' });
+    }
+  }
+  checkObservationValues(observations.map((o) => o.observation));
+  return {
+    matchedTemplates,
+    measurements: identified.map((i) => i.measurement),
+    observations,
+    implausible,
+  };
 }

@@ -113,9 +113,8 @@ describe('vital signs published over MQTT', () => {
       system: 'http://unitsofmeasure.org',
       code: '/min',
     });
-    expect(hr.code.coding).toContainEqual(
-      expect.objectContaining({ system: 'urn:iso:std:iso:11073:10101', code: '147842' }),
-    );
+    // A monitor's heart rate of unknown source: LOINC's generic code only (issue 10).
+    expect(hr.code.coding.map((c) => c.code)).toEqual(['8867-4']);
 
     const spo2 = byCode.get('59408-5')!;
     expect(spo2.valueQuantity).toEqual({

@@ -132,7 +132,12 @@ async function ensureSubjects(): Promise<void> {
 async function windowOf(body: unknown): Promise<Observation> {
   const out = await normalizeMessage(mappings, {
     payload: JSON.stringify(body),
-    meta: { deviceId, topic: `devices/${deviceId}/telemetry`, receivedAt: Date.now() },
+    // Received an hour after the readings: the pure path checks device times against receipt.
+    meta: {
+      deviceId,
+      topic: `devices/${deviceId}/telemetry`,
+      receivedAt: Date.parse('2026-05-01T13:00:00Z'),
+    },
     patientId: patient,
     identifierSystem: 'urn:iomt:observation',
   });

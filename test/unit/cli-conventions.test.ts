@@ -291,7 +291,21 @@ describe('--json output', () => {
         meal: 'before',
       };
       const r = await iomt(
-        ['mappings', 'debug', '-', '--dir', dir, '--device', 'g-1', '--patient', 'p-1', '--json'],
+        // Received just after the reading: debug checks device times as the worker does.
+        [
+          'mappings',
+          'debug',
+          '-',
+          '--dir',
+          dir,
+          '--device',
+          'g-1',
+          '--patient',
+          'p-1',
+          '--received-at',
+          '2026-11-26T07:00:05Z',
+          '--json',
+        ],
         {},
         JSON.stringify(message),
       );
@@ -309,9 +323,13 @@ describe('--json output', () => {
       expect(parsed.ok).toBe(true);
       const glucose = parsed.templates.find((t) => t.template === 'bloodglucose')!;
       expect(glucose.matched).toBe(1);
+      // The meter's 6.1 mmol/L, converted to mg/dL with UCUM (issue 10).
       expect(glucose.expressions).toContainEqual(
-        expect.objectContaining({ field: 'value "mgdl"', value: 110 }),
+        expect.objectContaining({ field: 'value "mgdl"', value: 6.1 }),
       );
+      expect(parsed.measurements).toEqual([
+        expect.objectContaining({ values: expect.objectContaining({ mgdl: 110 }) as unknown }),
+      ]);
       expect(parsed.measurements).toEqual([expect.objectContaining({ type: 'bloodglucose' })]);
       expect(parsed.observations[0]).toMatchObject({
         resourceType: 'Observation',

@@ -20,6 +20,8 @@ interface TemplateTrace {
   file: string;
   matched: number;
   expressions: { field: string; language: string; directRead: boolean; value: unknown }[];
+  /** Unit conversions and device special values, per value (issue 10). */
+  values: { valueName: string; unit?: string; outcome: unknown }[];
   readings: unknown[];
 }
 
@@ -30,6 +32,7 @@ export interface DebugJson {
   readonly templates: readonly TemplateTrace[];
   readonly identities: readonly unknown[];
   readonly measurements?: unknown;
+  readonly implausible?: unknown;
   readonly observations?: unknown;
   readonly error?: { code: string; stage: string; message: string; details: unknown };
 }
@@ -43,6 +46,7 @@ export async function debugJson(mappings: MappingSet, input: DebugInput): Promis
         file: e.file,
         matched: e.contexts,
         expressions: [],
+        values: [],
         readings: [],
       });
       return;
@@ -55,6 +59,12 @@ export async function debugJson(mappings: MappingSet, input: DebugInput): Promis
         language: e.language,
         directRead: e.fast,
         value: e.value,
+      });
+    else if (e.kind === 'value')
+      last.values.push({
+        valueName: e.valueName,
+        ...(e.unit !== undefined ? { unit: e.unit } : {}),
+        outcome: e.outcome,
       });
     else last.readings.push(e.reading);
   };
@@ -85,6 +95,7 @@ export async function debugJson(mappings: MappingSet, input: DebugInput): Promis
       identifierSystem: input.identifierSystem,
       resolveIdentity,
       trace,
+      ...(input.policy ? { policy: input.policy } : {}),
     });
     return {
       ok: true,
@@ -92,6 +103,7 @@ export async function debugJson(mappings: MappingSet, input: DebugInput): Promis
       templates,
       identities,
       measurements: r.measurements,
+      implausible: r.implausible,
       observations: r.observations.map((o) => ({ ...o.observation })),
     };
   } catch (err) {

@@ -16,6 +16,7 @@ import {
   debugMessage,
   formatProblem,
   loadMappings,
+  normalizePolicy,
   readFixtures,
   runFixture,
   type LocatedProblem,
@@ -115,7 +116,10 @@ export function register(program: Program): void {
     .description('run every fixture (message → measurements → Observations); exit 1 on a mismatch')
     .action(async (opts) => {
       try {
-        const dir = mappingsDir(opts.dir);
+        const config = loadConfig();
+        // The worker's own policy: input limits, plausibility limits, daily-window zone.
+        const policy = normalizePolicy(config);
+        const dir = opts.dir ?? config.mappings.dir;
         const result = await loadMappings(dir);
         if (!result.ok) {
           if (opts.json)
@@ -135,7 +139,7 @@ export function register(program: Program): void {
           );
         }
         const outcomes = [];
-        for (const f of fixtures) outcomes.push(await runFixture(result.mappings, f));
+        for (const f of fixtures) outcomes.push(await runFixture(result.mappings, f, policy));
         const failed = outcomes.filter((o) => !o.ok).length;
         if (opts.json) {
           json({
@@ -215,6 +219,8 @@ export function register(program: Program): void {
           patientId: opts.patient,
           children,
           identifierSystem: config.fhir.identifierSystem,
+          // The same input policy as the worker (limits, device times, plausibility).
+          policy: normalizePolicy(config),
         };
         if (opts.json) {
           const report = await debugJson(result.mappings, input);

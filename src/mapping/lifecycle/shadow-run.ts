@@ -20,7 +20,8 @@ import {
   checkJsonShape,
   checkObservationValues,
   checkOccurrenceTimes,
-} from '../../../workers/input-policy.js';
+  DEFAULT_POLICY,
+} from '../input-policy.js';
 import type { Config } from '../../config.js';
 import { toPipelineError } from '../../errors.js';
 import type { MappingSet } from '../compile.js';
@@ -162,6 +163,8 @@ async function outcomeOf(
       patientId: s.patientId || undefined,
       identifierSystem: settings.identifierSystem,
       resolveIdentity: shadowIdentity(s),
+      // The worker's input limits (normalizeMessage applies them itself since issue 10).
+      policy: { ...DEFAULT_POLICY, input: settings.input },
     });
     checkOccurrenceTimes(
       r.measurements.map((x) => x.occurrenceTime),

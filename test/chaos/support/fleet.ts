@@ -89,11 +89,15 @@ export class Fleet {
       const occurrenceTime = new Date(
         this.#base + Math.floor(k / this.devices.length) * 1000,
       ).toISOString();
+      const heartRate = 60 + (k % 40);
+      // The vitals template's heart rate: type name, LOINC code, value and UCUM unit (PHD STU 1.1 rule).
       const identifier = observationIdentifierValue({
         deviceId: device.deviceId,
         patientId: device.patientId,
+        type: 'heartrate',
         code: HEART_RATE_LOINC,
         occurrenceTime,
+        value: `${heartRate} /min`,
       });
       const sent: Sent = {
         device,
@@ -105,7 +109,7 @@ export class Fleet {
       this.sent.push(sent);
       client.publish(
         `devices/${device.deviceId}/telemetry`,
-        JSON.stringify({ timestamp: occurrenceTime, heartRate: 60 + (k % 40) }),
+        JSON.stringify({ timestamp: occurrenceTime, heartRate }),
         { qos: 1 },
         (err) => {
           if (!err) sent.acked = true;
