@@ -160,6 +160,18 @@ export const ERROR_CODES = {
     message: 'Redis is unreachable',
   },
   QueryRefused: { stage: 'admin', retryable: false, http: 400, message: 'The query was refused' },
+  QueryTimeout: {
+    stage: 'admin',
+    retryable: false,
+    http: 504,
+    message: 'The query ran longer than its time limit',
+  },
+  InvalidRequest: {
+    stage: 'admin',
+    retryable: false,
+    http: 400,
+    message: 'The request is malformed',
+  },
   DeadLetterNotFound: {
     stage: 'cli',
     retryable: false,
