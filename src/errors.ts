@@ -166,6 +166,12 @@ export const ERROR_CODES = {
     http: 504,
     message: 'The query ran longer than its time limit',
   },
+  BackfillNotFound: {
+    stage: 'admin',
+    retryable: false,
+    http: 404,
+    message: 'No backfill job with that id',
+  },
   InvalidRequest: {
     stage: 'admin',
     retryable: false,

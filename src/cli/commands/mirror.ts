@@ -1,13 +1,18 @@
 /**
- * `iomt mirror backfill [--since <date>] [--wipe] [--admin-url <url>]`: rebuilds
- * or repairs the ClickHouse mirror from the FHIR server (paged search by
- * _lastUpdated; src/clickhouse/backfill.ts).
+ * `iomt mirror backfill (--since <date> [--until <date>] | --until <date> | --all)
+ * [--wipe] [--admin-url <url>]`: rebuilds or repairs the ClickHouse mirror from
+ * the FHIR server (paged search by _lastUpdated; src/clickhouse/backfill.ts). The
+ * range is always explicit: a bare `iomt mirror backfill` is refused rather than
+ * mirroring the whole FHIR server by accident.
  *
  * Where it runs: with --admin-url, the process that owns the analytics store does
- * it (POST /api/analytics/backfill) — needed in embedded mode while the pipeline
- * runs, since one process owns the engine's directory. Without, this process
- * opens FHIR and ClickHouse itself (a ClickHouse server, or the embedded engine
- * while the pipeline is stopped). Progress goes to stderr, the summary (JSON) to stdout.
+ * it as a job (POST /api/analytics/backfill) — needed in embedded mode while the
+ * pipeline runs, since one process owns the engine's directory. Without, this
+ * process opens FHIR and ClickHouse itself (a ClickHouse server, or the embedded
+ * engine while the pipeline is stopped). Progress goes to stderr, the summary
+ * (JSON) to stdout. Ctrl-C stops it after the page in flight (through the admin
+ * API: the closed request cancels the job); `iomt mirror cancel <job> --admin-url`
+ * stops a job from elsewhere.
  */
 import { pino } from 'pino';
 import {
@@ -23,37 +28,50 @@ import { fail, type Program } from '../common.js';
 
 interface BackfillFlags {
   readonly since?: string;
+  readonly until?: string;
+  readonly all?: boolean;
   readonly wipe?: boolean;
   readonly pageSize: string;
   readonly adminUrl?: string;
 }
 
-/** The owning process does it; its NDJSON answer: progress lines, then the summary or an error. */
+/** Exit status of a backfill stopped by Ctrl-C (128 + SIGINT). */
+const INTERRUPTED = 130;
+
+function authHeaders(token: string | undefined): Record<string, string> {
+  return token ? { authorization: `Bearer ${token}` } : {};
+}
+
+/** The owning process does it; its NDJSON answer: the job, progress lines, then the summary or an error. */
 async function viaAdmin(
   adminUrl: string,
   token: string | undefined,
-  body: object,
-): Promise<string> {
+  body: BackfillBody,
+  signal: AbortSignal,
+): Promise<BackfillSummary> {
   const res = await fetch(`${adminUrl.replace(/\/+$/, '')}/api/analytics/backfill`, {
     method: 'POST',
-    headers: {
-      'content-type': 'application/json',
-      ...(token ? { authorization: `Bearer ${token}` } : {}),
-    },
+    headers: { 'content-type': 'application/json', ...authHeaders(token) },
     body: JSON.stringify(body),
+    signal,
   });
   if (!res.ok || !res.body) throw new Error(errorText(await res.text(), res.status));
   let buffered = '';
-  let summary: string | undefined;
+  let summary: BackfillSummary | undefined;
   const handle = (raw: string) => {
     if (raw.trim() === '') return;
     const msg = JSON.parse(raw) as {
+      job?: { id: string };
       progress?: BackfillSummary;
       summary?: BackfillSummary;
       error?: { code: string; message: string };
     };
+    if (msg.job)
+      process.stderr.write(
+        `job ${msg.job.id} (Ctrl-C, or \`iomt mirror cancel ${msg.job.id} --admin-url …\`, stops it)\n`,
+      );
     if (msg.progress) process.stderr.write(progressLine(msg.progress));
-    if (msg.summary) summary = JSON.stringify(msg.summary);
+    if (msg.summary) summary = msg.summary;
     if (msg.error) throw new Error(`${msg.error.code}: ${msg.error.message}`);
   };
   const decoder = new TextDecoder();
@@ -82,20 +100,67 @@ function progressLine(p: BackfillSummary): string {
   return `page ${p.pages}: ${p.observations} Observations, up to ${p.lastUpdated ?? '?'}\n`;
 }
 
-async function backfill(flags: BackfillFlags): Promise<void> {
-  const config = loadConfig();
+/** What POST /api/analytics/backfill takes. */
+interface BackfillBody {
+  readonly all?: true;
+  readonly since?: string;
+  readonly until?: string;
+  readonly wipe: boolean;
+  readonly pageSize: number;
+}
+
+/** The request body: an explicit range (the admin API checks it again), wipe, page size. */
+function backfillBody(flags: BackfillFlags): BackfillBody {
   const pageSize = Number(flags.pageSize);
   if (!Number.isInteger(pageSize) || pageSize < 1 || pageSize > 1000)
     throw new PipelineError('ConfigInvalid', '--page-size must be an integer in [1, 1000]');
-  const body = {
+  const ranged = flags.since !== undefined || flags.until !== undefined;
+  if (flags.all === true && ranged)
+    throw new PipelineError('ConfigInvalid', 'pass --all or --since/--until, not both');
+  if (flags.all !== true && !ranged)
+    throw new PipelineError(
+      'ConfigInvalid',
+      'name the range to backfill: --since <date> (and/or --until <date>), or --all for everything',
+    );
+  return {
+    ...(flags.all === true ? { all: true as const } : {}),
     ...(flags.since !== undefined ? { since: flags.since } : {}),
+    ...(flags.until !== undefined ? { until: flags.until } : {}),
     wipe: flags.wipe === true,
     pageSize,
   };
-  if (flags.adminUrl !== undefined) {
-    process.stdout.write(`${await viaAdmin(flags.adminUrl, config.admin.token, body)}\n`);
-    return;
+}
+
+async function backfill(flags: BackfillFlags): Promise<void> {
+  const config = loadConfig();
+  const body = backfillBody(flags);
+  // Ctrl-C: stop after the page in flight and print what was done.
+  const interrupt = new AbortController();
+  const onSigint = () => interrupt.abort();
+  process.once('SIGINT', onSigint);
+  try {
+    const summary =
+      flags.adminUrl !== undefined
+        ? await viaAdmin(flags.adminUrl, config.admin.token, body, interrupt.signal)
+        : await locally(config, body, interrupt.signal);
+    process.stdout.write(`${JSON.stringify(summary)}\n`);
+    if (summary.cancelled) process.exitCode = INTERRUPTED;
+  } catch (err) {
+    if (interrupt.signal.aborted) {
+      process.stderr.write('iomt: interrupted: the backfill job was cancelled\n');
+      process.exit(INTERRUPTED);
+    }
+    throw err;
+  } finally {
+    process.off('SIGINT', onSigint);
   }
+}
+
+async function locally(
+  config: ReturnType<typeof loadConfig>,
+  body: BackfillBody,
+  signal: AbortSignal,
+): Promise<BackfillSummary> {
   // Logs to stderr: stdout carries the summary only.
   const log = createLogger(config.log.level, { destination: pino.destination(2) });
   const store = createAnalyticsStore(config.clickhouse, log);
@@ -105,24 +170,33 @@ async function backfill(flags: BackfillFlags): Promise<void> {
         err.message += ' To backfill while the pipeline runs, pass --admin-url.';
       throw err;
     });
-    const summary = await backfillMirror(
+    return await backfillMirror(
       observationPages({
         baseUrl: config.fhir.url,
         timeoutMs: config.fhir.timeoutMs,
         identifierSystem: config.fhir.identifierSystem,
-        pageSize,
-        ...(flags.since !== undefined ? { since: flags.since } : {}),
+        pageSize: body.pageSize,
+        signal,
+        ...(body.since !== undefined ? { since: body.since } : {}),
+        ...(body.until !== undefined ? { until: body.until } : {}),
       }),
       store,
-      {
-        wipe: flags.wipe === true,
-        onPage: (p) => process.stderr.write(progressLine(p)),
-      },
+      { wipe: body.wipe, signal, onPage: (p) => process.stderr.write(progressLine(p)) },
     );
-    process.stdout.write(`${JSON.stringify(summary)}\n`);
   } finally {
     await store.close();
   }
+}
+
+async function cancel(id: string, adminUrl: string): Promise<void> {
+  const config = loadConfig();
+  const res = await fetch(
+    `${adminUrl.replace(/\/+$/, '')}/api/analytics/backfill/${encodeURIComponent(id)}`,
+    { method: 'DELETE', headers: authHeaders(config.admin.token) },
+  );
+  const text = await res.text();
+  if (!res.ok) throw new Error(errorText(text, res.status));
+  process.stdout.write(`${JSON.stringify((JSON.parse(text) as { job: unknown }).job)}\n`);
 }
 
 export function register(program: Program): void {
@@ -131,8 +205,12 @@ export function register(program: Program): void {
     .description('the ClickHouse mirror of the FHIR Observations');
   mirror
     .command('backfill')
-    .description('rebuild or repair the mirror from the FHIR server (paged by _lastUpdated)')
-    .option('--since <date>', 'only Observations changed at or after this FHIR date or instant')
+    .description(
+      'rebuild or repair the mirror from the FHIR server (paged by _lastUpdated); name the range',
+    )
+    .option('--since <date>', 'Observations changed at or after this FHIR date or instant')
+    .option('--until <date>', 'Observations changed before this FHIR date or instant')
+    .option('--all', 'every Observation of the pipeline on the FHIR server')
     .option('--wipe', 'empty the FHIR-derived tables first (a rebuild)')
     .option('--page-size <n>', 'Observations per FHIR page', '500')
     .option(
@@ -140,4 +218,10 @@ export function register(program: Program): void {
       'let the process owning the analytics store do it (embedded engine while the pipeline runs)',
     )
     .action((opts) => backfill(opts).catch(fail));
+  mirror
+    .command('cancel')
+    .argument('<job>', 'the job id a backfill printed')
+    .requiredOption('--admin-url <url>', 'admin API of the process running the job')
+    .description('stop a backfill job after its page in flight')
+    .action((job, opts) => cancel(job, opts.adminUrl).catch(fail));
 }

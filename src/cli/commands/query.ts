@@ -1,4 +1,7 @@
-/** `iomt query`: analysts' read-only SQL through the admin API. */
+/**
+ * `iomt query`: analysts' read-only SQL through the admin API, with ANALYST_TOKEN
+ * when set (it opens this endpoint only), else ADMIN_TOKEN.
+ */
 import { Option } from '@commander-js/extra-typings';
 import { loadConfig } from '../../config.js';
 import { fail, type Program } from '../common.js';
@@ -22,11 +25,12 @@ export function register(program: Program): void {
         const config = loadConfig();
         const base = opts.adminUrl ?? `http://127.0.0.1:${config.admin.port}`;
         const format = { table: 'PrettyCompact', csv: 'CSV', json: 'JSONEachRow' }[opts.format];
+        const token = config.admin.analystToken ?? config.admin.token;
         const res = await fetch(`${base}/api/analytics/query`, {
           method: 'POST',
           headers: {
             'content-type': 'application/json',
-            ...(config.admin.token ? { authorization: `Bearer ${config.admin.token}` } : {}),
+            ...(token ? { authorization: `Bearer ${token}` } : {}),
           },
           body: JSON.stringify({ sql, format }),
         });
