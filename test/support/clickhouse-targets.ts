@@ -6,7 +6,9 @@
  *    connection ignores the client's database: only qualified names work;
  *  - a real ClickHouse server when CLICKHOUSE_TEST_URL is set (user and
  *    password from CLICKHOUSE_TEST_USER / CLICKHOUSE_TEST_PASSWORD), in a
- *    database of its own that is dropped afterwards.
+ *    database of its own that is dropped afterwards. Analyst queries run as
+ *    CLICKHOUSE_TEST_ANALYST_USER / _PASSWORD (default: the same user, since
+ *    the analyst account's grant names one database and these tests make their own).
  * chdb binds one data directory per process (vitest runs each file in its own
  * process), so the in-process targets of a file share one temp directory, and the
  * engine takes its users and grants from whichever connection opens it first: a
@@ -70,6 +72,10 @@ export function clickhouseTargets(label: string): ClickHouseTargets {
     password: process.env.CLICKHOUSE_TEST_PASSWORD ?? '',
     database: serverDb,
   };
+  const serverAnalyst = {
+    analystUser: process.env.CLICKHOUSE_TEST_ANALYST_USER ?? server.user,
+    analystPassword: process.env.CLICKHOUSE_TEST_ANALYST_PASSWORD ?? server.password,
+  };
   // chdb types its Connection against @clickhouse/client-common, which @clickhouse/client
   // bundles as its own copy: the shapes are the same, the declarations differ.
   const inProcess = () =>
@@ -102,7 +108,7 @@ export function clickhouseTargets(label: string): ClickHouseTargets {
       {
         name: 'server (CLICKHOUSE_TEST_URL)',
         enabled: serverUrl !== undefined,
-        config: server,
+        config: { ...server, ...serverAnalyst },
         unqualifiedNames: true,
         dropDatabase: async () => {
           const c = createClient({
