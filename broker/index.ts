@@ -18,6 +18,7 @@ import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Aedes, type AedesOptions, type Client } from 'aedes';
+import type { Redis } from 'ioredis';
 import type { Config } from '../src/config.js';
 import type { DeviceRegistry } from '../src/devices/registry.js';
 import type { ErrorCode } from '../src/errors.js';
@@ -30,6 +31,7 @@ import { Backpressure } from './backpressure.js';
 import { guardFrames } from './frame-guard.js';
 import { IngestBatcher, type JobSink } from './ingest-batcher.js';
 import { startListeners, type Listener } from './listeners.js';
+import { startRevocation, type RunningRevocation } from './revocation.js';
 import { DeviceThrottle, FailedAuthLimiter } from './rate-limits.js';
 
 export { IngestBatcher } from './ingest-batcher.js';
@@ -44,6 +46,11 @@ export interface BrokerOptions {
   readonly backlog?: () => Promise<number>;
   readonly log: Logger;
   readonly metrics?: Metrics;
+  /**
+   * A Redis connection for SUBSCRIBE: re-keyed, unassigned or removed devices'
+   * sessions end at once (revocation.ts). Absent: only at their next CONNECT.
+   */
+  readonly revocationSubscriber?: Redis;
 }
 
 export interface RunningBroker {
@@ -223,6 +230,18 @@ export async function startBroker(options: BrokerOptions): Promise<RunningBroker
     throw err;
   }
   backpressure?.start();
+  let revocation: RunningRevocation | undefined;
+  if (options.revocationSubscriber) {
+    revocation = await startRevocation({
+      aedes,
+      subscriber: options.revocationSubscriber,
+      registry,
+      prefix: config.redis.prefix,
+      recheckMs: config.mqtt.sessionRecheckMs,
+      log,
+      ...(metrics ? { metrics } : {}),
+    });
+  }
   const portOf = (kind: Listener['kind']) => listeners.find((l) => l.kind === kind)?.port;
 
   return {
@@ -236,6 +255,7 @@ export async function startBroker(options: BrokerOptions): Promise<RunningBroker
       // reach Redis (their PUBACKs go out), then close client sessions.
       const closed = Promise.all(listeners.map((l) => l.close()));
       clearInterval(pruneTimer);
+      await revocation?.close();
       backpressure?.stop();
       await batcher.drain();
       await new Promise<void>((resolve) => aedes.close(() => resolve()));

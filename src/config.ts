@@ -29,6 +29,13 @@ function int(min: number, max: number): Parser<number> {
   };
 }
 
+const bool: Parser<boolean> = (raw) => {
+  const v = raw.trim().toLowerCase();
+  if (['true', '1', 'yes', 'on'].includes(v)) return true;
+  if (['false', '0', 'no', 'off'].includes(v)) return false;
+  throw new Error(`expected true or false, got "${raw}"`);
+};
+
 function oneOf<T extends string>(...values: readonly T[]): Parser<T> {
   return (raw) => {
     if (!(values as readonly string[]).includes(raw)) {
@@ -184,6 +191,12 @@ export const SETTINGS = {
       int(0, 100000000),
       'Low-water mark: jobs waiting at which brokers read again (below BROKER_BACKLOG_HIGH).',
     ),
+    sessionRecheckMs: setting(
+      'MQTT_SESSION_RECHECK_MS',
+      15000,
+      int(1000, 3600000),
+      "How often a broker checks its open connections' credentials against the registry, milliseconds (a re-keyed or removed device is disconnected at once through Redis pub/sub; this catches a missed message).",
+    ),
     backlogPollMs: setting(
       'BROKER_BACKLOG_POLL_MS',
       500,
@@ -252,7 +265,13 @@ export const SETTINGS = {
       'IDENTITY_RESOLUTION',
       'Create',
       oneOf('Create', 'Lookup', 'LookupWithEncounter'),
-      'Create: Patient and Device from the registry, created with deterministic ids; Lookup: the FHIR Device must exist and name its Patient; LookupWithEncounter: also the Encounter.',
+      'Create: the patient is the one associated with the device at the reading time (iomt devices assign; docs/associations.md), Device and DeviceUseStatements written from that history; Lookup: the FHIR Device must exist and name its Patient; LookupWithEncounter: also the Encounter.',
+    ),
+    createPatients: setting(
+      'FHIR_CREATE_PATIENTS',
+      false,
+      bool,
+      'Create mode: true lets the pipeline create any Patient an association names; false (default) needs the Patient to exist on the FHIR server, or the association to mark it new (--new-patient), so a mistyped id never becomes a phantom Patient.',
     ),
   },
   clickhouse: {
@@ -330,15 +349,39 @@ export const SETTINGS = {
     ),
     reload: setting(
       'MAPPINGS_RELOAD',
-      'watch',
-      oneOf('watch', 'off'),
-      'watch: validate changed templates, activate them, and publish the version through Redis; off: load once.',
+      'explicit',
+      oneOf('explicit', 'watch', 'off'),
+      'explicit: workers run the version activated through Redis (iomt mappings activate); watch: also propose a changed folder and activate it when it passes the gates (development); off: load the folder once, without Redis.',
     ),
     reloadPollMs: setting(
       'MAPPINGS_RELOAD_POLL_MS',
       2000,
       int(200, 600000),
       'How often a worker checks the folder and the active version in Redis, milliseconds.',
+    ),
+    shadowMessages: setting(
+      'MAPPINGS_SHADOW_MESSAGES',
+      500,
+      int(0, 1000000),
+      'Recent messages per affected device template file that the shadow run maps with both versions.',
+    ),
+    shadowScanMessages: setting(
+      'MAPPINGS_SHADOW_SCAN_MESSAGES',
+      20000,
+      int(0, 10000000),
+      'Most recent device_messages rows the shadow run reads to find them.',
+    ),
+    shadowDeadLetters: setting(
+      'MAPPINGS_SHADOW_DEAD_LETTERS',
+      1000,
+      int(0, 1000000),
+      'Most recent dead letters holding a raw message that the shadow run also maps.',
+    ),
+    gateMaxNewDeadLetters: setting(
+      'MAPPINGS_GATE_MAX_NEW_DEAD_LETTERS',
+      0,
+      int(0, 1000000),
+      'Shadow-run messages the active version maps and a candidate would dead-letter (or leave unmatched) above which activation is refused.',
     ),
   },
   worker: {

@@ -54,7 +54,7 @@ function storeOf(deps: AnalyticsRoutesDeps): AnalyticsStore {
 }
 
 function invalid(message: string): PipelineError {
-  return new PipelineError('InvalidRequest', message, { stage: 'admin' });
+  return new PipelineError('InvalidArgument', message, { stage: 'admin' });
 }
 
 interface BackfillBody {
@@ -65,7 +65,7 @@ interface BackfillBody {
   readonly pageSize?: unknown;
 }
 
-/** The explicit range and options of a backfill request; InvalidRequest otherwise. */
+/** The explicit range and options of a backfill request; InvalidArgument otherwise. */
 export function backfillRequest(body: BackfillBody | undefined): {
   range: BackfillRange;
   wipe: boolean;

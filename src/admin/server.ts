@@ -1,13 +1,15 @@
 /**
  * The admin HTTP API (fastify): /healthz (alive), /readyz (Redis, FHIR and
- * ClickHouse reachable), /metrics (Prometheus). Everything but /healthz needs
+ * ClickHouse reachable), /metrics (Prometheus), the analysts' endpoints
+ * (analytics-routes.ts), devices (device-routes.ts) and the template lifecycle
+ * (mapping-routes.ts). Everything but /healthz needs
  * `Authorization: Bearer <ADMIN_TOKEN>`; the pipeline refuses to start the admin
  * role without a token unless ADMIN_AUTH=none (development only). ANALYST_TOKEN,
  * when set, opens POST /api/analytics/query and nothing else.
  *
  * Answers: every error in the one shape of errors.ts (httpAnswer); a body over
  * ADMIN_MAX_BODY_BYTES is 413 PayloadTooLarge, other malformed requests 400
- * InvalidRequest. /readyz waits at most ADMIN_READY_TIMEOUT_MS per check, and
+ * InvalidArgument. /readyz waits at most ADMIN_READY_TIMEOUT_MS per check, and
  * shows no URL credentials.
  */
 import Fastify, { type FastifyInstance } from 'fastify';
@@ -18,7 +20,11 @@ import { httpAnswer, PipelineError } from '../errors.js';
 import type { FhirStore } from '../fhir/store.js';
 import type { Logger } from '../logger.js';
 import type { Metrics } from '../metrics.js';
+import type { DeviceService } from '../devices/index.js';
+import type { MappingLifecycle } from '../mapping/lifecycle/index.js';
 import { registerAnalyticsRoutes } from './analytics-routes.js';
+import { registerDeviceRoutes } from './device-routes.js';
+import { registerMappingRoutes } from './mapping-routes.js';
 import { ANALYST_ROUTES, principalOf } from './principal.js';
 import { stripUrlCredentials } from './url-credentials.js';
 
@@ -36,6 +42,10 @@ export interface AdminDeps {
    * process stays ready: the active version keeps processing).
    */
   readonly templatesStatus?: () => unknown;
+  /** Device administration (associations, credentials): /api/devices, /api/gateways. */
+  readonly devices?: DeviceService;
+  /** Template versions, gates, activation, rollback and audit (mapping-routes.ts). */
+  readonly mappingLifecycle?: MappingLifecycle;
 }
 
 export interface RunningAdmin {
@@ -74,7 +84,7 @@ function requestError(err: unknown, maxBodyBytes: number): PipelineError | undef
       { stage: 'admin', cause: err },
     );
   if (typeof e.statusCode === 'number' && e.statusCode >= 400 && e.statusCode < 500)
-    return new PipelineError('InvalidRequest', String(e.message), { stage: 'admin', cause: err });
+    return new PipelineError('InvalidArgument', String(e.message), { stage: 'admin', cause: err });
   return undefined;
 }
 
@@ -135,6 +145,9 @@ export function buildAdmin(deps: AdminDeps): FastifyInstance {
   });
   // Analysts' read-only SQL and the mirror backfill (the process owning the store answers).
   registerAnalyticsRoutes(app, deps);
+  if (deps.devices) registerDeviceRoutes(app, { devices: deps.devices });
+  // The template lifecycle: validate, test, shadow-run, diff, propose, activate, rollback, audit.
+  registerMappingRoutes(app, deps);
   app.get('/metrics', async (_req, reply) => {
     await reply
       .header('content-type', deps.metrics.registry.contentType)

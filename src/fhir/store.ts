@@ -1,24 +1,26 @@
 /**
  * The FHIR adapter (fhir-kit-client). Contract:
- *  - ensureSubjects(refs): every Patient and Device exists before Observations
- *    reference them (servers enforce referential integrity); created with our
- *    deterministic ids when missing, remembered per process.
+ *  - ensurePatients(refs): every Patient exists before Observations reference
+ *    it (servers enforce referential integrity). A missing Patient is created
+ *    (our deterministic id) only when its reference says it may be
+ *    (FHIR_CREATE_PATIENTS, or an association that marked it new); otherwise
+ *    PatientNotFound: a mistyped id never becomes a phantom Patient. Found
+ *    Patients are remembered per process. Devices are written from their
+ *    association history (fhir/associations.ts), never from an Observation.
  *  - writeObservations(obs): one batch Bundle of `PUT Observation/{id}` (create
  *    or update, idempotent); returns one outcome per entry, in order — a rejected
  *    entry never fails its neighbours.
  * Throws PipelineError FhirUnavailable when the whole request failed transiently.
  */
 import { Client, type FhirResource } from 'fhir-kit-client';
-import type {
-  Bundle,
-  BundleEntry,
-  Device,
-  Observation,
-  OperationOutcome,
-  Patient,
-} from 'fhir/r4.js';
+import type { Bundle, BundleEntry, Observation, OperationOutcome, Patient } from 'fhir/r4.js';
 import { PipelineError } from '../errors.js';
-import type { SubjectRef } from '../queues.js';
+import type { PatientRef } from '../queues.js';
+
+interface FhirResourceLike {
+  readonly resourceType: string;
+  readonly id?: string;
+}
 import { fhirError, statusError } from './errors.js';
 
 export type EntryOutcome =
@@ -39,7 +41,19 @@ export type EntryOutcome =
   | { readonly ok: false; readonly error: PipelineError };
 
 export interface FhirStore {
-  ensureSubjects(subjects: readonly SubjectRef[]): Promise<void>;
+  /** Resolves when every Patient exists; PatientNotFound names the first that may not be created. */
+  ensurePatients(patients: readonly PatientRef[]): Promise<void>;
+  /** Whether Patient/{id} exists (not cached: an operator is asking). */
+  patientExists(id: string): Promise<boolean>;
+  /** A resource by id, or undefined (404/410). */
+  read<T extends FhirResourceLike>(resourceType: string, id: string): Promise<T | undefined>;
+  /** One page of a search (at most `_count` entries): the resources. */
+  search<T extends FhirResourceLike>(
+    resourceType: string,
+    params: Readonly<Record<string, string>>,
+  ): Promise<T[]>;
+  /** A transaction Bundle (all or nothing); the response Bundle. */
+  transaction(entries: readonly BundleEntry[]): Promise<Bundle>;
   writeObservations(observations: readonly Observation[]): Promise<EntryOutcome[]>;
   /** The stored Observations with these ids (missing ones are left out). */
   readObservations(ids: readonly string[]): Promise<Observation[]>;
@@ -50,7 +64,7 @@ export interface FhirStore {
 export interface FhirStoreOptions {
   readonly baseUrl: string;
   readonly timeoutMs: number;
-  /** Most subjects remembered as existing (then the memory starts over). */
+  /** Most Patients remembered as existing (then the memory starts over). */
   readonly knownSubjectsLimit?: number;
 }
 
@@ -82,75 +96,97 @@ export function createFhirStore(options: FhirStoreOptions): FhirStore {
     headers: { 'Cache-Control': 'no-cache' },
   });
 
-  function ensureOne(s: SubjectRef): Promise<void> {
-    const key = `${s.resourceType}/${s.id}/${s.patientId ?? ''}`;
-    if (known.has(key)) return Promise.resolve();
-    let pending = inFlight.get(key);
+  function ensureOne(p: PatientRef): Promise<void> {
+    if (known.has(p.id)) return Promise.resolve();
+    let pending = inFlight.get(p.id);
     if (!pending) {
-      pending = createIfMissing(s)
+      pending = ensurePatient(p)
         .then(() => {
           if (known.size >= limit) known.clear();
-          known.add(key);
+          known.add(p.id);
         })
-        .finally(() => inFlight.delete(key));
-      inFlight.set(key, pending);
+        .finally(() => inFlight.delete(p.id));
+      inFlight.set(p.id, pending);
     }
     return pending;
   }
 
-  async function createIfMissing(s: SubjectRef, attempt = 1): Promise<void> {
-    let existing: Patient | Device | undefined;
+  async function read<T>(resourceType: string, id: string): Promise<T | undefined> {
     try {
-      existing = (await client.read({
-        resourceType: s.resourceType,
-        id: s.id,
-        options: requestOptions(),
-      })) as Patient | Device;
+      return (await client.read({ resourceType, id, options: requestOptions() })) as T;
     } catch (err) {
       const status = (err as { response?: { status?: number } }).response?.status;
-      if (status !== 404 && status !== 410) throw fhirError(err, `read ${s.resourceType}/${s.id}`);
+      if (status === 404 || status === 410) return undefined;
+      throw fhirError(err, `read ${resourceType}`);
     }
-    const wantPatient = s.patientId ? `Patient/${s.patientId}` : undefined;
-    const upToDate =
-      existing !== undefined &&
-      (s.resourceType === 'Patient' || (existing as Device).patient?.reference === wantPatient);
-    if (!upToDate) {
-      const body: Patient | Device =
-        s.resourceType === 'Patient'
-          ? { resourceType: 'Patient', id: s.id, identifier: [{ ...s.identifier }] }
-          : {
-              ...(existing as Device | undefined),
-              resourceType: 'Device',
-              id: s.id,
-              identifier: [{ ...s.identifier }],
-              status: 'active',
-              ...(wantPatient ? { patient: { reference: wantPatient } } : {}),
-            };
-      try {
-        await client.update({
-          resourceType: s.resourceType,
-          id: s.id,
-          body: body as unknown as FhirResource,
-          options: requestOptions(),
-        });
-      } catch (err) {
-        const status = (err as { response?: { status?: number } }).response?.status;
-        // 409/412: another writer (another worker process) created it at the same
-        // moment (HAPI-0825). Read again: it is most likely there now.
-        if ((status === 409 || status === 412) && attempt < 3)
-          return createIfMissing(s, attempt + 1);
-        throw fhirError(err, `write ${s.resourceType}/${s.id}`);
-      }
+  }
+
+  async function ensurePatient(p: PatientRef, attempt = 1): Promise<void> {
+    if ((await read<Patient>('Patient', p.id)) !== undefined) return;
+    if (!p.create) {
+      throw new PipelineError(
+        'PatientNotFound',
+        `Patient/${p.id} does not exist on the FHIR server and may not be created ` +
+          '(FHIR_CREATE_PATIENTS is off and the association did not mark it new)',
+        { details: { patientId: p.id }, stage: 'fhir' },
+      );
+    }
+    try {
+      await client.update({
+        resourceType: 'Patient',
+        id: p.id,
+        body: {
+          resourceType: 'Patient',
+          id: p.id,
+          identifier: [{ ...p.identifier }],
+        },
+        options: requestOptions(),
+      });
+    } catch (err) {
+      const status = (err as { response?: { status?: number } }).response?.status;
+      // 409/412: another writer (another worker process) created it at the same
+      // moment (HAPI-0825). Read again: it is most likely there now.
+      if ((status === 409 || status === 412) && attempt < 3) return ensurePatient(p, attempt + 1);
+      throw fhirError(err, 'write Patient');
     }
   }
 
   return {
-    async ensureSubjects(subjects) {
-      // Patients first: a Device references its Patient.
-      const ordered = [...subjects].sort((a, b) =>
-        a.resourceType === b.resourceType ? 0 : a.resourceType === 'Patient' ? -1 : 1,
+    async ensurePatients(patients) {
+      for (const p of patients) await ensureOne(p);
+    },
+
+    async patientExists(id) {
+      return (await read<Patient>('Patient', id)) !== undefined;
+    },
+
+    read,
+
+    async search(resourceType, params) {
+      let bundle: Bundle;
+      try {
+        bundle = (await client.search({
+          resourceType,
+          searchParams: { ...params },
+          options: requestOptions(),
+        })) as unknown as Bundle;
+      } catch (err) {
+        throw fhirError(err, `search ${resourceType}`);
+      }
+      return (bundle.entry ?? []).flatMap((e) =>
+        e.resource?.resourceType === resourceType ? [e.resource as never] : [],
       );
-      for (const s of ordered) await ensureOne(s);
+    },
+
+    async transaction(entries) {
+      try {
+        return (await client.transaction({
+          body: { resourceType: 'Bundle', type: 'transaction', entry: [...entries] },
+          options: requestOptions(),
+        })) as unknown as Bundle;
+      } catch (err) {
+        throw fhirError(err, 'transaction');
+      }
     },
 
     async writeObservations(observations) {

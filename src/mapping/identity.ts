@@ -77,8 +77,20 @@ export interface IdentityClaim {
   readonly authenticatedDeviceId: string;
   /** The device the reading names (the authenticated one unless a gateway speaks). */
   readonly deviceId: string;
+  /**
+   * Where `deviceId` comes from: the template's device expression (the payload
+   * named it) or the connection (the template has no device expression).
+   */
+  readonly deviceFrom: 'payload' | 'connection';
   readonly claimedPatientId?: string;
+  /** The template's patient expression yielded nothing (Create mode refuses: PatientIdMissing). */
+  readonly patientClaimMissing?: true;
   readonly encounterId?: string;
+  /**
+   * The reading's own time (UTC ISO 8601): the patient is the one associated
+   * with the device at this time, not when the job runs.
+   */
+  readonly occurrenceTime: string;
 }
 
 export interface ResolvedIdentity {
@@ -97,38 +109,71 @@ export type IdentityResolver = (
 ) => ResolvedIdentity | Promise<ResolvedIdentity>;
 
 export interface CreateModeBindings {
-  /** The authenticated device's patient (its registry binding). */
+  /** The authenticated device's patient (fixed: the debugger and fixtures have no history). */
   readonly patientId: string | undefined;
-  /** Devices the authenticated device may speak for (a gateway), with their patients. */
+  /**
+   * Devices the authenticated device relays for (a gateway), with their
+   * patients. A device with children is a gateway: it has no patient of its own.
+   */
   readonly children?: ReadonlyMap<string, string | undefined>;
 }
 
+/** Who the reading's device is and whom it belongs to, as the caller found out (at the reading's time). */
+export interface AttributionFacts {
+  /** The authenticated device relays for others and has no patient of its own. */
+  readonly authenticatedIsGateway: boolean;
+  /** Whether the authenticated gateway could relay for `deviceId` at the reading's time. */
+  readonly linked: (deviceId: string) => boolean;
+  /** The patient associated with `deviceId` at the reading's time, if any. */
+  readonly patientOf: (deviceId: string) => string | undefined;
+}
+
 /**
- * MedTech "Create" with our registry as the source of truth: a device speaks
- * for itself, a gateway for its registered children; the patient is the
- * device's binding, and a payload naming anyone else is refused.
+ * MedTech "Create" with our associations as the source of truth: a device
+ * speaks for itself, a gateway for the devices linked to it; the patient is the
+ * one associated with the reading's device at the reading's time; a payload
+ * naming anyone else is refused, and nothing is ever guessed.
  */
 export function createModeIdentity(
   claim: IdentityClaim,
-  patientOf: (deviceId: string) => string | undefined,
-  isChild: (deviceId: string) => boolean,
+  facts: AttributionFacts,
 ): ResolvedIdentity {
-  const viaGateway = claim.deviceId !== claim.authenticatedDeviceId;
-  if (viaGateway && !isChild(claim.deviceId)) {
-    throw new PipelineError('DeviceSpoofing', 'the payload names another device', {
-      details: { gateway: claim.authenticatedDeviceId },
-    });
+  if (claim.patientClaimMissing) {
+    throw new PipelineError(
+      'PatientIdMissing',
+      'the template names the patient in the payload, and the payload names none',
+      { details: { deviceId: claim.deviceId } },
+    );
   }
-  const patientId = patientOf(claim.deviceId);
+  const viaGateway = claim.deviceId !== claim.authenticatedDeviceId;
+  if (facts.authenticatedIsGateway && !viaGateway) {
+    throw new PipelineError(
+      'GatewayChildMissing',
+      claim.deviceFrom === 'connection'
+        ? 'a gateway published a reading whose template names no device'
+        : 'a gateway reading names the gateway itself, which has no patient',
+      { details: { gateway: claim.authenticatedDeviceId } },
+    );
+  }
+  if (viaGateway && !facts.linked(claim.deviceId)) {
+    throw new PipelineError(
+      'DeviceSpoofing',
+      'the payload names another device, one the authenticated device does not relay for at the reading time',
+      { details: { gateway: claim.authenticatedDeviceId } },
+    );
+  }
+  const patientId = facts.patientOf(claim.deviceId);
   if (patientId === undefined) {
-    throw new PipelineError('PatientNotFound', 'the device has no patient binding', {
-      details: { deviceId: claim.deviceId },
-    });
+    throw new PipelineError(
+      'NoPatientAssociated',
+      'no patient was associated with the device at the time of the reading',
+      { details: { deviceId: claim.deviceId } },
+    );
   }
   if (claim.claimedPatientId !== undefined && claim.claimedPatientId !== patientId) {
     throw new PipelineError(
       'DeviceSpoofing',
-      'the payload names a patient the device is not bound to',
+      'the payload names a patient the device was not associated with at the reading time',
       { details: { deviceId: claim.deviceId } },
     );
   }
@@ -145,13 +190,14 @@ export function createModeIdentity(
   };
 }
 
-/** The resolver for bindings known up front (CLI debugger, fixtures, tests). */
+/** The resolver for bindings known up front (CLI debugger, fixtures, tests): no history, no clock. */
 export function bindingResolver(bindings: CreateModeBindings): IdentityResolver {
+  const children = bindings.children ?? new Map<string, string | undefined>();
   return (claim) =>
-    createModeIdentity(
-      claim,
-      (id) =>
-        id === claim.authenticatedDeviceId ? bindings.patientId : bindings.children?.get(id),
-      (id) => bindings.children?.has(id) ?? false,
-    );
+    createModeIdentity(claim, {
+      authenticatedIsGateway: children.size > 0,
+      linked: (id) => children.has(id),
+      patientOf: (id) =>
+        id === claim.authenticatedDeviceId ? bindings.patientId : children.get(id),
+    });
 }

@@ -1,7 +1,9 @@
 /**
  * The mapping engine's public surface. Everything here is pure (data in, data
- * out) except load.ts, which reads the mappings folder, and hot-reload.ts, the
- * adapter that activates new versions in a running pipeline.
+ * out) except load.ts, which reads the mappings folder, hot-reload.ts, the
+ * adapter that follows the active version in a running pipeline, and the
+ * lifecycle's adapters (lifecycle/store.ts, lifecycle/shadow-source.ts;
+ * exported from lifecycle/index.ts).
  */
 export { compileMappings } from './compile.js';
 export type {
@@ -37,6 +39,7 @@ export {
   formatProblem,
   loadMappings,
   readFixtures,
+  readCandidate,
   readMappingDocuments,
 } from './load.js';
 export { runFixture, VERSION_PLACEHOLDER } from './fixtures.js';
@@ -51,4 +54,4 @@ export type { ImportReport } from './medtech-import.js';
 export { debugMessage } from './debug.js';
 export type { DebugInput, DebugReport } from './debug.js';
 export { startTemplateActivation } from './hot-reload.js';
-export type { TemplateActivation, TemplateStatus } from './hot-reload.js';
+export type { ReloadMetrics, TemplateActivation, TemplateStatus } from './hot-reload.js';

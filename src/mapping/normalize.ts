@@ -23,11 +23,19 @@ import { buildGroupedObservation, groupKey, groupOf } from './windowing.js';
 export interface NormalizeInput {
   readonly payload: string;
   readonly meta: MessageMeta;
-  /** The authenticated device's patient binding (used by the default resolver). */
+  /**
+   * The authenticated device's patient, fixed (the default resolver, for the
+   * debugger and fixtures; the worker attributes by association history).
+   */
   readonly patientId: string | undefined;
   readonly identifierSystem: string;
   /** Default: MedTech "Create" with `patientId` as the only binding. */
   readonly resolveIdentity?: IdentityResolver;
+  /**
+   * Checks the readings before anyone is attributed (the worker's input policy:
+   * a reading dated 1990 is TimestampOutOfRange, not "no patient then").
+   */
+  readonly checkReadings?: (readings: readonly Reading[]) => void;
   readonly trace?: (event: TraceEvent) => void;
 }
 
@@ -72,13 +80,25 @@ async function identify(
   const cache = new Map<string, ResolvedIdentity>();
   const out: { measurement: Measurement; identity: ResolvedIdentity }[] = [];
   for (const r of readings) {
-    const key = JSON.stringify([r.deviceId, r.claimedPatientId, r.encounterId]);
+    // Each reading is attributed at its own time: two readings of one message
+    // may fall on either side of an association change.
+    const key = JSON.stringify([
+      r.deviceId,
+      r.deviceFrom,
+      r.claimedPatientId,
+      r.patientClaimMissing,
+      r.encounterId,
+      r.occurrenceTime,
+    ]);
     let identity = cache.get(key);
     if (!identity) {
       identity = await resolve({
         authenticatedDeviceId: meta.deviceId,
         deviceId: r.deviceId,
+        deviceFrom: r.deviceFrom,
+        occurrenceTime: r.occurrenceTime,
         ...(r.claimedPatientId !== undefined ? { claimedPatientId: r.claimedPatientId } : {}),
+        ...(r.patientClaimMissing ? { patientClaimMissing: true as const } : {}),
         ...(r.encounterId !== undefined ? { encounterId: r.encounterId } : {}),
       });
       cache.set(key, identity);
@@ -111,6 +131,7 @@ export async function normalizeMessage(
   if (matchedTemplates.length === 0) {
     throw new PipelineError('TemplateNotMatched', 'no device template matched the message');
   }
+  input.checkReadings?.(readings);
   const resolve = input.resolveIdentity ?? bindingResolver({ patientId: input.patientId });
   const identified = await identify(readings, input.meta, resolve);
   const bindings: Bindings = { msg: body, meta: input.meta };

@@ -8,6 +8,7 @@ import { promisify } from 'node:util';
 import type { MqttClient } from 'mqtt';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import {
+  enrol,
   connectDevice,
   fhirSearch,
   publish,
@@ -75,7 +76,7 @@ beforeAll(async () => {
   h = await startHarness({ fhirUrl });
   deviceId = uniqueId('monitor');
   patientId = uniqueId('patient');
-  ({ secret } = await h.pipeline.registry.add(deviceId, `Patient/${patientId}`));
+  secret = await enrol(h.pipeline, deviceId, `Patient/${patientId}`);
   client = await connectDevice(h.mqttUrl, deviceId, secret);
 });
 
@@ -233,8 +234,12 @@ describe('vital signs published over MQTT', () => {
     await publish(client, `devices/${deviceId}/telemetry`, message);
     // Both copies were mirrored (the counter counts inserts, duplicates included)…
     await waitFor(mirroredRows, (n) => n >= mirroredBefore + 2, 10_000, 'both copies mirrored');
-    const rows = await clickhouseRows(patientId);
-    const found = await observationsOf(patientId);
+    const found = await waitFor(
+      () => observationsOf(patientId),
+      (l) => l.some((o) => new Date(o.effectiveDateTime).toISOString() === message.timestamp),
+      10_000,
+      'the reading in HAPI',
+    );
     const dupes = found.filter(
       (o) => new Date(o.effectiveDateTime).toISOString() === message.timestamp,
     );
@@ -244,6 +249,14 @@ describe('vital signs published over MQTT', () => {
       identifier: `${ident.system}|${ident.value}`,
     });
     expect(byIdentifier.entry).toHaveLength(1);
+    // …and ClickHouse keeps one row for it (the counter may still have been
+    // counting an earlier test's rows when it was read: wait for this row).
+    const rows = await waitFor(
+      () => clickhouseRows(patientId),
+      (r) => r.some((row) => row.id === dupes[0]!.id),
+      10_000,
+      'the reading in ClickHouse',
+    );
     const count = await h.pipeline.analyticsStore!.queryRows<{ n: string | number }>(
       `SELECT count() AS n FROM observations FINAL WHERE id = '${dupes[0]!.id}'`,
     );

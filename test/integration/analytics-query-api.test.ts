@@ -182,7 +182,7 @@ describe('answers of the admin API', () => {
     const broken = await request(h, 'POST', '/api/analytics/query', HARNESS_ADMIN_TOKEN, '{"sql":');
     expect(broken.status).toBe(400);
     expect(((await broken.json()) as { error: { code: string } }).error.code).toBe(
-      'InvalidRequest',
+      'InvalidArgument',
     );
   });
 

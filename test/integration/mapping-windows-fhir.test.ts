@@ -11,6 +11,7 @@ import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { createObservationMerger } from '../../src/fhir/merge.js';
 import { compileSources, normalizeMessage, type MappingSet } from '../../src/mapping/index.js';
 import {
+  enrol,
   connectDevice,
   fhirSearch,
   publish,
@@ -233,7 +234,7 @@ describe('through the whole pipeline', () => {
 
   beforeAll(async () => {
     h = await startHarness({ fhirUrl });
-    const { secret } = await h.pipeline.registry.add(dev, `Patient/${pat}`);
+    const secret = await enrol(h.pipeline, dev, `Patient/${pat}`);
     client = await connectDevice(h.mqttUrl, dev, secret);
   });
   afterAll(async () => {

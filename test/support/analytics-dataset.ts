@@ -12,7 +12,11 @@
  *    10th reading of mon-c taking 5 s;
  *  - one heart rate of pat-a was corrected in FHIR (130 → 135, version 2);
  *  - dead letters: mon-d 3 × InvalidPayload, mon-e 2 × TimestampOutOfRange,
- *    mon-a 1 × FhirRejected;
+ *    mon-a 1 × FhirRejected, mon-b 2 × NoPatientAssociated (it sent before the
+ *    nurse associated it with pat-b);
+ *  - associations: each monitor with its patient from an hour before the data
+ *    (mon-b only from 2 minutes before; mon-a served pat-z the day before;
+ *    mon-f was unassigned when pat-f was discharged, 89 minutes before the anchor);
  *  - pat-a has one ECG strip (SampledData, 250 points, 10 ms apart).
  * Every fifth message is delivered twice (the mirror is at least once), so a
  * query that forgets FINAL / argMax counts wrong. Deterministic for one anchor.
@@ -20,6 +24,7 @@
  * `points` / `messages` are the plain facts the tests compute expectations from.
  */
 import type { Observation, ObservationComponent } from 'fhir/r4.js';
+import type { AssociationRecord } from '../../src/devices/associations.js';
 import { messageSourceUri } from '../../src/fhir/message-source.js';
 import type { MessageOutcome, ObservationEnvelope } from '../../src/queues.js';
 import { seededRandom } from '../../src/simulator/vitals.js';
@@ -88,8 +93,21 @@ export interface MessageFact {
   readonly errorCode: string;
 }
 
+/** Who had a monitor when (the test's own plain list; the history is derived from it). */
+export interface AssociationFact {
+  /** FHIR Device id, as in observations.device_id. */
+  readonly device: string;
+  readonly patient: string;
+  readonly from: number;
+  /** undefined: still open */
+  readonly to: number | undefined;
+}
+
 export interface Dataset {
   readonly anchor: number;
+  readonly associationFacts: readonly AssociationFact[];
+  /** MQTT device id → its association history, as the pipeline records it. */
+  readonly associations: ReadonlyMap<string, AssociationRecord[]>;
   /** Insert batches, in order; duplicates included. */
   readonly batches: readonly ObservationEnvelope[][];
   readonly messages: readonly MessageOutcome[];
@@ -306,6 +324,61 @@ export function buildDataset(anchorMs: number): Dataset {
   dead('pat-e', 'TimestampOutOfRange', 2, 'normalize');
   dead('pat-a', 'FhirRejected', 1, 'fhir');
 
+  // Associations: who had each monitor, and when.
+  const associationFacts: AssociationFact[] = [
+    {
+      device: deviceOf('pat-a'),
+      patient: 'pat-z',
+      from: start - 26 * 60 * MINUTE,
+      to: start - 20 * 60 * MINUTE,
+    },
+    ...PATIENTS.map((p) => ({
+      device: deviceOf(p),
+      patient: p,
+      from: start - (p === 'pat-b' ? 2 : 60) * MINUTE,
+      to: p === 'pat-f' ? anchor - 89 * MINUTE : undefined,
+    })),
+  ];
+  const associations = new Map<string, AssociationRecord[]>();
+  for (const f of associationFacts) {
+    const mqtt = f.device.slice(4);
+    const log = associations.get(mqtt) ?? [];
+    const base = { source: 'feed' as const, actor: 'adt', recordedAt: f.from };
+    log.push({ ...base, kind: 'assign', patientId: f.patient, at: f.from, seq: log.length });
+    if (f.to !== undefined)
+      log.push({ ...base, kind: 'unassign', at: f.to, recordedAt: f.to, seq: log.length });
+    associations.set(mqtt, log);
+  }
+  // mon-b sent before it was associated: held, not charted.
+  for (const k of [6, 4]) {
+    const receivedAt = start - k * MINUTE + TRANSPORT_MS;
+    const device = deviceOf('pat-b');
+    messages.push({
+      message: {
+        id: `${device}-early-${k}`,
+        deviceId: device.slice(4),
+        topic: `devices/${device.slice(4)}/telemetry`,
+        qos: 1,
+        receivedAt,
+        payload: JSON.stringify({ timestamp: new Date(receivedAt - TRANSPORT_MS).toISOString() }),
+        encoding: 'utf8',
+      },
+      patientId: '',
+      outcome: 'dead_lettered',
+      errorCode: 'NoPatientAssociated',
+      errorStage: 'normalize',
+      observationCount: 0,
+      templateVersion: 'tv-1',
+      decidedAt: receivedAt + 10,
+    });
+    messageFacts.push({
+      device,
+      receivedAt,
+      outcome: 'dead_lettered',
+      errorCode: 'NoPatientAssociated',
+    });
+  }
+
   // An ECG strip: 250 points, 10 ms apart, starting 2 hours before the anchor.
   const ecgStart = anchor - 120 * MINUTE + 250;
   const ecgValues = Array.from(
@@ -351,6 +424,8 @@ export function buildDataset(anchorMs: number): Dataset {
 
   return {
     anchor,
+    associationFacts,
+    associations,
     batches,
     messages,
     points,
