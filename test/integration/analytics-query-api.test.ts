@@ -252,12 +252,12 @@ describe('iomt query', () => {
     expect(stdout.trim()).toBe('42');
   });
 
-  it('exits 1 with the refusal on one line', async () => {
+  it('exits 2 (invalid input, docs/cli.md) with the refusal on one line', async () => {
     const err = await iomtQuery(['DROP TABLE observations']).then(
       () => undefined,
       (e: unknown) => e as { code: number; stderr: string },
     );
-    expect(err?.code).toBe(1);
+    expect(err?.code).toBe(2);
     expect(err?.stderr.trim()).toMatch(/^iomt: QueryRefused: only reading statements/);
   });
 });

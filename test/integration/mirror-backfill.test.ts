@@ -249,7 +249,7 @@ describe('the ClickHouse mirror of a running pipeline', () => {
       () => undefined,
       (e: unknown) => e as { code: number; stderr: string },
     );
-    expect(owned?.code).toBe(1);
+    expect(owned?.code).toBe(3); // a service is unavailable (docs/cli.md)
     expect(owned?.stderr).toMatch(/iomt: ClickHouseUnavailable: .*CHDB_PATH.*--admin-url/s);
   });
 
@@ -268,7 +268,7 @@ describe('the ClickHouse mirror of a running pipeline', () => {
       () => undefined,
       (e: unknown) => e as { code: number; stderr: string },
     );
-    expect(bare?.code).toBe(1);
+    expect(bare?.code).toBe(2); // invalid input (docs/cli.md)
     expect(bare?.stderr).toMatch(/name the range to backfill: --since <date>.*--all/);
     for (const body of [
       '{}',

@@ -24,6 +24,7 @@ import { loadConfig } from '../../config.js';
 import { isPipelineError, PipelineError } from '../../errors.js';
 import { observationPages } from '../../fhir/observation-pages.js';
 import { createLogger } from '../../logger.js';
+import { answerError, fetchAdmin } from '../admin-answer.js';
 import { fail, type Program } from '../common.js';
 
 interface BackfillFlags {
@@ -49,13 +50,13 @@ async function viaAdmin(
   body: BackfillBody,
   signal: AbortSignal,
 ): Promise<BackfillSummary> {
-  const res = await fetch(`${adminUrl.replace(/\/+$/, '')}/api/analytics/backfill`, {
+  const res = await fetchAdmin(`${adminUrl.replace(/\/+$/, '')}/api/analytics/backfill`, {
     method: 'POST',
     headers: { 'content-type': 'application/json', ...authHeaders(token) },
     body: JSON.stringify(body),
     signal,
   });
-  if (!res.ok || !res.body) throw new Error(errorText(await res.text(), res.status));
+  if (!res.ok || !res.body) throw answerError(res.status, await res.text());
   let buffered = '';
   let summary: BackfillSummary | undefined;
   const handle = (raw: string) => {
@@ -72,7 +73,7 @@ async function viaAdmin(
       );
     if (msg.progress) process.stderr.write(progressLine(msg.progress));
     if (msg.summary) summary = msg.summary;
-    if (msg.error) throw new Error(`${msg.error.code}: ${msg.error.message}`);
+    if (msg.error) throw answerError(500, JSON.stringify({ error: msg.error }));
   };
   const decoder = new TextDecoder();
   for await (const chunk of res.body) {
@@ -82,18 +83,9 @@ async function viaAdmin(
     lines.forEach(handle);
   }
   handle(buffered);
-  if (summary === undefined) throw new Error('the backfill ended without a summary');
+  if (summary === undefined)
+    throw new PipelineError('AdminUnavailable', 'the backfill answer ended without a summary');
   return summary;
-}
-
-function errorText(text: string, status: number): string {
-  try {
-    const err = (JSON.parse(text) as { error?: { code: string; message: string } }).error;
-    if (err) return `${err.code}: ${err.message}`;
-  } catch {
-    // not JSON: the status says enough
-  }
-  return `HTTP ${status}`;
 }
 
 function progressLine(p: BackfillSummary): string {
@@ -113,13 +105,13 @@ interface BackfillBody {
 function backfillBody(flags: BackfillFlags): BackfillBody {
   const pageSize = Number(flags.pageSize);
   if (!Number.isInteger(pageSize) || pageSize < 1 || pageSize > 1000)
-    throw new PipelineError('ConfigInvalid', '--page-size must be an integer in [1, 1000]');
+    throw new PipelineError('InvalidArgument', '--page-size must be an integer in [1, 1000]');
   const ranged = flags.since !== undefined || flags.until !== undefined;
   if (flags.all === true && ranged)
-    throw new PipelineError('ConfigInvalid', 'pass --all or --since/--until, not both');
+    throw new PipelineError('InvalidArgument', 'pass --all or --since/--until, not both');
   if (flags.all !== true && !ranged)
     throw new PipelineError(
-      'ConfigInvalid',
+      'InvalidArgument',
       'name the range to backfill: --since <date> (and/or --until <date>), or --all for everything',
     );
   return {
@@ -190,12 +182,12 @@ async function locally(
 
 async function cancel(id: string, adminUrl: string): Promise<void> {
   const config = loadConfig();
-  const res = await fetch(
+  const res = await fetchAdmin(
     `${adminUrl.replace(/\/+$/, '')}/api/analytics/backfill/${encodeURIComponent(id)}`,
     { method: 'DELETE', headers: authHeaders(config.admin.token) },
   );
   const text = await res.text();
-  if (!res.ok) throw new Error(errorText(text, res.status));
+  if (!res.ok) throw answerError(res.status, text);
   process.stdout.write(`${JSON.stringify((JSON.parse(text) as { job: unknown }).job)}\n`);
 }
 
