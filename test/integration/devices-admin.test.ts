@@ -9,6 +9,8 @@ import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import type { MqttClient } from 'mqtt';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { hashSecret } from '../../src/devices/secret.js';
+import { createRedis } from '../../src/queue-runtime.js';
 import {
   connectDevice,
   enrol,
@@ -331,5 +333,48 @@ describe('the admin API', () => {
       30_000,
       'association syncs written',
     );
+  });
+});
+
+describe('upgrading a registry with one patient per device', () => {
+  it('records each old binding as an association from the registration on, once', async () => {
+    const prefix = uniqueId('legacy');
+    const device = uniqueId('old');
+    const patient = uniqueId('pold');
+    const createdAt = new Date(Date.now() - 3 * 24 * 3_600_000).toISOString();
+    // 1. What the previous version wrote: a hash with secret and patient, no status.
+    const redis = createRedis(process.env.REDIS_URL ?? 'redis://127.0.0.1:6379');
+    try {
+      await redis.hset(`${prefix}:device:${device}`, {
+        secretHash: await hashSecret('old-secret-123'),
+        patientId: patient,
+        createdAt,
+      });
+      // 2. A worker starts on it (twice: the migration is idempotent).
+      for (let k = 0; k < 2; k++) {
+        const w = await startHarness({
+          fhirUrl,
+          roles: ['worker', 'broker'],
+          overrides: { redis: { prefix } },
+        });
+        try {
+          const h2 = await w.pipeline.devices.history(device);
+          expect(h2.periods.map((p) => [p.patientId, p.start, p.end])).toEqual([
+            [patient, Date.parse(createdAt), undefined],
+          ]);
+          expect(h2.records.map((r) => [r.kind, r.source, r.actor])).toEqual([
+            ['registered', 'migration', 'upgrade'],
+            ['assign', 'migration', 'upgrade'],
+          ]);
+          // The device still connects with its secret.
+          (await connectDevice(w.mqttUrl, device, 'old-secret-123')).end(true);
+        } finally {
+          await w.close();
+        }
+      }
+      expect(await redis.hget(`${prefix}:device:${device}`, 'patientId')).toBeNull();
+    } finally {
+      redis.disconnect();
+    }
   });
 });

@@ -17,6 +17,8 @@
  *  - associations: each monitor with its patient from an hour before the data
  *    (mon-b only from 2 minutes before; mon-a served pat-z the day before;
  *    mon-f was unassigned when pat-f was discharged, 89 minutes before the anchor);
+ *    a correction recorded late says mon-c was on pat-y from minute 50 to 55, so
+ *    the readings of those minutes, charted on pat-c, are charted elsewhere;
  *  - pat-a has one ECG strip (SampledData, 250 points, 10 ms apart).
  * Every fifth message is delivered twice (the mirror is at least once), so a
  * query that forgets FINAL / argMax counts wrong. Deterministic for one anchor.
@@ -101,6 +103,8 @@ export interface AssociationFact {
   readonly from: number;
   /** undefined: still open */
   readonly to: number | undefined;
+  /** Recorded later, as a correction of what was recorded for that time. */
+  readonly correctedAt?: number;
 }
 
 export interface Dataset {
@@ -325,6 +329,7 @@ export function buildDataset(anchorMs: number): Dataset {
   dead('pat-a', 'FhirRejected', 1, 'fhir');
 
   // Associations: who had each monitor, and when.
+  const fixedLate = anchor - 10 * MINUTE;
   const associationFacts: AssociationFact[] = [
     {
       device: deviceOf('pat-a'),
@@ -332,22 +337,68 @@ export function buildDataset(anchorMs: number): Dataset {
       from: start - 26 * 60 * MINUTE,
       to: start - 20 * 60 * MINUTE,
     },
-    ...PATIENTS.map((p) => ({
+    ...PATIENTS.filter((p) => p !== 'pat-c').map((p) => ({
       device: deviceOf(p),
       patient: p,
       from: start - (p === 'pat-b' ? 2 : 60) * MINUTE,
       to: p === 'pat-f' ? anchor - 89 * MINUTE : undefined,
     })),
+    {
+      device: deviceOf('pat-c'),
+      patient: 'pat-c',
+      from: start - 60 * MINUTE,
+      to: start + 50 * MINUTE,
+    },
+    {
+      device: deviceOf('pat-c'),
+      patient: 'pat-y',
+      from: start + 50 * MINUTE,
+      to: start + 55 * MINUTE,
+      correctedAt: fixedLate,
+    },
+    {
+      device: deviceOf('pat-c'),
+      patient: 'pat-c',
+      from: start + 55 * MINUTE,
+      to: undefined,
+      correctedAt: fixedLate,
+    },
   ];
+  // The history each device's facts give: the plain assignments first, the
+  // corrections as recorded later (they win at their times).
   const associations = new Map<string, AssociationRecord[]>();
-  for (const f of associationFacts) {
-    const mqtt = f.device.slice(4);
-    const log = associations.get(mqtt) ?? [];
-    const base = { source: 'feed' as const, actor: 'adt', recordedAt: f.from };
-    log.push({ ...base, kind: 'assign', patientId: f.patient, at: f.from, seq: log.length });
-    if (f.to !== undefined)
-      log.push({ ...base, kind: 'unassign', at: f.to, recordedAt: f.to, seq: log.length });
-    associations.set(mqtt, log);
+  const byDevice = new Map<string, AssociationFact[]>();
+  for (const f of associationFacts) byDevice.set(f.device, [...(byDevice.get(f.device) ?? []), f]);
+  for (const [device, facts] of byDevice) {
+    const log: AssociationRecord[] = [];
+    const ordered = [...facts].sort(
+      (a, b) => (a.correctedAt ?? 0) - (b.correctedAt ?? 0) || a.from - b.from,
+    );
+    for (const f of ordered) {
+      const base = {
+        source: 'feed' as const,
+        actor: 'adt',
+        ...(f.correctedAt !== undefined ? { correction: true } : {}),
+      };
+      log.push({
+        ...base,
+        kind: 'assign',
+        patientId: f.patient,
+        at: f.from,
+        recordedAt: f.correctedAt ?? f.from,
+        seq: log.length,
+      });
+      const next = facts.find((g) => g.from === f.to);
+      if (f.to !== undefined && !next)
+        log.push({
+          ...base,
+          kind: 'unassign',
+          at: f.to,
+          recordedAt: f.correctedAt ?? f.to,
+          seq: log.length,
+        });
+    }
+    associations.set(device.slice(4), log);
   }
   // mon-b sent before it was associated: held, not charted.
   for (const k of [6, 4]) {

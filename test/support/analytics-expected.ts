@@ -317,9 +317,47 @@ export const EXPECTED: Record<string, (d: Dataset, rows: Row[]) => void> = {
         };
       });
     expectRows(rows, want);
-    // The planted facts: pat-z had mon-a without a reading; nothing is charted outside its association.
+    // The planted facts: pat-z had mon-a without a reading; only the minutes the late
+    // correction gave to pat-y hold readings charted on another patient (pat-c).
     expect(rows.find((r) => r.patient_id === 'pat-z')?.readings).toBe('0');
-    expect(rows.every((r) => r.on_another_patient === '0')).toBe(true);
+    const elsewhere = rows.filter((r) => r.on_another_patient !== '0');
+    expect(elsewhere.map((r) => [r.device, r.patient_id])).toEqual([['mon-c', 'pat-y']]);
+    expect(Number(elsewhere[0]!.on_another_patient)).toBeGreaterThan(0);
+  },
+
+  'charted-elsewhere': (d, rows) => {
+    const observations = new Map<string, { device: string; patient: string; at: number }>();
+    for (const e of d.batches.flat()) {
+      const o = e.observation;
+      observations.set(o.id!, {
+        device: o.device!.reference!.slice('Device/'.length),
+        patient: o.subject!.reference!.slice('Patient/'.length),
+        at: Date.parse(o.effectiveDateTime!),
+      });
+    }
+    const want = [...observations]
+      .flatMap(([id, o]) => {
+        const f = d.associationFacts.find(
+          (a) => a.device === o.device && a.from <= o.at && (a.to === undefined || o.at < a.to),
+        );
+        return !f || f.patient !== o.patient
+          ? [
+              {
+                id,
+                patient_id: o.patient,
+                associated: f?.patient ?? '',
+                effective_start: ms3(o.at),
+              },
+            ]
+          : [];
+      })
+      .sort(
+        (a, b) => a.effective_start.localeCompare(b.effective_start) || a.id.localeCompare(b.id),
+      );
+    expectRows(rows, want);
+    expect(new Set(rows.map((r) => `${String(r.patient_id)}→${String(r.associated)}`))).toEqual(
+      new Set(['pat-c→pat-y']),
+    );
   },
 
   'no-association': (d, rows) => {
