@@ -110,12 +110,13 @@ describe('the ClickHouse mirror of a running pipeline', () => {
           message_id: string;
         }>(
           `SELECT outcome, error_code, error_stage, observation_count, message_id
-           FROM device_messages FINAL WHERE patient_id = '${patientId}' ORDER BY received_at`,
+           FROM device_messages FINAL WHERE mqtt_device_id = '${deviceId}' ORDER BY received_at`,
         ),
       (r) => r.length === 5,
       30_000,
       'five messages in device_messages',
     );
+    // (The message that is not JSON names no patient: nobody was attributed.)
     expect(
       messages.map((m) => [m.outcome, m.error_code, m.error_stage, Number(m.observation_count)]),
     ).toEqual([
