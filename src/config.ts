@@ -308,6 +308,18 @@ export const SETTINGS = {
       int(1, 3600),
       'Longest analyst query over the admin API, seconds (embedded: it holds the engine meanwhile).',
     ),
+    analystUser: setting(
+      'CLICKHOUSE_ANALYST_USER',
+      'analyst',
+      str,
+      'Server mode: the read-only ClickHouse user that runs analyst SQL (deploy/clickhouse/users.d/analyst.xml).',
+    ),
+    analystPassword: setting(
+      'CLICKHOUSE_ANALYST_PASSWORD',
+      '',
+      str,
+      'Server mode: password of CLICKHOUSE_ANALYST_USER (never logged).',
+    ),
   },
   mappings: {
     dir: setting('MAPPINGS_DIR', './mappings', str, 'Folder with device/ and fhir/ templates.'),
@@ -394,6 +406,20 @@ export const SETTINGS = {
       'token',
       oneOf('token', 'none'),
       'token: the admin role needs ADMIN_TOKEN; none: no token at all (development only).',
+    ),
+  },
+  metrics: {
+    host: setting(
+      'METRICS_HOST',
+      '127.0.0.1',
+      str,
+      'Address of the observability server (METRICS_PORT).',
+    ),
+    port: setting(
+      'METRICS_PORT',
+      undefined as number | undefined,
+      optionalInt(0, 65535),
+      "Observability server of this process, whatever its roles: /metrics, /healthz and /readyz, with the admin API's token rule (unset = none; the admin role serves them on ADMIN_PORT too; 0 picks a free port).",
     ),
   },
   log: {

@@ -27,6 +27,7 @@ import {
   MappingLifecycle,
 } from './mapping/lifecycle/index.js';
 import { createMetrics, type Metrics } from './metrics.js';
+import { readinessProbes, startRoleServer, type RunningRoleServer } from './observability/index.js';
 import {
   backlogJobs,
   createQueues,
@@ -57,6 +58,8 @@ export interface Pipeline {
   readonly workers: RunningWorkers | undefined;
   /** Template activation (following the fleet's active version) in a process running workers. */
   readonly templates: TemplateActivation | undefined;
+  /** /metrics, /healthz and /readyz on METRICS_PORT (whatever the roles), when it is set. */
+  readonly observability: RunningRoleServer | undefined;
   close(): Promise<void>;
 }
 
@@ -77,13 +80,13 @@ export async function startPipeline(
   log: Logger,
 ): Promise<Pipeline> {
   if (
-    roles.includes('admin') &&
+    (roles.includes('admin') || config.metrics.port !== undefined) &&
     config.admin.auth === 'token' &&
     config.admin.token === undefined
   ) {
     throw new PipelineError(
       'ConfigInvalid',
-      'ADMIN_TOKEN is not set: the admin API (metrics, queries) needs a bearer token. ' +
+      'ADMIN_TOKEN is not set: the admin API and the metrics endpoints (METRICS_PORT) need a bearer token. ' +
         'Set ADMIN_TOKEN (e.g. openssl rand -hex 32), or ADMIN_AUTH=none on a development machine.',
     );
   }
@@ -110,6 +113,7 @@ export async function startPipeline(
   let broker: RunningBroker | undefined;
   let admin: RunningAdmin | undefined;
   let templates: TemplateActivation | undefined;
+  let observability: RunningRoleServer | undefined;
   // SUBSCRIBE holds a connection of its own (the template version channel).
   const templatesRedis =
     roles.includes('worker') && config.mappings.reload !== 'off'
@@ -129,6 +133,8 @@ export async function startPipeline(
   });
   const close = async () => {
     // Intake first (no new messages), then workers (finish jobs), then stores and Redis.
+    // The observability server goes first: a process shutting down is not ready.
+    await observability?.close();
     await broker?.close();
     await admin?.close();
     await workers?.close();
@@ -221,6 +227,25 @@ export async function startPipeline(
           : {}),
         ...(templates ? { templatesStatus: () => templates!.status() } : {}),
       });
+    if (config.metrics.port !== undefined)
+      observability = await startRoleServer({
+        config,
+        log,
+        metrics,
+        port: config.metrics.port,
+        // What this process needs: a broker only Redis (devices are accepted while
+        // FHIR is down); workers and the admin API also FHIR, the analytics store
+        // they own, and a worker its active templates.
+        probes: readinessProbes({
+          redis,
+          fhirStore: roles.some((r) => r !== 'broker') ? fhirStore : undefined,
+          analyticsStore,
+          templatesVersion: roles.includes('worker')
+            ? () => templates?.current().version ?? templatesVersion
+            : undefined,
+        }),
+        ...(templates ? { detail: () => ({ templates: templates!.status() }) } : {}),
+      });
   } catch (err) {
     await close().catch(() => undefined);
     throw err;
@@ -239,6 +264,7 @@ export async function startPipeline(
     admin,
     workers,
     templates,
+    observability,
     close,
   };
 }

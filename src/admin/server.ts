@@ -6,7 +6,6 @@
  * pipeline refuses to start the admin role without a token unless
  * ADMIN_AUTH=none (development only).
  */
-import { timingSafeEqual } from 'node:crypto';
 import Fastify, { type FastifyInstance } from 'fastify';
 import type { Redis } from 'ioredis';
 import type { AnalyticsStore } from '../clickhouse/index.js';
@@ -17,6 +16,7 @@ import type { Logger } from '../logger.js';
 import type { Metrics } from '../metrics.js';
 import type { DeviceService } from '../devices/index.js';
 import type { MappingLifecycle } from '../mapping/lifecycle/index.js';
+import { checkReadiness, readinessProbes, requireAdminToken } from '../observability/index.js';
 import { registerAnalyticsRoutes } from './analytics-routes.js';
 import { registerDeviceRoutes } from './device-routes.js';
 import { registerMappingRoutes } from './mapping-routes.js';
@@ -47,59 +47,17 @@ export interface RunningAdmin {
   close(): Promise<void>;
 }
 
-function tokenMatches(header: string | undefined, token: string): boolean {
-  const given = Buffer.from(header?.replace(/^Bearer\s+/i, '') ?? '');
-  const want = Buffer.from(token);
-  return given.length === want.length && timingSafeEqual(given, want);
-}
-
-async function check(name: string, probe: () => Promise<unknown>): Promise<[string, string]> {
-  try {
-    await probe();
-    return [name, 'ok'];
-  } catch (err) {
-    return [name, (err as Error).message];
-  }
-}
-
 export function buildAdmin(deps: AdminDeps): FastifyInstance {
   const app = Fastify({ logger: false });
-  const token = deps.config.admin.token;
-  const open = deps.config.admin.auth === 'none';
-  app.addHook('onRequest', async (req, reply) => {
-    // Only liveness is public: readiness detail and metrics describe the system.
-    if (req.url.split('?')[0] === '/healthz' || open) return;
-    if (token === undefined || !tokenMatches(req.headers.authorization, token)) {
-      const { status, body } = httpAnswer(
-        new PipelineError('NotAuthorized', 'a valid bearer token is required', { stage: 'admin' }),
-      );
-      await reply.code(status).send(body);
-    }
-  });
+  // Only liveness is public: readiness detail and metrics describe the system.
+  app.addHook('onRequest', requireAdminToken(deps.config.admin));
   app.setErrorHandler(async (err, _req, reply) => {
     const { status, body } = httpAnswer(err);
     await reply.code(status).send(body);
   });
   app.get('/healthz', () => Promise.resolve({ status: 'ok' }));
   app.get('/readyz', async (_req, reply) => {
-    const checks = Object.fromEntries(
-      await Promise.all([
-        check('redis', () => deps.redis.ping()),
-        check('fhir', () => deps.fhirStore.ping()),
-        ...(deps.analyticsStore ? [check('clickhouse', () => deps.analyticsStore!.ping())] : []),
-        ...(deps.templatesVersion
-          ? [
-              check('templates', () => {
-                const version = deps.templatesVersion?.();
-                return version === undefined
-                  ? Promise.reject(new Error('no valid mapping templates loaded'))
-                  : Promise.resolve(version);
-              }),
-            ]
-          : []),
-      ]),
-    );
-    const ready = Object.values(checks).every((v) => v === 'ok');
+    const { ready, checks } = await checkReadiness(readinessProbes(deps));
     await reply.code(ready ? 200 : 503).send({
       status: ready ? 'ready' : 'not-ready',
       checks,
