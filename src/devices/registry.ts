@@ -5,7 +5,7 @@
  */
 import type { Redis } from 'ioredis';
 import { PipelineError } from '../errors.js';
-import { generateSecret, hashSecret, verifySecret } from './secret.js';
+import { generateSecret, hashSecret, verifySecret, verifyUnknown } from './secret.js';
 
 export interface DeviceRecord {
   readonly deviceId: string;
@@ -75,7 +75,9 @@ export class DeviceRegistry {
   /** The device's record when the secret matches, else undefined (unknown device or wrong secret). */
   async authenticate(deviceId: string, secret: string): Promise<DeviceRecord | undefined> {
     const h = await this.#redis.hgetall(this.#key(deviceId));
-    if (!h.secretHash || !h.patientId || !h.createdAt) return undefined;
+    // Unknown id: the same scrypt work as a wrong secret (no id probing by timing).
+    if (!h.secretHash || !h.patientId || !h.createdAt)
+      return verifyUnknown(secret).then(() => undefined);
     if (!(await verifySecret(secret, h.secretHash))) return undefined;
     return { deviceId, patientId: h.patientId, createdAt: h.createdAt };
   }
