@@ -164,6 +164,7 @@ export async function startPipeline(
         registry,
         ingest: queues.ingest,
         backlog: () => backlogJobs(queues),
+        redis,
         log,
         metrics,
       });
