@@ -33,6 +33,7 @@ import type { Logger } from '../src/logger.js';
 import type { Metrics } from '../src/metrics.js';
 import type { ClientIds } from './client-ids.js';
 import type { ConnectBudgets, ConnectOutcome, Reservation } from './connect-budgets.js';
+import { LogOnce } from './log-once.js';
 import { peerOf, wantsAnonymousSession } from './pre-connect.js';
 import { PoolBusy, type SecretCheckPool } from './secret-check-pool.js';
 
@@ -131,9 +132,17 @@ const credentialsRefused = (reason: string, returnCode = NOT_AUTHORIZED): Refusa
   budget: 'refused',
 });
 
+/** Refusals that come in floods: logged once per address and interval (log-once.ts), counted always. */
+const FLOOD_REASONS: ReadonlySet<string> = new Set([
+  'too-many-failures',
+  'auth-busy',
+  'device-connect-rate',
+]);
+
 export function createAuthenticate(options: AuthenticateOptions): AuthenticateHandler {
   const { registry, budgets, pool, clientIds, log, metrics } = options;
   const now = options.now ?? Date.now;
+  const floods = new LogOnce();
 
   const claim: Step = (a) => {
     if (wantsAnonymousSession(a.client))
@@ -252,6 +261,13 @@ export function createAuthenticate(options: AuthenticateOptions): AuthenticateHa
         );
       if (refusal) {
         metrics?.connectionsRefused.inc({ reason: refusal.reason });
+        refused.add(client);
+        const err = new Error(refusal.reason) as AuthenticateError;
+        err.returnCode = refusal.returnCode;
+        if (FLOOD_REASONS.has(refusal.reason) && !floods.first(`${refusal.reason}|${a.address}`)) {
+          done(err, false);
+          return;
+        }
         const fields = {
           event: 'connect-refused',
           code: refusal.code,
@@ -263,9 +279,6 @@ export function createAuthenticate(options: AuthenticateOptions): AuthenticateHa
         };
         if (refusal.err !== undefined) log.error(fields, 'connect refused');
         else log.warn(fields, 'connect refused');
-        refused.add(client);
-        const err = new Error(refusal.reason) as AuthenticateError;
-        err.returnCode = refusal.returnCode;
         done(err, false);
         return;
       }

@@ -22,7 +22,6 @@ import type { Duplex } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Aedes, type AedesOptions, type Client } from 'aedes';
 import type { Redis } from 'ioredis';
-import { LRUCache } from 'lru-cache';
 import {
   RateLimiterMemory,
   RateLimiterRedis,
@@ -48,6 +47,7 @@ import { ConnectBudgets } from './connect-budgets.js';
 import { guardFrames } from './frame-guard.js';
 import { IngestBatcher, type JobSink } from './ingest-batcher.js';
 import { startListeners, type Listener } from './listeners.js';
+import { FLOOD_LOG_INTERVAL_MS, LogOnce } from './log-once.js';
 import { alreadyReported, createPreConnect, peerOf } from './pre-connect.js';
 import { DeviceThrottle } from './rate-limits.js';
 import { SecretCheckPool } from './secret-check-pool.js';
@@ -82,6 +82,8 @@ export interface RunningBroker {
   readonly backpressure: Backpressure | undefined;
   /** The bounded session store (tests read what it holds). */
   readonly sessions: SessionStore;
+  /** Sockets of `address` accepted and not yet authenticated. */
+  idleSockets(address: string): number;
   close(): Promise<void>;
 }
 
@@ -95,8 +97,6 @@ const REFUSAL_CODE: Readonly<Record<string, ErrorCode>> = {
 
 /** Room in a PUBLISH for the fixed header's rest: topic, packet id (MQTT 3.1.1 §3.3.2). */
 const FRAME_OVERHEAD_BYTES = 1024;
-/** One log line per address at most this often for sockets refused by the idle cap. */
-const SOCKET_REFUSAL_LOG_MS = 10_000;
 
 /** The CONNECT budgets' counters: in Redis when given, else in this process. */
 function budgetLimiters(config: Config, redis: Redis | undefined) {
@@ -190,13 +190,12 @@ export async function startBroker(options: BrokerOptions): Promise<RunningBroker
     ).unref(),
   ];
 
-  const socketLogged = new LRUCache<string, true>({ max: 10_000, ttl: SOCKET_REFUSAL_LOG_MS });
+  const socketLogged = new LogOnce();
   const gate = new SocketGate({
     maxIdlePerAddress: m.maxIdleSocketsPerAddress,
     onRefused: (address) => {
       metrics?.connectionsRefused.inc({ reason: 'too-many-idle-sockets' });
-      if (socketLogged.has(address)) return;
-      socketLogged.set(address, true);
+      if (!socketLogged.first(address)) return;
       log.warn(
         {
           event: 'connect-refused',
@@ -205,7 +204,7 @@ export async function startBroker(options: BrokerOptions): Promise<RunningBroker
           address,
           limit: m.maxIdleSocketsPerAddress,
         },
-        `socket closed: too many unauthenticated sockets from one address (logged once per ${SOCKET_REFUSAL_LOG_MS / 1000} s)`,
+        `socket closed: too many unauthenticated sockets from one address (logged once per ${FLOOD_LOG_INTERVAL_MS / 1000} s, counted always)`,
       );
     },
   });
@@ -398,6 +397,7 @@ export async function startBroker(options: BrokerOptions): Promise<RunningBroker
     aedes,
     backpressure,
     sessions,
+    idleSockets: (address) => gate.idle(address),
     async close() {
       // Stop accepting connections first, then let waiting and enqueued
       // messages reach Redis (their PUBACKs go out), then close client sessions.

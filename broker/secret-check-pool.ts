@@ -4,9 +4,11 @@
  * with file, DNS and other crypto work) and starve legitimate devices:
  *
  *  - at most `concurrency` checks run at once (MQTT_AUTH_CONCURRENCY);
- *  - waiting checks are served one address after another (round robin), so an
- *    address with many CONNECTs in line does not delay the others by more than
- *    one check each;
+ *  - one address runs at most `concurrency − 1` checks at once (at least one),
+ *    so a flood from one address never holds every place: a device from
+ *    another address starts its check at once;
+ *  - when a place frees up it goes to the waiting address with the fewest
+ *    checks running, addresses taking turns among equals (round robin);
  *  - one address may have at most `maxPendingPerAddress` CONNECTs waiting or
  *    running, all addresses together `maxPending`; more are refused at once;
  *  - a check that has not started within `maxWaitMs` is refused.
@@ -42,11 +44,19 @@ export class SecretCheckPool {
   readonly #waiting = new Map<string, Waiting[]>();
   /** Waiting or running checks per address. */
   readonly #perAddress = new Map<string, number>();
+  /** Running checks per address. */
+  readonly #runningAt = new Map<string, number>();
+  /** When each address with checks waiting or running was last served (a sequence number). */
+  readonly #servedAt = new Map<string, number>();
+  #served = 0;
+  /** Checks one address may run at once: never every place. */
+  readonly #perAddressRunning: number;
   #pending = 0;
   #running = 0;
 
   constructor(options: SecretCheckPoolOptions) {
     this.#opts = options;
+    this.#perAddressRunning = Math.max(1, options.concurrency - 1);
   }
 
   /** Checks waiting or running right now. */
@@ -71,16 +81,23 @@ export class SecretCheckPool {
         this.#pending--;
         const left = (this.#perAddress.get(address) ?? 1) - 1;
         if (left > 0) this.#perAddress.set(address, left);
-        else this.#perAddress.delete(address);
+        else {
+          this.#perAddress.delete(address);
+          this.#servedAt.delete(address);
+        }
       };
       const entry: Waiting = {
         run: () => {
           clearTimeout(entry.timer);
           this.#running++;
+          this.#runningAt.set(address, (this.#runningAt.get(address) ?? 0) + 1);
           check()
             .then(resolve, reject)
             .finally(() => {
               this.#running--;
+              const left = (this.#runningAt.get(address) ?? 1) - 1;
+              if (left > 0) this.#runningAt.set(address, left);
+              else this.#runningAt.delete(address);
               done();
               this.#pump();
             });
@@ -100,11 +117,23 @@ export class SecretCheckPool {
 
   #pump(): void {
     while (this.#running < this.#opts.concurrency && this.#waiting.size > 0) {
-      const [address, queue] = this.#waiting.entries().next().value as [string, Waiting[]];
+      // The address with the fewest checks running; among equals, the one
+      // served longest ago (round robin).
+      let address: string | undefined;
+      let best = [Infinity, Infinity];
+      for (const a of this.#waiting.keys()) {
+        const key = [this.#runningAt.get(a) ?? 0, this.#servedAt.get(a) ?? -1];
+        if (key[0]! >= this.#perAddressRunning) continue;
+        if (key[0]! < best[0]! || (key[0] === best[0] && key[1]! < best[1]!)) {
+          address = a;
+          best = key;
+        }
+      }
+      if (address === undefined) return; // every waiting address is at its share
+      const queue = this.#waiting.get(address)!;
       const entry = queue.shift()!;
-      // Round robin: this address goes to the back of the line.
-      this.#waiting.delete(address);
-      if (queue.length > 0) this.#waiting.set(address, queue);
+      if (queue.length === 0) this.#waiting.delete(address);
+      this.#servedAt.set(address, this.#served++);
       entry.run();
     }
   }

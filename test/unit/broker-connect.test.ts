@@ -25,34 +25,57 @@ function budgets(addressPoints: number, devicePoints: number, knownDeviceMs = 60
 }
 
 describe('ConnectBudgets', () => {
+  const refuse = async (b: ConnectBudgets, address: string, id: string) => {
+    const r = await b.reserve(address, id);
+    if (r.ok) await r.reservation.settle('refused');
+    return r.ok;
+  };
+
   it('reserves before the check: of 300 CONNECTs at once, only the budget gets through', async () => {
     const b = budgets(10, 1000);
     const results = await Promise.all(
       Array.from({ length: 300 }, (_, i) => b.reserve('10.0.0.1', `guess-${i}`)),
     );
     expect(results.filter((r) => r.ok)).toHaveLength(10);
-    expect(
-      results.filter((r) => !r.ok).every((r) => !r.ok && r.reason === 'too-many-failures'),
-    ).toBe(true);
+    // Their units are held by checks in flight: the others are asked to come back.
+    expect(results.filter((r) => !r.ok && r.reason === 'auth-busy')).toHaveLength(290);
+    // The ten checks fail: now the address is spent for the window.
+    for (const r of results) if (r.ok) await r.reservation.settle('refused');
+    expect(await b.reserve('10.0.0.1', 'next')).toEqual({ ok: false, reason: 'too-many-failures' });
     // Another address has its own budget.
     expect((await b.reserve('10.0.0.2', 'x')).ok).toBe(true);
   });
 
   it('gives the unit back for an accepted CONNECT and for a refusal of ours, keeps it for a refused one', async () => {
     const b = budgets(2, 1000);
-    const settle = async (outcome: 'accepted' | 'refused' | 'void') => {
-      const r = await b.reserve('10.0.0.1', `dev-${outcome}-${Math.random()}`);
-      if (!r.ok) throw new Error('refused');
+    const settle = async (outcome: 'accepted' | 'refused' | 'void', i: number) => {
+      const r = await b.reserve('10.0.0.1', `dev-${outcome}-${i}`);
+      if (!r.ok) throw new Error(`refused: ${r.reason}`);
       await r.reservation.settle(outcome);
     };
-    for (let i = 0; i < 5; i++) await settle('accepted');
-    for (let i = 0; i < 5; i++) await settle('void');
-    await settle('refused');
-    await settle('refused');
+    for (let i = 0; i < 5; i++) await settle('accepted', i);
+    for (let i = 0; i < 5; i++) await settle('void', i);
+    await settle('refused', 1);
+    await settle('refused', 2);
     expect(await b.reserve('10.0.0.1', 'another')).toEqual({
       ok: false,
       reason: 'too-many-failures',
     });
+  });
+
+  it('does not lock out an address for a burst of good CONNECTs (NAT after a restart)', async () => {
+    const b = budgets(3, 1000);
+    const burst = await Promise.all(
+      Array.from({ length: 20 }, (_, i) => b.reserve('192.0.2.7', `bed-${i}`)),
+    );
+    expect(burst.filter((r) => r.ok)).toHaveLength(3);
+    for (const r of burst) if (r.ok) await r.reservation.settle('accepted');
+    // The 17 asked to retry get in as soon as the checks are done.
+    for (let i = 3; i < 20; i++) {
+      const r = await b.reserve('192.0.2.7', `bed-${i}`);
+      if (!r.ok) throw new Error(`bed-${i}: ${r.reason}`);
+      await r.reservation.settle('accepted');
+    }
   });
 
   it('limits CONNECT attempts per device id, whatever their outcome, without charging the address', async () => {
@@ -66,8 +89,9 @@ describe('ConnectBudgets', () => {
       ok: false,
       reason: 'device-connect-rate',
     });
-    // The address's unit came back: five more attempts from 10.0.0.9 are possible.
-    for (let i = 0; i < 5; i++) expect((await b.reserve('10.0.0.9', `d${i}`)).ok).toBe(true);
+    // Nothing was charged to 10.0.0.9: five failures are still possible there.
+    for (let i = 0; i < 5; i++) expect(await refuse(b, '10.0.0.9', `d${i}`)).toBe(true);
+    expect(await refuse(b, '10.0.0.9', 'd5')).toBe(false);
   });
 
   it('lets a device known at an address in while that address has spent its budget (NAT)', async () => {
@@ -76,11 +100,11 @@ describe('ConnectBudgets', () => {
     if (!known.ok) throw new Error('refused');
     await known.reservation.settle('accepted');
     // Someone behind the same NAT address spends its failure budget.
-    for (let i = 0; i < 2; i++) {
-      const r = await b.reserve('192.0.2.7', `nobody-${i}`);
-      if (r.ok) await r.reservation.settle('refused');
-    }
-    expect((await b.reserve('192.0.2.7', 'new-device')).ok).toBe(false);
+    for (let i = 0; i < 2; i++) await refuse(b, '192.0.2.7', `nobody-${i}`);
+    expect(await b.reserve('192.0.2.7', 'new-device')).toEqual({
+      ok: false,
+      reason: 'too-many-failures',
+    });
     expect((await b.reserve('192.0.2.7', 'bedside-1')).ok).toBe(true);
   });
 });
@@ -92,7 +116,7 @@ describe('SecretCheckPool', () => {
     return { promise, resolve };
   };
 
-  it('runs at most `concurrency` checks, and serves addresses in turn', async () => {
+  it('runs at most `concurrency` checks, and gives a free place to the address with fewest running', async () => {
     const pool = new SecretCheckPool({
       concurrency: 1,
       maxPendingPerAddress: 100,
@@ -118,9 +142,28 @@ describe('SecretCheckPool', () => {
       gates.get(order[order.length - 1]!)!.resolve();
     }
     await Promise.all(runs);
-    // a0 was running; then the line alternates: the hospital waits for one more
-    // of the attacker's checks, not for all of them.
-    expect(order).toEqual(['a0', 'a1', 'h0', 'a2', 'a3', 'a4']);
+    // a0 was running; the next free place goes to the hospital, which has
+    // nothing running, not to the attacker's line.
+    expect(order).toEqual(['a0', 'h0', 'a1', 'a2', 'a3', 'a4']);
+  });
+
+  it('never gives every place to one address', () => {
+    const pool = new SecretCheckPool({
+      concurrency: 2,
+      maxPendingPerAddress: 100,
+      maxPending: 1000,
+      maxWaitMs: 10_000,
+    });
+    const never = () => new Promise<void>(() => undefined);
+    for (let i = 0; i < 5; i++) void pool.run('attacker', never).catch(() => undefined);
+    expect(pool.running).toBe(1); // the second place stays free for others
+    let started = false;
+    void pool.run('hospital', () => {
+      started = true;
+      return never();
+    });
+    expect(started).toBe(true);
+    expect(pool.running).toBe(2);
   });
 
   it('refuses past the per-address and global caps, and after waiting too long', async () => {
