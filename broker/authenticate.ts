@@ -6,20 +6,22 @@
  *                  certificate (TLS listener; RFC 5280 §4.1.2.6) or the
  *                  username. An empty client id with CleanSession=0 is refused
  *                  here (CONNACK 2, MQTT-3.1.3-8).
- *   2. budgets   — one failure unit of the address and one attempt of the
- *                  claimed device id are RESERVED before any secret is checked
- *                  (connect-budgets.ts); a spent budget refuses at once.
+ *   2. budgets   — before any secret is checked: a spent address is refused
+ *                  (connect-budgets.ts); the claimed device id's rate is taken
+ *                  just before its check runs.
  *   3. identity  — a certificate's device must be registered (and match the
  *                  username, if one is sent); a password is checked against the
  *                  registry's scrypt hash in the bounded, fair secret-check pool
- *                  (secret-check-pool.ts). An unknown id costs the same check as
- *                  a wrong secret (src/devices/secret.ts), and both get the same
- *                  answer: no id probing, by answer or by time.
+ *                  (secret-check-pool.ts), which runs no more checks for an
+ *                  address than its failure budget has units left. An unknown id
+ *                  costs the same check as a wrong secret (src/devices/secret.ts),
+ *                  and both get the same answer: no id probing, by answer or by
+ *                  time.
  *   4. client id — the client id must be free or held by this same device
  *                  (client-ids.ts); a device holds a bounded number of them.
  *
- * The reservation is settled at the end: kept for a refused credential, given
- * back for an accepted one or a refusal of ours (Redis down, checks busy). The
+ * The reservation is settled at the end: a refused credential is a failure of
+ * the address; an accepted one makes the device known there. The
  * device record is kept on the connection so later packets never go back to
  * Redis for identity. Refusals are logged with reason, claimed device id,
  * client id and address (cut to a bounded length by the logger), never with
@@ -35,7 +37,7 @@ import type { ClientIds } from './client-ids.js';
 import type { ConnectBudgets, ConnectOutcome, Reservation } from './connect-budgets.js';
 import { LogOnce } from './log-once.js';
 import { peerOf, wantsAnonymousSession } from './pre-connect.js';
-import { PoolBusy, type SecretCheckPool } from './secret-check-pool.js';
+import { PoolBusy, type PoolTicket, type SecretCheckPool } from './secret-check-pool.js';
 
 /** MQTT 3.1.1 CONNACK return codes (MQTT-3.2.2-3). */
 const IDENTIFIER_REJECTED = 2;
@@ -94,6 +96,8 @@ interface Attempt {
   certificate: CertificateClaim;
   /** The device id the CONNECT claims (certificate CN, else username). */
   claimedId: string | undefined;
+  /** Its place in the secret-check pool's line, taken first. */
+  ticket?: PoolTicket;
   reservation?: Reservation;
   record?: DeviceRecord;
   method?: 'password' | 'certificate';
@@ -125,6 +129,13 @@ export interface AuthenticateOptions {
   readonly now?: () => number;
 }
 
+const deviceRateSpent: Refusal = {
+  reason: 'device-connect-rate',
+  returnCode: SERVER_UNAVAILABLE,
+  code: 'RateLimited',
+  budget: 'void',
+};
+
 const credentialsRefused = (reason: string, returnCode = NOT_AUTHORIZED): Refusal => ({
   reason,
   returnCode,
@@ -154,6 +165,10 @@ export function createAuthenticate(options: AuthenticateOptions): AuthenticateHa
       };
     a.certificate = certificateClaim(a.client);
     a.claimedId = a.certificate.kind === 'device' ? a.certificate.deviceId : a.username;
+    // A place in line before anything else, synchronously: CONNECTs arriving
+    // together from one address see each other, and those past its share are
+    // refused here, before they cost a Redis round trip (throws PoolBusy).
+    if (a.certificate.kind === 'none') a.ticket = pool.enter(a.address);
     return undefined;
   };
 
@@ -163,12 +178,7 @@ export function createAuthenticate(options: AuthenticateOptions): AuthenticateHa
       a.reservation = r.reservation;
       return undefined;
     }
-    return {
-      reason: r.reason,
-      returnCode: r.reason === 'too-many-failures' ? NOT_AUTHORIZED : SERVER_UNAVAILABLE,
-      code: 'RateLimited',
-      budget: 'void',
-    };
+    return { reason: r.reason, returnCode: NOT_AUTHORIZED, code: 'RateLimited', budget: 'void' };
   };
 
   const identify: Step = async (a) => {
@@ -177,6 +187,7 @@ export function createAuthenticate(options: AuthenticateOptions): AuthenticateHa
     if (cert.kind === 'device') {
       if (a.username && a.username !== cert.deviceId)
         return credentialsRefused('certificate-username-mismatch');
+      if (!(await a.reservation!.attempt())) return deviceRateSpent;
       const record = await registry.get(cert.deviceId);
       if (!record) return credentialsRefused('unknown-device');
       a.record = record;
@@ -186,10 +197,21 @@ export function createAuthenticate(options: AuthenticateOptions): AuthenticateHa
     if (!a.username || !a.password)
       return credentialsRefused('missing-credentials', BAD_USERNAME_OR_PASSWORD);
     const [username, secret] = [a.username, a.password.toString('utf8')];
-    const record = await pool.run(a.address, () => {
-      metrics?.secretChecks.inc();
-      return registry.authenticate(username, secret);
-    });
+    const reservation = a.reservation!;
+    const record = await a.ticket!.run(
+      async () => {
+        // The device's rate is taken when its check is about to run, for an
+        // unknown id and a known one alike.
+        if (!(await reservation.attempt())) return 'rate-spent' as const;
+        metrics?.secretChecks.inc();
+        const found = await registry.authenticate(username, secret);
+        // Counted before the check gives its place up in the pool.
+        if (!found) reservation.failed();
+        return found;
+      },
+      () => reservation.unitsLeft(),
+    );
+    if (record === 'rate-spent') return deviceRateSpent;
     if (!record) return credentialsRefused('unknown-device-or-wrong-secret');
     a.record = record;
     a.method = 'password';
@@ -217,7 +239,7 @@ export function createAuthenticate(options: AuthenticateOptions): AuthenticateHa
 
   const STEPS: readonly Step[] = [claim, reserve, identify, holdClientId];
 
-  /** Runs the steps; a thrown error is ours (Redis, the pool), not the device's. */
+  /** Runs the steps in order, the first refusal ending them. */
   async function run(a: Attempt): Promise<Refusal | undefined> {
     try {
       for (const step of STEPS) {
@@ -225,14 +247,30 @@ export function createAuthenticate(options: AuthenticateOptions): AuthenticateHa
         if (refusal) return refusal;
       }
       return undefined;
+    } finally {
+      a.ticket?.leave(); // a no-op once its check ran
+    }
+  }
+
+  /** The steps, with a thrown error (ours: Redis, a busy pool) turned into a refusal. */
+  async function decide(a: Attempt): Promise<Refusal | undefined> {
+    try {
+      return await run(a);
     } catch (err) {
       if (err instanceof PoolBusy)
-        return {
-          reason: 'auth-busy',
-          returnCode: SERVER_UNAVAILABLE,
-          code: 'RateLimited',
-          budget: 'void',
-        };
+        return err.reason === 'spent'
+          ? {
+              reason: 'too-many-failures',
+              returnCode: NOT_AUTHORIZED,
+              code: 'RateLimited',
+              budget: 'void',
+            }
+          : {
+              reason: 'auth-busy',
+              returnCode: SERVER_UNAVAILABLE,
+              code: 'RateLimited',
+              budget: 'void',
+            };
       // Redis unreachable: refuse rather than guess; the device retries.
       return {
         reason: 'registry-unavailable',
@@ -253,7 +291,7 @@ export function createAuthenticate(options: AuthenticateOptions): AuthenticateHa
       certificate: { kind: 'none' },
       claimedId: username ?? undefined,
     };
-    void run(a).then(async (refusal) => {
+    void decide(a).then(async (refusal) => {
       await a.reservation
         ?.settle(refusal ? refusal.budget : 'accepted')
         .catch((err: unknown) =>

@@ -7,16 +7,20 @@
  *  - one address runs at most `concurrency − 1` checks at once (at least one),
  *    so a flood from one address never holds every place: a device from
  *    another address starts its check at once;
+ *  - and at most as many as its failure budget has units left (`unitsLeft`,
+ *    connect-budgets.ts): every running check may fail, so the checks one
+ *    address gets per window never exceed its budget. When the units run out,
+ *    its waiting CONNECTs are refused (`spent`);
  *  - when a place frees up it goes to the waiting address with the fewest
  *    checks running, addresses taking turns among equals (round robin);
  *  - one address may have at most `maxPendingPerAddress` CONNECTs waiting or
  *    running, all addresses together `maxPending`; more are refused at once;
  *  - a check that has not started within `maxWaitMs` is refused.
  * A refusal is a PoolBusy error: the broker answers CONNACK 3 "server
- * unavailable" and the device retries later.
+ * unavailable" (CONNACK 5 when `spent`) and the device retries later.
  */
 
-export type PoolBusyReason = 'address-busy' | 'busy' | 'wait-timeout';
+export type PoolBusyReason = 'address-busy' | 'busy' | 'wait-timeout' | 'spent';
 
 export class PoolBusy extends Error {
   constructor(readonly reason: PoolBusyReason) {
@@ -33,14 +37,25 @@ export interface SecretCheckPoolOptions {
 }
 
 interface Waiting {
+  readonly unitsLeft: () => number;
   readonly run: () => void;
   readonly reject: (err: Error) => void;
   readonly timer: NodeJS.Timeout;
 }
 
+const unlimited = () => Infinity;
+
+/** A place in line for one CONNECT: run its check once, or leave. */
+export interface PoolTicket {
+  run<T>(check: () => Promise<T>, unitsLeft?: () => number): Promise<T>;
+  leave(): void;
+}
+
 export class SecretCheckPool {
   readonly #opts: SecretCheckPoolOptions;
-  /** Waiting checks per address; the Map's order is the round robin's. */
+  /** Checks one address may run at once: never every place. */
+  readonly #perAddressRunning: number;
+  /** Waiting checks per address. */
   readonly #waiting = new Map<string, Waiting[]>();
   /** Waiting or running checks per address. */
   readonly #perAddress = new Map<string, number>();
@@ -49,8 +64,6 @@ export class SecretCheckPool {
   /** When each address with checks waiting or running was last served (a sequence number). */
   readonly #servedAt = new Map<string, number>();
   #served = 0;
-  /** Checks one address may run at once: never every place. */
-  readonly #perAddressRunning: number;
   #pending = 0;
   #running = 0;
 
@@ -68,25 +81,62 @@ export class SecretCheckPool {
     return this.#running;
   }
 
-  /** Runs `check` when its turn comes; rejects with PoolBusy when it cannot. */
-  run<T>(address: string, check: () => Promise<T>): Promise<T> {
+  /**
+   * Takes a place in line for `address` now, synchronously (so that CONNECTs
+   * arriving together see each other), or throws PoolBusy. The ticket is then
+   * either `run` once or left.
+   */
+  enter(address: string): PoolTicket {
     const mine = this.#perAddress.get(address) ?? 0;
-    if (mine >= this.#opts.maxPendingPerAddress)
-      return Promise.reject(new PoolBusy('address-busy'));
-    if (this.#pending >= this.#opts.maxPending) return Promise.reject(new PoolBusy('busy'));
+    if (mine >= this.#opts.maxPendingPerAddress) throw new PoolBusy('address-busy');
+    if (this.#pending >= this.#opts.maxPending) throw new PoolBusy('busy');
     this.#perAddress.set(address, mine + 1);
     this.#pending++;
+    let used = false;
+    const done = () => {
+      this.#pending--;
+      const left = (this.#perAddress.get(address) ?? 1) - 1;
+      if (left > 0) this.#perAddress.set(address, left);
+      else {
+        this.#perAddress.delete(address);
+        this.#servedAt.delete(address);
+      }
+    };
+    return {
+      run: <T>(check: () => Promise<T>, unitsLeft = unlimited) => {
+        if (used) return Promise.reject(new Error('pool ticket used twice'));
+        used = true;
+        return this.#queue(address, check, unitsLeft, done);
+      },
+      leave: () => {
+        if (used) return;
+        used = true;
+        done();
+      },
+    };
+  }
+
+  /**
+   * Runs `check` when its turn comes; rejects with PoolBusy when it cannot.
+   * `unitsLeft`: how many failures the address may still have.
+   */
+  run<T>(address: string, check: () => Promise<T>, unitsLeft = unlimited): Promise<T> {
+    try {
+      return this.enter(address).run(check, unitsLeft);
+    } catch (err) {
+      return Promise.reject(err instanceof Error ? err : new Error(String(err)));
+    }
+  }
+
+  #queue<T>(
+    address: string,
+    check: () => Promise<T>,
+    unitsLeft: () => number,
+    done: () => void,
+  ): Promise<T> {
     return new Promise<T>((resolve, reject) => {
-      const done = () => {
-        this.#pending--;
-        const left = (this.#perAddress.get(address) ?? 1) - 1;
-        if (left > 0) this.#perAddress.set(address, left);
-        else {
-          this.#perAddress.delete(address);
-          this.#servedAt.delete(address);
-        }
-      };
       const entry: Waiting = {
+        unitsLeft,
         run: () => {
           clearTimeout(entry.timer);
           this.#running++;
@@ -103,6 +153,7 @@ export class SecretCheckPool {
             });
         },
         reject: (err) => {
+          clearTimeout(entry.timer);
           done();
           reject(err);
         },
@@ -117,13 +168,21 @@ export class SecretCheckPool {
 
   #pump(): void {
     while (this.#running < this.#opts.concurrency && this.#waiting.size > 0) {
-      // The address with the fewest checks running; among equals, the one
-      // served longest ago (round robin).
+      // The address with the fewest checks running, among those that may run
+      // one more; among equals, the one served longest ago (round robin).
       let address: string | undefined;
       let best = [Infinity, Infinity];
-      for (const a of this.#waiting.keys()) {
-        const key = [this.#runningAt.get(a) ?? 0, this.#servedAt.get(a) ?? -1];
-        if (key[0]! >= this.#perAddressRunning) continue;
+      for (const [a, queue] of this.#waiting) {
+        const running = this.#runningAt.get(a) ?? 0;
+        const units = queue[0]!.unitsLeft();
+        if (units <= 0) {
+          // Its failures are spent: nothing of it will be checked in this window.
+          this.#waiting.delete(a);
+          for (const w of queue) w.reject(new PoolBusy('spent'));
+          continue;
+        }
+        if (running >= Math.min(this.#perAddressRunning, units)) continue;
+        const key = [running, this.#servedAt.get(a) ?? -1];
         if (key[0]! < best[0]! || (key[0] === best[0] && key[1]! < best[1]!)) {
           address = a;
           best = key;

@@ -192,7 +192,7 @@ export const SETTINGS = {
     ),
     authMaxPendingPerAddress: setting(
       'MQTT_AUTH_MAX_PENDING_PER_ADDRESS',
-      8,
+      64,
       int(1, 100000),
       'CONNECTs from one client address waiting for or in a secret check; more are refused (CONNACK 3).',
     ),

@@ -48,6 +48,15 @@ const median = (xs: readonly number[]) => {
   return s.length % 2 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
 };
 
+/**
+ * The bound on a CONNACK during the flood: 1 s, plus however much slower than
+ * 250 ms (a typical quiet CONNACK here: one scrypt, three Redis round trips)
+ * this shared machine answers a CONNACK with no flood at that moment. On a
+ * quiet machine the bound is exactly 1 s; when other work makes a quiet
+ * CONNACK take 600 ms, it is 1.35 s. Before the fix a device waited 8.4 s.
+ */
+const connackBound = (baselineMs: number) => 1000 + Math.max(0, baselineMs - 250);
+
 const FLOOD_CLIENT = fileURLToPath(new URL('./security-flood-client.ts', import.meta.url));
 
 /**
@@ -72,11 +81,20 @@ async function flood(h: Harness, options: { waitForAccept: boolean }) {
       30_000,
       'the broker to accept 300 sockets',
     );
+  // 2. How long this machine takes right now for a CONNACK with no flood
+  //    (median of five): other work on a shared machine slows every CONNACK.
+  const quiet: number[] = [];
+  for (let i = 0; i < 5; i++) {
+    const t0 = Date.now();
+    (await connectDevice(h.mqttUrl, d.deviceId, d.secret)).end(true);
+    quiet.push(Date.now() - t0);
+  }
+  const baselineMs = median(quiet);
   const checksBefore = await counter(h, 'secretChecks');
   const cpuBefore = process.cpuUsage();
-  // 2. All 300 CONNECTs at once: made-up ids, made-up secrets.
+  // 3. All 300 CONNECTs at once: made-up ids, made-up secrets.
   attacker.stdin.write('go\n');
-  // 3. While they are being handled, a registered device connects from another address.
+  // 4. While they are being handled, a registered device connects from another address.
   await new Promise((r) => setTimeout(r, 5));
   const started = Date.now();
   const legit = await connectDevice(h.mqttUrl, d.deviceId, d.secret);
@@ -88,6 +106,7 @@ async function flood(h: Harness, options: { waitForAccept: boolean }) {
   return {
     refused,
     connackMs,
+    baselineMs,
     checks: (await counter(h, 'secretChecks')) - checksBefore,
     brokerCpuMs: Math.round((cpu.user + cpu.system) / 1000),
   };
@@ -110,11 +129,11 @@ describe('300 parallel bad CONNECTs from one address (MQTT_AUTH_MAX_FAILURES=10)
     expect(r.refused.every((x) => x === 3 || x === 5 || x === 'closed')).toBe(true);
     // 10 for the attacker's address at most, plus the device's own check.
     expect(r.checks).toBeLessThanOrEqual(10 + 1);
-    expect(r.connackMs).toBeLessThan(1000);
+    expect(r.connackMs).toBeLessThan(connackBound(r.baselineMs));
     console.info(
       `flood, default limits: ${r.checks - 1} secret checks for 300 bad CONNECTs, ` +
         `${r.refused.filter((x) => x === 'closed').length} sockets closed by the idle cap; ` +
-        `broker process CPU ${r.brokerCpuMs} ms; legitimate CONNACK in ${r.connackMs} ms`,
+        `broker process CPU ${r.brokerCpuMs} ms; legitimate CONNACK in ${r.connackMs} ms (${r.baselineMs} ms with no flood)`,
     );
   });
 });
@@ -143,13 +162,13 @@ describe('300 parallel bad CONNECTs from one address, idle-socket cap lifted', (
     // 2. At most the budget's worth of scrypt work (10 for the attacker's
     //    address, plus the device's own check); the device got in quickly.
     expect(r.checks).toBeLessThanOrEqual(10 + 1);
-    expect(r.connackMs).toBeLessThan(1000);
+    expect(r.connackMs).toBeLessThan(connackBound(r.baselineMs));
     expect(
       (await refusedCount(h, 'too-many-failures')) + (await refusedCount(h, 'auth-busy')),
     ).toBeGreaterThanOrEqual(290);
     console.info(
       `flood, all 300 reach CONNECT: ${r.checks - 1} secret checks for 300 bad CONNECTs; ` +
-        `broker process CPU ${r.brokerCpuMs} ms; legitimate CONNACK in ${r.connackMs} ms`,
+        `broker process CPU ${r.brokerCpuMs} ms; legitimate CONNACK in ${r.connackMs} ms (${r.baselineMs} ms with no flood)`,
     );
   });
 });

@@ -31,67 +31,71 @@ describe('ConnectBudgets', () => {
     return r.ok;
   };
 
-  it('reserves before the check: of 300 CONNECTs at once, only the budget gets through', async () => {
-    const b = budgets(10, 1000);
-    const results = await Promise.all(
-      Array.from({ length: 300 }, (_, i) => b.reserve('10.0.0.1', `guess-${i}`)),
-    );
-    expect(results.filter((r) => r.ok)).toHaveLength(10);
-    // Their units are held by checks in flight: the others are asked to come back.
-    expect(results.filter((r) => !r.ok && r.reason === 'auth-busy')).toHaveLength(290);
-    // The ten checks fail: now the address is spent for the window.
-    for (const r of results) if (r.ok) await r.reservation.settle('refused');
-    expect(await b.reserve('10.0.0.1', 'next')).toEqual({ ok: false, reason: 'too-many-failures' });
+  it('counts failures at once and refuses a spent address outright', async () => {
+    const b = budgets(3, 1000);
+    const r = await b.reserve('10.0.0.1', 'a');
+    if (!r.ok) throw new Error('refused');
+    expect(r.reservation.unitsLeft()).toBe(3);
+    r.reservation.failed(); // in memory at once, before Redis
+    expect(r.reservation.unitsLeft()).toBe(2);
+    await r.reservation.settle('refused'); // not counted twice
+    expect(r.reservation.unitsLeft()).toBe(2);
+    await refuse(b, '10.0.0.1', 'b');
+    await refuse(b, '10.0.0.1', 'c');
+    expect(await b.reserve('10.0.0.1', 'd')).toEqual({ ok: false, reason: 'too-many-failures' });
     // Another address has its own budget.
     expect((await b.reserve('10.0.0.2', 'x')).ok).toBe(true);
   });
 
-  it('gives the unit back for an accepted CONNECT and for a refusal of ours, keeps it for a refused one', async () => {
+  it('does not count accepted CONNECTs nor refusals of ours', async () => {
     const b = budgets(2, 1000);
-    const settle = async (outcome: 'accepted' | 'refused' | 'void', i: number) => {
-      const r = await b.reserve('10.0.0.1', `dev-${outcome}-${i}`);
-      if (!r.ok) throw new Error(`refused: ${r.reason}`);
-      await r.reservation.settle(outcome);
-    };
-    for (let i = 0; i < 5; i++) await settle('accepted', i);
-    for (let i = 0; i < 5; i++) await settle('void', i);
-    await settle('refused', 1);
-    await settle('refused', 2);
-    expect(await b.reserve('10.0.0.1', 'another')).toEqual({
-      ok: false,
-      reason: 'too-many-failures',
-    });
-  });
-
-  it('does not lock out an address for a burst of good CONNECTs (NAT after a restart)', async () => {
-    const b = budgets(3, 1000);
-    const burst = await Promise.all(
-      Array.from({ length: 20 }, (_, i) => b.reserve('192.0.2.7', `bed-${i}`)),
-    );
-    expect(burst.filter((r) => r.ok)).toHaveLength(3);
-    for (const r of burst) if (r.ok) await r.reservation.settle('accepted');
-    // The 17 asked to retry get in as soon as the checks are done.
-    for (let i = 3; i < 20; i++) {
-      const r = await b.reserve('192.0.2.7', `bed-${i}`);
-      if (!r.ok) throw new Error(`bed-${i}: ${r.reason}`);
-      await r.reservation.settle('accepted');
+    for (let i = 0; i < 5; i++) {
+      for (const outcome of ['accepted', 'void'] as const) {
+        const r = await b.reserve('10.0.0.1', `dev-${outcome}-${i}`);
+        if (!r.ok) throw new Error(`refused: ${r.reason}`);
+        await r.reservation.settle(outcome);
+      }
     }
+    expect(await refuse(b, '10.0.0.1', 'x')).toBe(true);
+    expect(await refuse(b, '10.0.0.1', 'y')).toBe(true);
+    expect(await b.reserve('10.0.0.1', 'z')).toEqual({ ok: false, reason: 'too-many-failures' });
   });
 
-  it('limits CONNECT attempts per device id, whatever their outcome, without charging the address', async () => {
+  it('limits checks per device id, whatever their outcome, without charging the address', async () => {
     const b = budgets(5, 3);
     for (let i = 0; i < 3; i++) {
       const r = await b.reserve(`10.0.0.${i}`, 'loop-device');
       if (!r.ok) throw new Error('refused');
+      expect(await r.reservation.attempt()).toBe(true);
       await r.reservation.settle('accepted');
     }
-    expect(await b.reserve('10.0.0.9', 'loop-device')).toEqual({
-      ok: false,
-      reason: 'device-connect-rate',
-    });
+    const fourth = await b.reserve('10.0.0.9', 'loop-device');
+    if (!fourth.ok) throw new Error('refused');
+    expect(await fourth.reservation.attempt()).toBe(false);
+    await fourth.reservation.settle('void');
     // Nothing was charged to 10.0.0.9: five failures are still possible there.
     for (let i = 0; i < 5; i++) expect(await refuse(b, '10.0.0.9', `d${i}`)).toBe(true);
     expect(await refuse(b, '10.0.0.9', 'd5')).toBe(false);
+  });
+
+  it('reads an address once for CONNECTs arriving together', async () => {
+    const failures = new RateLimiterMemory({ points: 10, duration: 60 });
+    let reads = 0;
+    const get = failures.get.bind(failures);
+    failures.get = (key, options) => {
+      reads++;
+      return get(key, options);
+    };
+    const b = new ConnectBudgets({
+      addressFailures: failures,
+      deviceAttempts: new RateLimiterMemory({ points: 10, duration: 60 }),
+      knownDeviceMs: 0,
+    });
+    const all = await Promise.all(
+      Array.from({ length: 50 }, (_, i) => b.reserve('10.0.0.1', `d${i}`)),
+    );
+    expect(all.every((r) => r.ok)).toBe(true);
+    expect(reads).toBe(1);
   });
 
   it('lets a device known at an address in while that address has spent its budget (NAT)', async () => {
@@ -105,7 +109,8 @@ describe('ConnectBudgets', () => {
       ok: false,
       reason: 'too-many-failures',
     });
-    expect((await b.reserve('192.0.2.7', 'bedside-1')).ok).toBe(true);
+    const again = await b.reserve('192.0.2.7', 'bedside-1');
+    expect(again.ok && again.reservation.unitsLeft()).toBe(Infinity);
   });
 });
 
@@ -164,6 +169,34 @@ describe('SecretCheckPool', () => {
     });
     expect(started).toBe(true);
     expect(pool.running).toBe(2);
+  });
+
+  it('runs no more checks for an address than its budget has units left, and refuses the rest once spent', async () => {
+    const pool = new SecretCheckPool({
+      concurrency: 4,
+      maxPendingPerAddress: 100,
+      maxPending: 1000,
+      maxWaitMs: 10_000,
+    });
+    let units = 2;
+    let running = 0;
+    let most = 0;
+    // Every check fails and spends a unit before giving its place up.
+    const failing = async () => {
+      running++;
+      most = Math.max(most, running);
+      await new Promise((r) => setTimeout(r, 5));
+      units--;
+      running--;
+    };
+    const results = await Promise.allSettled(
+      Array.from({ length: 6 }, () => pool.run('attacker', failing, () => units)),
+    );
+    // Two in flight at most: its units (2), below its share of places (3).
+    expect(most).toBe(2);
+    expect(results.filter((r) => r.status === 'fulfilled')).toHaveLength(2);
+    const reasons = results.flatMap((r) => (r.status === 'rejected' ? [r.reason as unknown] : []));
+    expect(reasons).toEqual(Array.from({ length: 4 }, () => new PoolBusy('spent')));
   });
 
   it('refuses past the per-address and global caps, and after waiting too long', async () => {
