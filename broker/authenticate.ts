@@ -198,19 +198,16 @@ export function createAuthenticate(options: AuthenticateOptions): AuthenticateHa
       return credentialsRefused('missing-credentials', BAD_USERNAME_OR_PASSWORD);
     const [username, secret] = [a.username, a.password.toString('utf8')];
     const reservation = a.reservation!;
-    const record = await a.ticket!.run(
-      async () => {
-        // The device's rate is taken when its check is about to run, for an
-        // unknown id and a known one alike.
-        if (!(await reservation.attempt())) return 'rate-spent' as const;
-        metrics?.secretChecks.inc();
-        const found = await registry.authenticate(username, secret);
-        // Counted before the check gives its place up in the pool.
-        if (!found) reservation.failed();
-        return found;
-      },
-      () => reservation.unitsLeft(),
-    );
+    const record = await a.ticket!.run(async () => {
+      // The device's rate is taken when its check is about to run, for an
+      // unknown id and a known one alike.
+      if (!(await reservation.attempt())) return 'rate-spent' as const;
+      metrics?.secretChecks.inc();
+      const found = await registry.authenticate(username, secret);
+      // Counted before the check gives its place up in the pool.
+      if (!found) reservation.failed();
+      return found;
+    }, reservation);
     if (record === 'rate-spent') return deviceRateSpent;
     if (!record) return credentialsRefused('unknown-device-or-wrong-secret');
     a.record = record;

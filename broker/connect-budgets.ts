@@ -42,6 +42,8 @@ export type ConnectOutcome = 'accepted' | 'refused' | 'void';
 export interface Reservation {
   /** Failures the address may still have (Infinity for a known device): the pool runs fewer checks. */
   unitsLeft(): number;
+  /** True while the address has no failure in the window (or the device is known there). */
+  clean(): boolean;
   /**
    * Takes one of the device's CONNECT attempts, just before its credentials
    * are checked; false when its rate is spent (`device-connect-rate`).
@@ -136,6 +138,7 @@ export class ConnectBudgets {
       reservation: {
         unitsLeft: () =>
           known ? Infinity : this.#max - Math.max(seen, this.#committed.get(address) ?? 0),
+        clean: () => known || Math.max(seen, this.#committed.get(address) ?? 0) === 0,
         attempt: async () => {
           if (deviceId === undefined) return true;
           try {

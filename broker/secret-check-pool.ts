@@ -4,11 +4,13 @@
  * with file, DNS and other crypto work) and starve legitimate devices:
  *
  *  - at most `concurrency` checks run at once (MQTT_AUTH_CONCURRENCY);
- *  - one address runs at most `concurrency − 1` checks at once (at least one),
- *    so a flood from one address never holds every place: a device from
- *    another address starts its check at once;
- *  - and at most as many as its failure budget has units left (`unitsLeft`,
- *    connect-budgets.ts): every running check may fail, so the checks one
+ *  - an address with failed CONNECTs in the window runs at most
+ *    `concurrency − 1` checks at once (at least one), so a flood from one
+ *    address never holds every place: a device from another address starts
+ *    its check at once (an address without failures, a healthy fleet behind
+ *    one NAT, may use every place);
+ *  - and at most as many as its failure budget has units left
+ *    (connect-budgets.ts): every running check may fail, so the checks one
  *    address gets per window never exceed its budget. When the units run out,
  *    its waiting CONNECTs are refused (`spent`);
  *  - when a place frees up it goes to the waiting address with the fewest
@@ -36,25 +38,33 @@ export interface SecretCheckPoolOptions {
   readonly maxWaitMs: number;
 }
 
+/** What the address's failure budget allows (connect-budgets.ts Reservation). */
+export interface BudgetView {
+  /** Failures the address may still have. */
+  unitsLeft(): number;
+  /** True while the address has no failure in the window. */
+  clean(): boolean;
+}
+
+const UNLIMITED: BudgetView = { unitsLeft: () => Infinity, clean: () => true };
+
 interface Waiting {
-  readonly unitsLeft: () => number;
+  readonly budget: BudgetView;
   readonly run: () => void;
   readonly reject: (err: Error) => void;
   readonly timer: NodeJS.Timeout;
 }
 
-const unlimited = () => Infinity;
-
 /** A place in line for one CONNECT: run its check once, or leave. */
 export interface PoolTicket {
-  run<T>(check: () => Promise<T>, unitsLeft?: () => number): Promise<T>;
+  run<T>(check: () => Promise<T>, budget?: BudgetView): Promise<T>;
   leave(): void;
 }
 
 export class SecretCheckPool {
   readonly #opts: SecretCheckPoolOptions;
-  /** Checks one address may run at once: never every place. */
-  readonly #perAddressRunning: number;
+  /** Checks an address with failures may run at once: never every place. */
+  readonly #suspectRunning: number;
   /** Waiting checks per address. */
   readonly #waiting = new Map<string, Waiting[]>();
   /** Waiting or running checks per address. */
@@ -69,7 +79,7 @@ export class SecretCheckPool {
 
   constructor(options: SecretCheckPoolOptions) {
     this.#opts = options;
-    this.#perAddressRunning = Math.max(1, options.concurrency - 1);
+    this.#suspectRunning = Math.max(1, options.concurrency - 1);
   }
 
   /** Checks waiting or running right now. */
@@ -103,10 +113,10 @@ export class SecretCheckPool {
       }
     };
     return {
-      run: <T>(check: () => Promise<T>, unitsLeft = unlimited) => {
+      run: <T>(check: () => Promise<T>, budget = UNLIMITED) => {
         if (used) return Promise.reject(new Error('pool ticket used twice'));
         used = true;
-        return this.#queue(address, check, unitsLeft, done);
+        return this.#queue(address, check, budget, done);
       },
       leave: () => {
         if (used) return;
@@ -116,13 +126,10 @@ export class SecretCheckPool {
     };
   }
 
-  /**
-   * Runs `check` when its turn comes; rejects with PoolBusy when it cannot.
-   * `unitsLeft`: how many failures the address may still have.
-   */
-  run<T>(address: string, check: () => Promise<T>, unitsLeft = unlimited): Promise<T> {
+  /** Runs `check` when its turn comes; rejects with PoolBusy when it cannot. */
+  run<T>(address: string, check: () => Promise<T>, budget = UNLIMITED): Promise<T> {
     try {
-      return this.enter(address).run(check, unitsLeft);
+      return this.enter(address).run(check, budget);
     } catch (err) {
       return Promise.reject(err instanceof Error ? err : new Error(String(err)));
     }
@@ -131,12 +138,12 @@ export class SecretCheckPool {
   #queue<T>(
     address: string,
     check: () => Promise<T>,
-    unitsLeft: () => number,
+    budget: BudgetView,
     done: () => void,
   ): Promise<T> {
     return new Promise<T>((resolve, reject) => {
       const entry: Waiting = {
-        unitsLeft,
+        budget,
         run: () => {
           clearTimeout(entry.timer);
           this.#running++;
@@ -174,14 +181,16 @@ export class SecretCheckPool {
       let best = [Infinity, Infinity];
       for (const [a, queue] of this.#waiting) {
         const running = this.#runningAt.get(a) ?? 0;
-        const units = queue[0]!.unitsLeft();
+        const budget = queue[0]!.budget;
+        const units = budget.unitsLeft();
         if (units <= 0) {
           // Its failures are spent: nothing of it will be checked in this window.
           this.#waiting.delete(a);
           for (const w of queue) w.reject(new PoolBusy('spent'));
           continue;
         }
-        if (running >= Math.min(this.#perAddressRunning, units)) continue;
+        const share = budget.clean() ? this.#opts.concurrency : this.#suspectRunning;
+        if (running >= Math.min(share, units)) continue;
         const key = [running, this.#servedAt.get(a) ?? -1];
         if (key[0]! < best[0]! || (key[0] === best[0] && key[1]! < best[1]!)) {
           address = a;

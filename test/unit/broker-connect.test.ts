@@ -152,7 +152,7 @@ describe('SecretCheckPool', () => {
     expect(order).toEqual(['a0', 'h0', 'a1', 'a2', 'a3', 'a4']);
   });
 
-  it('never gives every place to one address', () => {
+  it('never gives every place to an address with failures; a clean one may use them all', () => {
     const pool = new SecretCheckPool({
       concurrency: 2,
       maxPendingPerAddress: 100,
@@ -160,7 +160,8 @@ describe('SecretCheckPool', () => {
       maxWaitMs: 10_000,
     });
     const never = () => new Promise<void>(() => undefined);
-    for (let i = 0; i < 5; i++) void pool.run('attacker', never).catch(() => undefined);
+    const failing = { unitsLeft: () => 8, clean: () => false };
+    for (let i = 0; i < 5; i++) void pool.run('attacker', never, failing).catch(() => undefined);
     expect(pool.running).toBe(1); // the second place stays free for others
     let started = false;
     void pool.run('hospital', () => {
@@ -169,6 +170,15 @@ describe('SecretCheckPool', () => {
     });
     expect(started).toBe(true);
     expect(pool.running).toBe(2);
+    // A fleet behind one NAT with no failure gets both places.
+    const fleet = new SecretCheckPool({
+      concurrency: 2,
+      maxPendingPerAddress: 100,
+      maxPending: 1000,
+      maxWaitMs: 10_000,
+    });
+    for (let i = 0; i < 5; i++) void fleet.run('nat', never);
+    expect(fleet.running).toBe(2);
   });
 
   it('runs no more checks for an address than its budget has units left, and refuses the rest once spent', async () => {
@@ -190,7 +200,9 @@ describe('SecretCheckPool', () => {
       running--;
     };
     const results = await Promise.allSettled(
-      Array.from({ length: 6 }, () => pool.run('attacker', failing, () => units)),
+      Array.from({ length: 6 }, () =>
+        pool.run('attacker', failing, { unitsLeft: () => units, clean: () => false }),
+      ),
     );
     // Two in flight at most: its units (2), below its share of places (3).
     expect(most).toBe(2);
