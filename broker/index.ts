@@ -108,8 +108,8 @@ function budgetLimiters(config: Config, redis: Redis | undefined) {
           keyPrefix: `${config.redis.prefix}:mqtt:${name}`,
           points,
           duration: durationS,
-          // Redis down: refuse the CONNECT now (CONNACK 3) rather than queue it.
-          rejectIfRedisNotReady: true,
+          // Redis down: the reads wait and retry like the registry's (ioredis
+          // maxRetriesPerRequest), then the CONNECT is refused with CONNACK 3.
         })
       : new RateLimiterMemory({ keyPrefix: name, points, duration: durationS });
   return {
