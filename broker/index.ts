@@ -327,10 +327,13 @@ export async function startBroker(options: BrokerOptions): Promise<RunningBroker
       'connection closed on a protocol error',
     );
   });
-  // Errors before a client id is known: an unparseable CONNECT, no CONNECT in time.
+  // Errors before a client id is known: an unparseable CONNECT, no CONNECT in
+  // time. Counted always, logged once per address and 10 s (slowloris floods).
+  const protocolErrorsLogged = new LogOnce();
   aedes.on('connectionError', (client, err) => {
     if (alreadyReported(client)) return;
     metrics?.connectionsRefused.inc({ reason: 'protocol-error' });
+    if (!protocolErrorsLogged.first(peerOf(client).address)) return;
     log.warn(
       {
         event: 'connect-refused',
