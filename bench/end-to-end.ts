@@ -22,12 +22,13 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import mqtt, { type MqttClient } from 'mqtt';
-import type { Observation } from 'fhir/r4.js';
+import type { Device, Observation } from 'fhir/r4.js';
 import { loadConfig } from '../src/config.js';
+import { createFhirGateway } from '../src/fhir/gateway.js';
 import { createFhirStore } from '../src/fhir/store.js';
 import { createLogger } from '../src/logger.js';
 import { loadMappings, normalizeMessage, type MappingSet } from '../src/mapping/index.js';
-import { startPipeline } from '../src/pipeline.js';
+import { startPipeline, type Pipeline } from '../src/pipeline.js';
 
 const { values: args } = parseArgs({
   options: {
@@ -95,6 +96,18 @@ async function ackRate(
   return (Math.ceil(count / clients.length) * clients.length) / seconds;
 }
 
+/** A bench device, associated with its patient from before the bench's device timestamps. */
+async function enrolBench(p: Pipeline, deviceId: string, patientId: string): Promise<string> {
+  const { secret } = await p.devices.add(deviceId, {
+    actor: 'bench',
+    source: 'cli',
+    patient: patientId,
+    newPatient: true,
+    at: Date.parse('2025-12-01T00:00:00Z'),
+  });
+  return secret;
+}
+
 async function fhirAloneRate(
   fhirUrl: string,
   mappings: MappingSet,
@@ -103,19 +116,21 @@ async function fhirAloneRate(
   batch: number,
 ): Promise<number> {
   // The same Observations the pipeline would write, for patients that exist.
-  const store = createFhirStore({ baseUrl: fhirUrl, timeoutMs: 60_000 });
+  const gateway = createFhirGateway({ baseUrl: fhirUrl, timeoutMs: 60_000 });
+  const store = createFhirStore(gateway);
   const patient = `bench-${runId}-baseline`;
-  await store.ensureSubjects([
+  await store.ensurePatients([
+    { id: patient, identifier: { system: 'urn:iomt:patient', value: patient }, create: true },
+  ]);
+  await gateway.transaction([
     {
-      resourceType: 'Patient',
-      id: patient,
-      identifier: { system: 'urn:iomt:patient', value: patient },
-    },
-    {
-      resourceType: 'Device',
-      id: `dev-${patient}`,
-      identifier: { system: 'urn:iomt:device', value: patient },
-      patientId: patient,
+      resource: {
+        resourceType: 'Device',
+        id: `dev-${patient}`,
+        identifier: [{ system: 'urn:iomt:device', value: patient }],
+        patient: { reference: `Patient/${patient}` },
+      } as Device,
+      request: { method: 'PUT', url: `Device/dev-${patient}` },
     },
   ]);
   const observations: Observation[] = [];
@@ -123,7 +138,7 @@ async function fhirAloneRate(
   for (let i = 0; observations.length < count; i++) {
     const out = await normalizeMessage(mappings, {
       payload: message(i, base),
-      meta: { deviceId: patient, topic: 't', receivedAt: base },
+      meta: { deviceId: patient, topic: 't', receivedAt: base + i * 1000 },
       patientId: patient,
       identifierSystem: 'urn:iomt:observation',
     });
@@ -204,7 +219,7 @@ async function main(): Promise<void> {
       const clients = await Promise.all(
         Array.from({ length: DEVICES }, async (_, d) => {
           const id = `bench-${runId}-b${d}`;
-          const { secret } = await brokerOnly.registry.add(id, `bench-${runId}-p${d}`);
+          const secret = await enrolBench(brokerOnly, id, `bench-${runId}-p${d}`);
           return { client: await connect(url, id, secret), topic: `devices/${id}/telemetry` };
         }),
       );
@@ -226,7 +241,7 @@ async function main(): Promise<void> {
     const clients = await Promise.all(
       Array.from({ length: DEVICES }, async (_, d) => {
         const id = `bench-${runId}-${d}`;
-        const { secret } = await pipeline.registry.add(id, `bench-${runId}-p${d}`);
+        const secret = await enrolBench(pipeline, id, `bench-${runId}-p${d}`);
         return { client: await connect(url, id, secret), topic: `devices/${id}/telemetry` };
       }),
     );

@@ -52,6 +52,7 @@ import { alreadyReported, createPreConnect, peerOf } from './pre-connect.js';
 import { DeviceThrottle } from './rate-limits.js';
 import { SecretCheckPool } from './secret-check-pool.js';
 import { SessionStore } from './session-store.js';
+import { startRevocation, type RunningRevocation } from './revocation.js';
 import { normalizeAddress, SocketGate } from './socket-gate.js';
 
 export { IngestBatcher } from './ingest-batcher.js';
@@ -71,6 +72,11 @@ export interface BrokerOptions {
   readonly redis?: Redis;
   readonly log: Logger;
   readonly metrics?: Metrics;
+  /**
+   * A Redis connection for SUBSCRIBE: re-keyed, unassigned or removed devices'
+   * sessions end at once (revocation.ts). Absent: only at their next CONNECT.
+   */
+  readonly revocationSubscriber?: Redis;
 }
 
 export interface RunningBroker {
@@ -391,6 +397,18 @@ export async function startBroker(options: BrokerOptions): Promise<RunningBroker
     throw err;
   }
   backpressure?.start();
+  let revocation: RunningRevocation | undefined;
+  if (options.revocationSubscriber) {
+    revocation = await startRevocation({
+      aedes,
+      subscriber: options.revocationSubscriber,
+      registry,
+      prefix: config.redis.prefix,
+      recheckMs: config.mqtt.sessionRecheckMs,
+      log,
+      ...(metrics ? { metrics } : {}),
+    });
+  }
   const portOf = (kind: Listener['kind']) => listeners.find((l) => l.kind === kind)?.port;
 
   return {
@@ -406,6 +424,7 @@ export async function startBroker(options: BrokerOptions): Promise<RunningBroker
       // messages reach Redis (their PUBACKs go out), then close client sessions.
       const closed = Promise.all(listeners.map((l) => l.close()));
       for (const t of timers) clearInterval(t);
+      await revocation?.close();
       backpressure?.stop();
       await batcher.drain();
       await new Promise<void>((resolve) => aedes.close(() => resolve()));

@@ -7,6 +7,7 @@
  * docs/configuration.md documents every key (a test keeps the two in step).
  */
 import { PipelineError } from './errors.js';
+import { DEFAULT_LIMITS, parseLimits } from './mapping/plausibility.js';
 
 type Parser<T> = (raw: string) => T;
 
@@ -28,6 +29,13 @@ function int(min: number, max: number): Parser<number> {
     return n;
   };
 }
+
+const bool: Parser<boolean> = (raw) => {
+  const v = raw.trim().toLowerCase();
+  if (['true', '1', 'yes', 'on'].includes(v)) return true;
+  if (['false', '0', 'no', 'off'].includes(v)) return false;
+  throw new Error(`expected true or false, got "${raw}"`);
+};
 
 function oneOf<T extends string>(...values: readonly T[]): Parser<T> {
   return (raw) => {
@@ -52,6 +60,15 @@ function url(...protocols: readonly string[]): Parser<string> {
     return raw.replace(/\/+$/, '');
   };
 }
+
+/** An IANA time zone name the runtime knows (Intl), e.g. Europe/Berlin. */
+const timeZone: Parser<string> = (raw) => {
+  try {
+    return new Intl.DateTimeFormat('en-US', { timeZone: raw }).resolvedOptions().timeZone;
+  } catch {
+    throw new Error(`expected an IANA time zone such as Europe/Berlin, got "${raw}"`);
+  }
+};
 
 const STAGES = ['normalize', 'fhir', 'analytics'] as const;
 export type WorkerStage = (typeof STAGES)[number];
@@ -182,7 +199,7 @@ export const SETTINGS = {
       'MQTT_DEVICE_CONNECT_RATE',
       12,
       int(1, 1000000),
-      'CONNECT attempts per device id per minute, whatever their outcome, reserved before the secret check.',
+      'Credential checks per device id per minute, whatever their outcome, taken just before the check; more are refused (CONNACK 3).',
     ),
     authConcurrency: setting(
       'MQTT_AUTH_CONCURRENCY',
@@ -262,6 +279,12 @@ export const SETTINGS = {
       int(0, 100000000),
       'Low-water mark: jobs waiting at which brokers admit PUBLISHes freely again (below BROKER_BACKLOG_HIGH).',
     ),
+    sessionRecheckMs: setting(
+      'MQTT_SESSION_RECHECK_MS',
+      15000,
+      int(1000, 3600000),
+      "How often a broker checks its open connections' credentials against the registry, milliseconds (a re-keyed or removed device is disconnected at once through Redis pub/sub; this catches a missed message).",
+    ),
     backlogPollMs: setting(
       'BROKER_BACKLOG_POLL_MS',
       500,
@@ -301,6 +324,20 @@ export const SETTINGS = {
       'Oldest accepted device timestamp before broker receipt, milliseconds (30 days: store-and-forward).',
     ),
   },
+  values: {
+    plausibilityLimits: setting(
+      'PLAUSIBILITY_LIMITS',
+      DEFAULT_LIMITS,
+      (raw) => parseLimits(raw),
+      'Physiological plausibility limits by LOINC or MDC code, changing the sourced defaults (docs/mappings.md#plausibility): `CODE=(low,high) UCUM` or `CODE=off`, separated by `;` — e.g. `8867-4=(0,250] /min;29463-7=off`. A value outside is kept, flagged (status preliminary, interpretation HX/LX) and counted.',
+    ),
+    windowTimeZone: setting(
+      'WINDOW_TIME_ZONE',
+      'UTC',
+      timeZone,
+      "IANA time zone whose local days bound daily windows (periodInterval 1440), e.g. `Europe/Berlin`: a day of steps is the patient's day.",
+    ),
+  },
   fhir: {
     url: setting(
       'FHIR_URL',
@@ -336,7 +373,13 @@ export const SETTINGS = {
       'IDENTITY_RESOLUTION',
       'Create',
       oneOf('Create', 'Lookup', 'LookupWithEncounter'),
-      'Create: Patient and Device from the registry, created with deterministic ids; Lookup: the FHIR Device must exist and name its Patient; LookupWithEncounter: also the Encounter.',
+      'Create: the patient is the one associated with the device at the reading time (iomt devices assign; docs/associations.md), Device and DeviceUseStatements written from that history; Lookup: the FHIR Device must exist and name its Patient; LookupWithEncounter: also the Encounter.',
+    ),
+    createPatients: setting(
+      'FHIR_CREATE_PATIENTS',
+      false,
+      bool,
+      'Create mode: true lets the pipeline create any Patient an association names; false (default) needs the Patient to exist on the FHIR server, or the association to mark it new (--new-patient), so a mistyped id never becomes a phantom Patient.',
     ),
   },
   clickhouse: {
@@ -384,15 +427,39 @@ export const SETTINGS = {
     ),
     reload: setting(
       'MAPPINGS_RELOAD',
-      'watch',
-      oneOf('watch', 'off'),
-      'watch: validate changed templates, activate them, and publish the version through Redis; off: load once.',
+      'explicit',
+      oneOf('explicit', 'watch', 'off'),
+      'explicit: workers run the version activated through Redis (iomt mappings activate); watch: also propose a changed folder and activate it when it passes the gates (development); off: load the folder once, without Redis.',
     ),
     reloadPollMs: setting(
       'MAPPINGS_RELOAD_POLL_MS',
       2000,
       int(200, 600000),
       'How often a worker checks the folder and the active version in Redis, milliseconds.',
+    ),
+    shadowMessages: setting(
+      'MAPPINGS_SHADOW_MESSAGES',
+      500,
+      int(0, 1000000),
+      'Recent messages per affected device template file that the shadow run maps with both versions.',
+    ),
+    shadowScanMessages: setting(
+      'MAPPINGS_SHADOW_SCAN_MESSAGES',
+      20000,
+      int(0, 10000000),
+      'Most recent device_messages rows the shadow run reads to find them.',
+    ),
+    shadowDeadLetters: setting(
+      'MAPPINGS_SHADOW_DEAD_LETTERS',
+      1000,
+      int(0, 1000000),
+      'Most recent dead letters holding a raw message that the shadow run also maps.',
+    ),
+    gateMaxNewDeadLetters: setting(
+      'MAPPINGS_GATE_MAX_NEW_DEAD_LETTERS',
+      0,
+      int(0, 1000000),
+      'Shadow-run messages the active version maps and a candidate would dead-letter (or leave unmatched) above which activation is refused.',
     ),
   },
   worker: {

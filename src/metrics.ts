@@ -46,10 +46,33 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}) {
       help: 'Observations recorded with dataAbsentReason "error" (an unusable reading, e.g. a word or 1e999 where a number belongs)',
       registers: [registry],
     }),
+    readingsImplausible: new Counter({
+      name: 'iomt_readings_implausible_total',
+      help: 'Values outside their physiological plausibility limits (PLAUSIBILITY_LIMITS): kept, flagged preliminary with interpretation HX/LX, by measurement type and code',
+      labelNames: ['type', 'code'] as const,
+      registers: [registry],
+    }),
     mappingReloads: new Counter({
       name: 'iomt_mapping_reloads_total',
-      help: 'Template changes seen by this process, by outcome (activated / rejected)',
+      help: 'Template changes seen by this process, by outcome (activated / rejected: does not validate / refused: failed a gate)',
       labelNames: ['outcome'] as const,
+      registers: [registry],
+    }),
+    mappingActive: new Gauge({
+      name: 'iomt_mapping_active_version',
+      help: 'The template version this process runs: 1 for that version',
+      labelNames: ['version'] as const,
+      registers: [registry],
+    }),
+    mappingFolderDiffers: new Gauge({
+      name: 'iomt_mapping_folder_differs',
+      help: "1 while this worker's mappings folder differs from the fleet's active version (reported, never applied), else 0",
+      registers: [registry],
+    }),
+    templateMessages: new Counter({
+      name: 'iomt_template_messages_total',
+      help: 'Messages at the normalize stage by device template (typeName; "(none)" when none applies), template version and outcome (matched / unmatched / dead_lettered)',
+      labelNames: ['template', 'version', 'outcome'] as const,
       registers: [registry],
     }),
     mappingsInvalid: new Gauge({

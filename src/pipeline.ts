@@ -5,11 +5,16 @@
  */
 import { createAnalyticsStore, type AnalyticsStore } from './clickhouse/index.js';
 import type { Config } from './config.js';
-import { DeviceRegistry } from './devices/registry.js';
+import {
+  AssociationStore,
+  createDeviceService,
+  DeviceRegistry,
+  type DeviceService,
+} from './devices/index.js';
 import { PipelineError, toPipelineError } from './errors.js';
+import { createFhirGateway, type FhirGateway } from './fhir/gateway.js';
 import { createFhirStore, type FhirStore } from './fhir/store.js';
 import type { Logger } from './logger.js';
-import { GatewayLinks } from './devices/gateways.js';
 import {
   formatProblem,
   loadMappings,
@@ -17,6 +22,11 @@ import {
   type MappingSet,
   type TemplateActivation,
 } from './mapping/index.js';
+import {
+  createShadowSource,
+  lifecycleSettings,
+  MappingLifecycle,
+} from './mapping/lifecycle/index.js';
 import { createMetrics, type Metrics } from './metrics.js';
 import {
   backlogJobs,
@@ -35,14 +45,19 @@ export const ROLES: readonly Role[] = ['broker', 'worker', 'admin'];
 export interface Pipeline {
   readonly config: Config;
   readonly registry: DeviceRegistry;
+  /** Device–patient associations over time (attribution reads them). */
+  readonly associations: AssociationStore;
+  /** Device administration: register, re-key, assign, link (the CLI and admin API use the same). */
+  readonly devices: DeviceService;
   readonly queues: Queues;
   readonly metrics: Metrics;
   readonly fhirStore: FhirStore;
+  readonly fhir: FhirGateway;
   readonly analyticsStore: AnalyticsStore | undefined;
   readonly broker: RunningBroker | undefined;
   readonly admin: RunningAdmin | undefined;
   readonly workers: RunningWorkers | undefined;
-  /** Template activation (MAPPINGS_RELOAD=watch) in a process running workers. */
+  /** Template activation (following the fleet's active version) in a process running workers. */
   readonly templates: TemplateActivation | undefined;
   close(): Promise<void>;
 }
@@ -79,9 +94,15 @@ export async function startPipeline(
   const workerRedis = roles.includes('worker') ? createRedis(config.redis.url, true) : undefined;
   const queues = createQueues(redis, config.redis.prefix);
   const registry = new DeviceRegistry(redis, config.redis.prefix);
+  const associations = new AssociationStore(redis, config.redis.prefix);
   metrics.setQueueDepthSource(() => queueDepths(queues));
   let templatesVersion: string | undefined;
-  const fhirStore = createFhirStore({ baseUrl: config.fhir.url, timeoutMs: config.fhir.timeoutMs });
+  // One FHIR gateway for the whole process: every request to the server goes through it.
+  const fhir = createFhirGateway({ baseUrl: config.fhir.url, timeoutMs: config.fhir.timeoutMs });
+  const fhirStore = createFhirStore(fhir);
+  const devices = createDeviceService(config, redis, queues, fhirStore);
+  // SUBSCRIBE holds a connection of its own (sessions of re-keyed devices end at once).
+  const revocationRedis = roles.includes('broker') ? createRedis(config.redis.url) : undefined;
   const runsAnalytics = roles.includes('worker') && config.worker.stages.includes('analytics');
   // The embedded engine belongs to the process running the mirror; a ClickHouse
   // server can also be queried by an admin-only process.
@@ -95,9 +116,21 @@ export async function startPipeline(
   let templates: TemplateActivation | undefined;
   // SUBSCRIBE holds a connection of its own (the template version channel).
   const templatesRedis =
-    roles.includes('worker') && config.mappings.reload === 'watch'
+    roles.includes('worker') && config.mappings.reload !== 'off'
       ? createRedis(config.redis.url)
       : undefined;
+  // Template versions, gates and audit: workers follow it, the admin API drives it.
+  const lifecycle = new MappingLifecycle({
+    redis,
+    prefix: config.redis.prefix,
+    settings: lifecycleSettings(config),
+    source: createShadowSource({
+      store: analyticsStore,
+      database: config.clickhouse.database,
+      deadLetters: queues.deadLetter,
+    }),
+    log,
+  });
   const close = async () => {
     // Intake first (no new messages), then workers (finish jobs), then stores and Redis.
     await broker?.close();
@@ -105,6 +138,7 @@ export async function startPipeline(
     await workers?.close();
     await templates?.close();
     templatesRedis?.disconnect();
+    revocationRedis?.disconnect();
     await queues.close();
     await analyticsStore?.close();
     redis.disconnect();
@@ -123,11 +157,19 @@ export async function startPipeline(
         );
       });
     if (roles.includes('worker') && workerRedis) {
+      // Registries from before associations: each one-patient binding becomes an
+      // association from the device's registration on (idempotent).
+      const migrated = await devices.migrateLegacyBindings();
+      if (migrated > 0)
+        log.warn(
+          { event: 'associations-migrated', devices: migrated },
+          'device bindings recorded as associations',
+        );
       if (templatesRedis) {
         templates = await startTemplateActivation({
           dir: config.mappings.dir,
-          prefix: config.redis.prefix,
-          redis,
+          lifecycle,
+          mode: config.mappings.reload === 'watch' ? 'watch' : 'explicit',
           subscriber: templatesRedis,
           pollMs: config.mappings.reloadPollMs,
           log,
@@ -149,10 +191,11 @@ export async function startPipeline(
         connection: workerRedis,
         queues,
         registry,
+        associations,
         // Each job takes the active set once: a swap never splits a job.
         mappings: templates ? () => templates!.current() : () => mappings,
-        gateways: new GatewayLinks(redis, config.redis.prefix),
         fhirStore,
+        fhir,
         ...(analyticsStore ? { analyticsStore } : {}),
         log,
         metrics,
@@ -167,6 +210,7 @@ export async function startPipeline(
         redis,
         log,
         metrics,
+        ...(revocationRedis ? { revocationSubscriber: revocationRedis } : {}),
       });
     if (roles.includes('admin'))
       admin = await startAdmin({
@@ -174,8 +218,10 @@ export async function startPipeline(
         log,
         metrics,
         redis,
-        fhirStore,
+        fhir,
         analyticsStore,
+        devices,
+        mappingLifecycle: lifecycle,
         ...(roles.includes('worker')
           ? { templatesVersion: () => templates?.current().version ?? templatesVersion }
           : {}),
@@ -189,9 +235,12 @@ export async function startPipeline(
   return {
     config,
     registry,
+    associations,
+    devices,
     queues,
     metrics,
     fhirStore,
+    fhir,
     analyticsStore,
     broker,
     admin,

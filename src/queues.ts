@@ -4,6 +4,7 @@
  * costs several Redis round trips, a message must cost a fraction of one.
  */
 import type { Observation } from 'fhir/r4.js';
+import type { DeviceAssociationRow } from './clickhouse/associations.js';
 import type { ErrorCode, Stage } from './errors.js';
 
 export const QUEUE = {
@@ -38,7 +39,10 @@ export interface IngestJobData {
 /** Where an Observation came from: kept beside it until ClickHouse. */
 export interface ObservationProvenance {
   readonly messageId: string;
+  /** The authenticated device that published the message. */
   readonly deviceId: string;
+  /** The device that took the reading, when a gateway relayed it (else deviceId). */
+  readonly readingDeviceId?: string;
   readonly receivedAt: number;
   readonly templateName: string;
   readonly templateVersion: string;
@@ -57,14 +61,17 @@ export interface ObservationEnvelope {
   readonly merge?: boolean;
 }
 
-/** A subject the FHIR writer ensures exists before the Observations that reference it. */
-export interface SubjectRef {
-  readonly resourceType: 'Patient' | 'Device';
+/** A Patient the FHIR writer ensures exists before the Observations that reference it. */
+export interface PatientRef {
   readonly id: string;
-  /** The identifier to stamp on a created resource. */
+  /** The identifier to stamp on a created Patient. */
   readonly identifier: { readonly system: string; readonly value: string };
-  /** For a Device: the Patient it is bound to. */
-  readonly patientId?: string;
+  /**
+   * Whether the writer may create it when it is missing: FHIR_CREATE_PATIENTS,
+   * or an association that said the patient is new. Otherwise a missing Patient
+   * is PatientNotFound, never a phantom Patient made from a typo.
+   */
+  readonly create: boolean;
 }
 
 /**
@@ -74,7 +81,10 @@ export interface SubjectRef {
  */
 export interface MessageOutcome {
   readonly message: TelemetryMessage;
-  /** The patient the device was bound to ('' when unknown). */
+  /**
+   * The patient its readings were attributed to ('' when none was, or when
+   * they belong to several patients, as a gateway's may).
+   */
   readonly patientId: string;
   readonly outcome: 'processed' | 'dead_lettered';
   readonly errorCode?: ErrorCode;
@@ -87,10 +97,21 @@ export interface MessageOutcome {
 
 export interface FhirJobData {
   readonly traceId: string;
-  readonly subjects: readonly SubjectRef[];
+  /** Patients the Observations reference (Create mode; empty in the Lookup modes). */
+  readonly patients: readonly PatientRef[];
+  /**
+   * Devices (MQTT ids) the Observations reference (Create mode): their FHIR
+   * Device is written from their association history before the Observations.
+   */
+  readonly devices: readonly string[];
   readonly observations: readonly ObservationEnvelope[];
   /** The messages these Observations came from, outcome pending until written. */
   readonly messages?: readonly MessageOutcome[];
+  /**
+   * Devices whose association history FHIR must follow: Device.patient and a
+   * DeviceUseStatement per period (fhir/associations.ts).
+   */
+  readonly associations?: readonly string[];
 }
 
 export interface AnalyticsJobData {
@@ -100,6 +121,8 @@ export interface AnalyticsJobData {
   readonly observations: readonly ObservationEnvelope[];
   /** Message outcomes for device_messages. */
   readonly messages?: readonly MessageOutcome[];
+  /** device_associations rows (clickhouse/associations.ts): a device's whole history each time. */
+  readonly associations?: readonly DeviceAssociationRow[];
 }
 
 export interface DeadLetterJobData {
@@ -114,4 +137,6 @@ export interface DeadLetterJobData {
   readonly message?: TelemetryMessage;
   /** Or the resource that failed at the FHIR stage. */
   readonly observation?: ObservationEnvelope;
+  /** Or the devices whose association history could not be written to FHIR. */
+  readonly associations?: readonly string[];
 }

@@ -32,6 +32,8 @@ export function createAnalyticsProcessor(
     await deps.store.insertObservations(observations, committedAt);
     // device_messages: the fates of the messages (a later verdict replaces an earlier one).
     await deps.store.insertMessages(job.data.messages ?? []);
+    // device_associations: a device's whole history, versioned (the latest wins).
+    await deps.store.insertAssociations(job.data.associations ?? []);
     deps.metrics?.analyticsRows.inc(observations.length);
     deps.log.debug(
       { event: 'mirrored', traceId, jobId: job.id, rows: observations.length },

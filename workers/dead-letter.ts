@@ -13,6 +13,8 @@ export interface DeadLetterInput {
   readonly deviceId: string;
   readonly message?: TelemetryMessage;
   readonly observation?: ObservationEnvelope;
+  /** Or the devices whose association history could not be written to FHIR. */
+  readonly associations?: readonly string[];
   /** Stable per failure, so a retried job does not write the same dead letter twice. */
   readonly key: string;
 }
@@ -35,6 +37,7 @@ export async function deadLetter(
         failedAt: Date.now(),
         ...(d.message ? { message: d.message } : {}),
         ...(d.observation ? { observation: d.observation } : {}),
+        ...(d.associations ? { associations: d.associations } : {}),
       },
       // BullMQ refuses custom job ids containing ":" (its key separator).
       opts: { jobId: d.key.replaceAll(':', '_') },

@@ -1,12 +1,20 @@
 /**
- * FHIR writer (queue "fhir" → "analytics"). Ensures Patient and Device exist,
- * writes Observations as batch Bundles of idempotent PUTs, reads every entry's
- * outcome: accepted → "analytics", rejected → dead letter, transient → the job
- * retries (re-PUTting an accepted Observation changes nothing).
+ * FHIR writer (queue "fhir" → "analytics"). Writes the Devices the job names
+ * from their association history (Device.patient, DeviceUseStatements:
+ * fhir/associations.ts) and ensures the Patients exist (created only where
+ * allowed), then writes Observations as batch Bundles of idempotent PUTs and
+ * reads every entry's outcome: accepted → "analytics", rejected → dead letter,
+ * transient → the job retries (re-PUTting an accepted Observation changes
+ * nothing). An Observation whose Patient is missing and may not be created is
+ * dead-lettered alone (PatientNotFound). Jobs that carry `associations` have
+ * FHIR follow those devices' histories.
  */
 import type { Job, Queue } from 'bullmq';
+import { LRUCache } from 'lru-cache';
 import type { Config } from '../src/config.js';
-import type { PipelineError } from '../src/errors.js';
+import { toPipelineError, type PipelineError } from '../src/errors.js';
+import type { AssociationSync } from '../src/fhir/associations.js';
+import type { FhirGateway } from '../src/fhir/gateway.js';
 import type { FhirStore } from '../src/fhir/store.js';
 import type { Logger } from '../src/logger.js';
 import type { Metrics } from '../src/metrics.js';
@@ -26,6 +34,10 @@ import { messagesDigest, settleMessages, storedVersions } from './analytics-hand
 export interface FhirWriterDeps {
   readonly config: Config;
   readonly store: FhirStore;
+  /** The FHIR gateway (grouped Observations are merged with If-Match). */
+  readonly fhir: FhirGateway;
+  /** Writes a device's FHIR Device and DeviceUseStatements from its history. */
+  readonly associationSync: AssociationSync;
   readonly analyticsQueue: Queue<AnalyticsJobData> | undefined;
   readonly deadLetterQueue: Queue<DeadLetterJobData>;
   readonly log: Logger;
@@ -56,20 +68,77 @@ export function createFhirWriterProcessor(
   deps: FhirWriterDeps,
 ): (job: Job<FhirJobData>) => Promise<void> {
   // Grouped Observations (windows, correlation ids) are merged into the stored one.
-  const merger = createObservationMerger({
-    baseUrl: deps.config.fhir.url,
-    timeoutMs: deps.config.fhir.timeoutMs,
-  });
+  const merger = createObservationMerger(deps.fhir);
+  // Devices whose FHIR Device this process has written from their history; a
+  // change of association reaches FHIR through its own sync job, not through this.
+  const devicesWritten = new LRUCache<string, true>({ max: 100_000 });
+
+  /** Association syncs the job asks for: a permanent failure is kept as a dead letter. */
+  async function syncAssociations(job: Job<FhirJobData>, deviceIds: readonly string[]) {
+    const dead: DeadLetterInput[] = [];
+    for (const deviceId of deviceIds) {
+      try {
+        await deps.associationSync.sync(deviceId);
+        devicesWritten.set(deviceId, true);
+      } catch (err) {
+        const e = toPipelineError(err);
+        if (e.retryable) throw e;
+        dead.push({
+          traceId: job.data.traceId,
+          error: e,
+          deviceId,
+          associations: [deviceId],
+          key: `${job.id ?? job.data.traceId}:associations:${deviceId}`,
+        });
+      }
+    }
+    await deadLetter(deps.deadLetterQueue, dead, deps.metrics);
+  }
+
+  /** Patients that may not be created and are missing: their Observations are dead-lettered. */
+  async function ensurePatients(job: Job<FhirJobData>): Promise<Map<string, PipelineError>> {
+    const refused = new Map<string, PipelineError>();
+    for (const p of job.data.patients ?? []) {
+      try {
+        await deps.store.ensurePatients([p]);
+      } catch (err) {
+        const e = toPipelineError(err);
+        if (e.retryable) throw e;
+        refused.set(p.id, e);
+      }
+    }
+    return refused;
+  }
+
   return async function process(job) {
-    const { traceId, subjects, observations } = job.data;
+    const { traceId } = job.data;
     const log = deps.log.child({ traceId, jobId: job.id });
-    await deps.store.ensureSubjects(subjects);
+    if (job.data.associations?.length) await syncAssociations(job, job.data.associations);
+    await syncAssociations(
+      job,
+      (job.data.devices ?? []).filter((d) => !devicesWritten.has(d)),
+    );
+    const refusedPatients = await ensurePatients(job);
 
     const committed: ObservationEnvelope[] = [];
     const reread = new Set<string>(); // ids whose stored version we do not have (see storedVersions)
     const dead: DeadLetterInput[] = [];
     const retry: ObservationEnvelope[] = [];
     let transient: PipelineError | undefined;
+    const observations: ObservationEnvelope[] = [];
+    for (const env of job.data.observations) {
+      const patientId = env.observation.subject?.reference?.replace(/^Patient\//, '') ?? '';
+      const refused = refusedPatients.get(patientId);
+      if (refused) {
+        dead.push({
+          traceId,
+          error: refused,
+          deviceId: env.provenance.deviceId,
+          observation: env,
+          key: `${job.id ?? traceId}:${env.observation.id ?? patientId}`,
+        });
+      } else observations.push(env);
+    }
     const size = deps.config.fhir.batchSize;
     for (let i = 0; i < observations.length; i += size) {
       const chunk = observations.slice(i, i + size);

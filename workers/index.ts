@@ -7,9 +7,12 @@ import { Worker, type Job, type Processor } from 'bullmq';
 import type { Redis } from 'ioredis';
 import type { AnalyticsStore } from '../src/clickhouse/index.js';
 import type { Config } from '../src/config.js';
+import type { AssociationStore } from '../src/devices/association-store.js';
 import type { DeviceRegistry } from '../src/devices/registry.js';
-import type { GatewayLinks } from '../src/devices/gateways.js';
 import { queueDecision, toPipelineError, type PipelineError } from '../src/errors.js';
+import { createAssociationSync } from '../src/fhir/associations.js';
+import { createIdentityService } from '../src/fhir/identity.js';
+import type { FhirGateway } from '../src/fhir/gateway.js';
 import type { FhirStore } from '../src/fhir/store.js';
 import type { Logger } from '../src/logger.js';
 import type { MappingSet } from '../src/mapping/index.js';
@@ -32,10 +35,12 @@ export interface WorkerDeps {
   readonly connection: Redis;
   readonly queues: Queues;
   readonly registry: DeviceRegistry;
-  /** Which devices a gateway may publish for (normalize stage). */
-  readonly gateways?: GatewayLinks;
+  /** Device–patient associations over time (attribution, FHIR Device and DeviceUseStatements). */
+  readonly associations: AssociationStore;
   readonly mappings: () => MappingSet;
   readonly fhirStore: FhirStore;
+  /** The one FHIR gateway (reads, searches, merges, association syncs). */
+  readonly fhir: FhirGateway;
   /** Required when this process runs the "analytics" stage. */
   readonly analyticsStore?: AnalyticsStore;
   readonly log: Logger;
@@ -74,13 +79,28 @@ export function startWorkers(deps: WorkerDeps): RunningWorkers {
       }));
     }
     const data = job.data as FhirJobData | AnalyticsJobData;
-    return data.observations.map((observation) => ({
-      traceId: data.traceId,
-      error,
-      deviceId: observation.provenance.deviceId,
-      observation,
-      key: `${name}:${job.id}:${observation.observation.id ?? ''}`,
-    }));
+    const associations =
+      name === QUEUE.fhir && (data as FhirJobData).associations?.length
+        ? [
+            {
+              traceId: data.traceId,
+              error,
+              deviceId: (data as FhirJobData).associations![0]!,
+              associations: (data as FhirJobData).associations!,
+              key: `${name}:${job.id}:associations`,
+            },
+          ]
+        : [];
+    return [
+      ...associations,
+      ...data.observations.map((observation) => ({
+        traceId: data.traceId,
+        error,
+        deviceId: observation.provenance.deviceId,
+        observation,
+        key: `${name}:${job.id}:${observation.observation.id ?? ''}`,
+      })),
+    ];
   }
 
   function run<T>(name: string, processor: Processor<T>): void {
@@ -168,6 +188,15 @@ export function startWorkers(deps: WorkerDeps): RunningWorkers {
       QUEUE.ingest,
       createNormalizeProcessor({
         ...deps,
+        // MedTech's identity modes (IDENTITY_RESOLUTION): associations + Create, or FHIR Lookup.
+        identity: createIdentityService({
+          mode: config.fhir.identityResolution,
+          fhir: deps.fhir,
+          deviceIdentifierSystem: config.fhir.deviceIdentifierSystem,
+          createPatients: config.fhir.createPatients,
+          associations: deps.associations,
+          registry: deps.registry,
+        }),
         fhirQueue: queues.fhir,
         deadLetterQueue: queues.deadLetter,
         analyticsQueue: queues.analytics,
@@ -180,6 +209,13 @@ export function startWorkers(deps: WorkerDeps): RunningWorkers {
       createFhirWriterProcessor({
         ...deps,
         store: deps.fhirStore,
+        associationSync: createAssociationSync({
+          fhir: deps.fhir,
+          patients: deps.fhirStore,
+          reader: deps.associations,
+          deviceIdentifierSystem: config.fhir.deviceIdentifierSystem,
+          createPatients: config.fhir.createPatients,
+        }),
         analyticsQueue: queues.analytics,
         deadLetterQueue: queues.deadLetter,
       }),

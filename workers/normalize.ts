@@ -1,18 +1,17 @@
 /**
- * Normalize worker (queue "ingest" → "fhir"). For each message of a batch:
- * identity from the registry (the authenticated device's patient binding), the
- * pure mapping core (message → measurements → Observations), then one "fhir"
- * job for the whole batch. A message that cannot be mapped is dead-lettered
- * with its code; its neighbours go on.
+ * Normalize worker (queue "ingest" → "fhir"). For each message of a batch: the
+ * pure mapping core (message → readings → identity → Observations), each
+ * reading attributed to the patient associated with its device at the
+ * reading's own time (fhir/identity.ts, read once per job), then one "fhir" job
+ * for the whole batch. A message that cannot be mapped or attributed is
+ * dead-lettered with its code; its neighbours go on.
  */
 import type { Job, Queue } from 'bullmq';
 import type { Config } from '../src/config.js';
-import type { DeviceRecord, DeviceRegistry } from '../src/devices/registry.js';
 import { PipelineError, toPipelineError } from '../src/errors.js';
 import type { Logger } from '../src/logger.js';
-import type { GatewayLinks } from '../src/devices/gateways.js';
-import { createIdentityService } from '../src/fhir/identity.js';
-import { normalizeMessage, type MappingSet } from '../src/mapping/index.js';
+import type { IdentityService } from '../src/fhir/identity.js';
+import { normalizeMessage, normalizePolicy, type MappingSet } from '../src/mapping/index.js';
 import type { Metrics } from '../src/metrics.js';
 import type {
   AnalyticsJobData,
@@ -21,21 +20,17 @@ import type {
   IngestJobData,
   MessageOutcome,
   ObservationEnvelope,
-  SubjectRef,
+  PatientRef,
 } from '../src/queues.js';
 import { messageSourceUri } from '../src/fhir/message-source.js';
 import { messageOutcome } from './analytics-handoff.js';
 import { deadLetter, type DeadLetterInput } from './dead-letter.js';
-import {
-  checkJsonShape,
-  checkObservationValues,
-  checkOccurrenceTimes,
-  hasRefusedReading,
-} from './input-policy.js';
+import { hasRefusedReading } from './input-policy.js';
 
 export interface NormalizeDeps {
   readonly config: Config;
-  readonly registry: DeviceRegistry;
+  /** Attribution: association history (Create) or the FHIR Device (Lookup modes). */
+  readonly identity: IdentityService;
   readonly mappings: () => MappingSet;
   readonly fhirQueue: Queue<FhirJobData>;
   readonly deadLetterQueue: Queue<DeadLetterJobData>;
@@ -43,44 +38,31 @@ export interface NormalizeDeps {
   readonly analyticsQueue?: Queue<AnalyticsJobData>;
   readonly log: Logger;
   readonly metrics?: Metrics;
-  /** Which devices a gateway may publish for; absent: no device speaks for another. */
-  readonly gateways?: Pick<GatewayLinks, 'isLinked'>;
 }
 
-/** Registry lookups cached briefly: a re-bound device is seen within this time. */
-const DEVICE_CACHE_MS = 10_000;
+/** The one patient of a message's Observations ('' when none, or several). */
+function patientOfMessage(
+  observations: readonly { observation: { subject?: { reference?: string } } }[],
+): string {
+  const ids = new Set(observations.map((o) => o.observation.subject?.reference ?? ''));
+  const [only] = ids;
+  return ids.size === 1 && only ? only.replace(/^Patient\//, '') : '';
+}
 
 export function createNormalizeProcessor(
   deps: NormalizeDeps,
 ): (job: Job<IngestJobData>) => Promise<void> {
-  const cache = new Map<string, { record: DeviceRecord | undefined; at: number }>();
-
-  async function device(deviceId: string): Promise<DeviceRecord | undefined> {
-    const hit = cache.get(deviceId);
-    if (hit && Date.now() - hit.at < DEVICE_CACHE_MS) return hit.record;
-    const record = await deps.registry.get(deviceId);
-    if (cache.size > 50_000) cache.clear();
-    // Misses are not cached: a device registered again is seen at once (and an
-    // unknown device cannot connect, so misses are rare).
-    if (record) cache.set(deviceId, { record, at: Date.now() });
-    return record;
-  }
-  // MedTech's identity modes (IDENTITY_RESOLUTION): registry + Create, or FHIR Lookup.
-  const identity = createIdentityService({
-    mode: deps.config.fhir.identityResolution,
-    fhirUrl: deps.config.fhir.url,
-    timeoutMs: deps.config.fhir.timeoutMs,
-    deviceIdentifierSystem: deps.config.fhir.deviceIdentifierSystem,
-    device,
-    gateways: deps.gateways ?? { isLinked: () => Promise.resolve(false) },
-  });
-
+  // Input limits, device times, plausibility, daily-window zone: the pure path's policy.
+  const policy = normalizePolicy(deps.config);
   return async function process(job) {
     const { traceId, messages } = job.data;
     const log = deps.log.child({ traceId, jobId: job.id });
     const mappings = deps.mappings();
+    // The association histories as they are now, once for the whole job.
+    const identity = await deps.identity.forJob(messages.map((m) => m.deviceId));
     const envelopes: ObservationEnvelope[] = [];
-    const subjects = new Map<string, SubjectRef>();
+    const patients = new Map<string, PatientRef>();
+    const devices = new Set<string>();
     const dead: DeadLetterInput[] = [];
     const pending: MessageOutcome[] = []; // settled by the FHIR writer
     const settled: MessageOutcome[] = []; // settled here: to the mirror now
@@ -94,15 +76,7 @@ export function createNormalizeProcessor(
       try {
         if (message.encoding !== 'utf8')
           throw new PipelineError('InvalidPayload', 'the payload is not UTF-8 text');
-        checkJsonShape(message.payload, deps.config.input);
-        const record = await device(message.deviceId);
-        if (!record)
-          throw new PipelineError(
-            'DeviceNotFound',
-            `device "${message.deviceId}" is not registered`,
-          );
-        patientId = record.patientId;
-        const who = identity.forMessage(record);
+        const who = await identity.forMessage(message.deviceId);
         const result = await normalizeMessage(mappings, {
           payload: message.payload,
           meta: {
@@ -110,16 +84,15 @@ export function createNormalizeProcessor(
             topic: message.topic,
             receivedAt: message.receivedAt,
           },
-          patientId: record.patientId,
+          patientId: undefined,
           identifierSystem: deps.config.fhir.identifierSystem,
           resolveIdentity: who.resolve,
+          // JSON shape, device times (before attribution) and values: input-policy.ts.
+          policy,
         });
-        checkOccurrenceTimes(
-          result.measurements.map((m) => m.occurrenceTime),
-          message.receivedAt,
-          deps.config.input,
-        );
-        checkObservationValues(result.observations.map((o) => o.observation));
+        patientId = patientOfMessage(result.observations);
+        for (const f of result.implausible)
+          deps.metrics?.readingsImplausible.inc({ type: f.type, code: f.code });
         for (const o of result.observations)
           if (hasRefusedReading(o.observation)) deps.metrics?.readingsAbsent.inc();
         for (const m of result.measurements) deps.metrics?.measurements.inc({ type: m.type });
@@ -139,13 +112,21 @@ export function createNormalizeProcessor(
               receivedAt: message.receivedAt,
               templateName: o.templateName,
               templateVersion: mappings.version,
+              ...(o.deviceId !== message.deviceId ? { readingDeviceId: o.deviceId } : {}),
               ...(o.gatewayId !== undefined ? { gatewayId: o.gatewayId } : {}),
             },
             ...(o.merge ? { merge: true } : {}),
           });
         }
-        for (const s of who.subjects()) subjects.set(`${s.resourceType}/${s.id}`, s);
+        for (const p of who.patients()) patients.set(p.id, p);
+        for (const d of who.devices()) devices.add(d);
         deps.metrics?.messagesNormalized.inc();
+        for (const template of new Set(result.matchedTemplates))
+          deps.metrics?.templateMessages.inc({
+            template,
+            version: mappings.version,
+            outcome: 'matched',
+          });
         const observationCount = result.observations.length;
         (observationCount > 0 ? pending : settled).push(
           fate(message, { patientId, outcome: 'processed', observationCount }),
@@ -153,6 +134,12 @@ export function createNormalizeProcessor(
       } catch (err) {
         const e = toPipelineError(err);
         if (e.retryable) throw e; // e.g. Redis unreachable: the whole batch retries
+        const unmatched = e.code === 'TemplateNotMatched';
+        deps.metrics?.templateMessages.inc({
+          template: typeof e.details.template === 'string' ? e.details.template : '(none)',
+          version: mappings.version,
+          outcome: unmatched ? 'unmatched' : 'dead_lettered',
+        });
         if (e.code === 'TemplateNotMatched') {
           deps.metrics?.messagesUnmatched.inc();
           if (deps.config.mappings.unmatched === 'count') {
@@ -201,7 +188,13 @@ export function createNormalizeProcessor(
       // jobId = ingest job id: a retried ingest job does not enqueue its batch twice.
       await deps.fhirQueue.add(
         'batch',
-        { traceId, subjects: [...subjects.values()], observations: envelopes, messages: pending },
+        {
+          traceId,
+          patients: [...patients.values()],
+          devices: [...devices],
+          observations: envelopes,
+          messages: pending,
+        },
         { jobId: `n-${job.id ?? traceId}` },
       );
     }

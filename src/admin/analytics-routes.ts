@@ -13,10 +13,13 @@ import type { FastifyInstance } from 'fastify';
 import { backfillMirror, type AnalyticsStore, type QueryFormat } from '../clickhouse/index.js';
 import type { Config } from '../config.js';
 import { httpAnswer, PipelineError } from '../errors.js';
+import type { FhirGateway } from '../fhir/gateway.js';
 import { observationPages } from '../fhir/observation-pages.js';
 import type { Logger } from '../logger.js';
 
 export interface AnalyticsRoutesDeps {
+  /** The FHIR server the backfill reads. */
+  readonly fhir: FhirGateway;
   readonly config: Config;
   readonly log: Logger;
   readonly analyticsStore: AnalyticsStore | undefined;
@@ -97,9 +100,7 @@ export function registerAnalyticsRoutes(app: FastifyInstance, deps: AnalyticsRou
       const out = new PassThrough();
       const line = (value: object) => `${JSON.stringify(value)}\n`;
       void backfillMirror(
-        observationPages({
-          baseUrl: deps.config.fhir.url,
-          timeoutMs: deps.config.fhir.timeoutMs,
+        observationPages(deps.fhir, {
           identifierSystem: deps.config.fhir.identifierSystem,
           pageSize,
           ...(since !== undefined ? { since } : {}),

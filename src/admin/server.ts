@@ -1,8 +1,10 @@
 /**
  * The admin HTTP API (fastify): /healthz (alive), /readyz (Redis, FHIR and
- * ClickHouse reachable), /metrics (Prometheus). Everything but /healthz needs
- * `Authorization: Bearer <ADMIN_TOKEN>`; the pipeline refuses to start the admin
- * role without a token unless ADMIN_AUTH=none (development only).
+ * ClickHouse reachable), /metrics (Prometheus), the analysts' endpoints
+ * (analytics-routes.ts) and the template lifecycle (mapping-routes.ts).
+ * Everything but /healthz needs `Authorization: Bearer <ADMIN_TOKEN>`; the
+ * pipeline refuses to start the admin role without a token unless
+ * ADMIN_AUTH=none (development only).
  */
 import { timingSafeEqual } from 'node:crypto';
 import Fastify, { type FastifyInstance } from 'fastify';
@@ -10,17 +12,21 @@ import type { Redis } from 'ioredis';
 import type { AnalyticsStore } from '../clickhouse/index.js';
 import type { Config } from '../config.js';
 import { httpAnswer, PipelineError } from '../errors.js';
-import type { FhirStore } from '../fhir/store.js';
+import type { FhirGateway } from '../fhir/gateway.js';
 import type { Logger } from '../logger.js';
 import type { Metrics } from '../metrics.js';
+import type { DeviceService } from '../devices/index.js';
+import type { MappingLifecycle } from '../mapping/lifecycle/index.js';
 import { registerAnalyticsRoutes } from './analytics-routes.js';
+import { registerDeviceRoutes } from './device-routes.js';
+import { registerMappingRoutes } from './mapping-routes.js';
 
 export interface AdminDeps {
   readonly config: Config;
   readonly log: Logger;
   readonly metrics: Metrics;
   readonly redis: Redis;
-  readonly fhirStore: FhirStore;
+  readonly fhir: FhirGateway;
   readonly analyticsStore: AnalyticsStore | undefined;
   /** The active mapping templates' version, in a process that runs workers. */
   readonly templatesVersion?: () => string | undefined;
@@ -29,6 +35,10 @@ export interface AdminDeps {
    * process stays ready: the active version keeps processing).
    */
   readonly templatesStatus?: () => unknown;
+  /** Device administration (associations, credentials): /api/devices, /api/gateways. */
+  readonly devices?: DeviceService;
+  /** Template versions, gates, activation, rollback and audit (mapping-routes.ts). */
+  readonly mappingLifecycle?: MappingLifecycle;
 }
 
 export interface RunningAdmin {
@@ -75,7 +85,7 @@ export function buildAdmin(deps: AdminDeps): FastifyInstance {
     const checks = Object.fromEntries(
       await Promise.all([
         check('redis', () => deps.redis.ping()),
-        check('fhir', () => deps.fhirStore.ping()),
+        check('fhir', () => deps.fhir.capabilities()),
         ...(deps.analyticsStore ? [check('clickhouse', () => deps.analyticsStore!.ping())] : []),
         ...(deps.templatesVersion
           ? [
@@ -98,6 +108,9 @@ export function buildAdmin(deps: AdminDeps): FastifyInstance {
   });
   // Analysts' read-only SQL and the mirror backfill (the process owning the store answers).
   registerAnalyticsRoutes(app, deps);
+  if (deps.devices) registerDeviceRoutes(app, { devices: deps.devices });
+  // The template lifecycle: validate, test, shadow-run, diff, propose, activate, rollback, audit.
+  registerMappingRoutes(app, deps);
   app.get('/metrics', async (_req, reply) => {
     await reply
       .header('content-type', deps.metrics.registry.contentType)

@@ -40,6 +40,11 @@ export {
 } from './schema.js';
 export { backfillMirror, type BackfillOptions, type BackfillSummary } from './backfill.js';
 export { deviceMessageRow, type DeviceMessageRow } from './messages.js';
+export {
+  deviceAssociationRows,
+  DEVICE_ASSOCIATIONS_TABLE,
+  type DeviceAssociationRow,
+} from './associations.js';
 export { provenanceOf, type SampleRow } from './flatten.js';
 export { ROLLUP_HOUR_VIEW, ROLLUP_MINUTE_VIEW, ROLLUP_TOUCH_TABLE } from './schema-rollups.js';
 export {

@@ -25,6 +25,7 @@
  * each Observation type, so this does not happen with them.
  */
 import { PipelineError } from '../errors.js';
+import { deviceAssociationsTable } from './associations.js';
 import {
   latestViews,
   rollupStatements,
@@ -174,6 +175,11 @@ ORDER BY (patient_id, code, effective_start, observation_id, component_index)`,
       version: 6,
       description: 'reference data: screening ranges per code, device care units',
       statements: [referenceRangesTable(db), seedReferenceRanges(db), deviceUnitsTable(db)],
+    },
+    {
+      version: 7,
+      description: 'device_associations: which patient each device served, and when',
+      statements: [deviceAssociationsTable(db)],
     },
   ];
 }

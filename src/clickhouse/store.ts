@@ -33,6 +33,7 @@ import {
   type ObservationRow,
   type SampleRow,
 } from './flatten.js';
+import { DEVICE_ASSOCIATIONS_TABLE, type DeviceAssociationRow } from './associations.js';
 import { deviceMessageRow } from './messages.js';
 import { touchedBuckets } from './rollup-touch.js';
 import { ROLLUP_HOUR_STATE, ROLLUP_MINUTE_STATE, ROLLUP_TOUCH_TABLE } from './schema-rollups.js';
@@ -69,6 +70,8 @@ export interface AnalyticsStore {
   insertObservations(envelopes: readonly ObservationEnvelope[], committedAt: number): Promise<void>;
   /** device_messages rows; a later outcome of the same message replaces an earlier one. */
   insertMessages(outcomes: readonly MessageOutcome[]): Promise<void>;
+  /** device_associations rows (associations.ts): the latest history version wins. */
+  insertAssociations(rows: readonly DeviceAssociationRow[]): Promise<void>;
   /** Our own SQL; unqualified table names resolve in the configured database. */
   query(sql: string, format?: QueryFormat): Promise<string>;
   queryRows<T>(sql: string): Promise<T[]>;
@@ -278,6 +281,13 @@ export function storeOverDriver(
       for (const part of chunks(rows, batchRows)) {
         await d.insertRows(`${database}.${DEVICE_MESSAGES_TABLE}`, part);
       }
+    },
+
+    async insertAssociations(rows) {
+      if (rows.length === 0) return;
+      const d = await driver();
+      for (const part of chunks(rows, batchRows))
+        await d.insertRows(`${database}.${DEVICE_ASSOCIATIONS_TABLE}`, part);
     },
 
     async analystQuery(sql, format = 'JSONEachRow') {

@@ -7,4 +7,4 @@ export {
   type DeadLetterSummary,
   type ReplayResult,
 } from './store.js';
-export { parseTime } from './time.js';
+export { parseInstant, parseTime } from './time.js';

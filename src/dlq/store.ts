@@ -5,19 +5,30 @@
  *
  * Replay routes by content and stage:
  *  - a raw message (it failed while being normalized, or before) → "ingest":
- *    it is mapped again with the templates active now (after a template fix);
+ *    it is mapped again with the templates active now (after a template fix),
+ *    and attributed again by its reading time — so a reading held for having no
+ *    association lands on the patient of an association recorded since;
  *  - an Observation that failed at the FHIR stage → "fhir": written again as
- *    it was (after the server-side cause is fixed);
- *  - an Observation that failed at the analytics stage → "analytics".
+ *    it was (after the server-side cause is fixed), with its Patient and Device
+ *    ensured but NEVER an association written: a replay reads associations.
+ *    In Create mode each Observation's patient is checked against the
+ *    association history at its own time first; one that no longer matches (a
+ *    correction was recorded since) is not replayed (AssociationChanged);
+ *  - an Observation that failed at the analytics stage → "analytics";
+ *  - a device whose association history could not be written → "fhir" again.
  * Replayed entries leave the dead-letter queue only after their new job is
  * stored; a replay that fails again comes back as a new dead letter. Writes are
  * idempotent, so replaying twice does no harm.
  */
 import { randomUUID } from 'node:crypto';
 import type { Job } from 'bullmq';
+import type { Observation } from 'fhir/r4.js';
+import { associatedDuring, patientPeriods } from '../devices/associations.js';
+import type { AssociationReader } from '../devices/association-store.js';
 import { PipelineError, type ErrorCode, type Stage } from '../errors.js';
+import { patientRefs } from '../fhir/associations.js';
 import type { Queues } from '../queue-runtime.js';
-import type { DeadLetterJobData, ObservationEnvelope, SubjectRef } from '../queues.js';
+import type { DeadLetterJobData, ObservationEnvelope, PatientRef } from '../queues.js';
 
 export interface DeadLetterFilter {
   readonly code?: string;
@@ -38,7 +49,7 @@ export interface DeadLetterSummary {
   readonly code: ErrorCode;
   readonly deviceId: string;
   readonly reason: string;
-  readonly holds: 'message' | 'observation' | 'nothing';
+  readonly holds: 'message' | 'observation' | 'associations' | 'nothing';
   readonly traceId: string;
 }
 
@@ -49,8 +60,17 @@ export interface ReplayResult {
 }
 
 export interface DeadLetterStoreOptions {
-  /** Device.identifier.system for Devices re-created on an FHIR replay. */
-  readonly deviceIdentifierSystem: string;
+  /**
+   * Create mode: the association histories, to check each replayed
+   * Observation's patient at its time and to know which Patients may be
+   * created. Absent (the Lookup modes): FHIR is the source of truth and a
+   * replay ensures nothing.
+   */
+  readonly associations?: {
+    readonly reader: AssociationReader;
+    /** FHIR_CREATE_PATIENTS */
+    readonly createPatients: boolean;
+  };
   /** Entries per replayed job (jobs carry batches). */
   readonly batchSize?: number;
 }
@@ -76,37 +96,38 @@ function summary(job: Job<DeadLetterJobData>): DeadLetterSummary {
     code: d.code,
     deviceId: d.deviceId,
     reason: d.reason,
-    holds: d.message ? 'message' : d.observation ? 'observation' : 'nothing',
+    holds: d.message
+      ? 'message'
+      : d.observation
+        ? 'observation'
+        : d.associations
+          ? 'associations'
+          : 'nothing',
     traceId: d.traceId,
   };
 }
 
-/** The Patient and Device an Observation references, so the FHIR stage can ensure them. */
-function subjectsOf(env: ObservationEnvelope, deviceSystem: string): SubjectRef[] {
-  const patientId = env.observation.subject?.reference?.replace(/^Patient\//, '');
-  const deviceRef = env.observation.device?.reference?.replace(/^Device\//, '');
-  const out: SubjectRef[] = [];
-  if (patientId) {
-    out.push({
-      resourceType: 'Patient',
-      id: patientId,
-      identifier: { system: 'urn:iomt:patient', value: patientId },
-    });
-  }
-  if (deviceRef) {
-    out.push({
-      resourceType: 'Device',
-      id: deviceRef,
-      identifier: { system: deviceSystem, value: env.provenance.deviceId },
-      ...(patientId ? { patientId } : {}),
-    });
-  }
-  return out;
+/** The effective time of an Observation, [start, end) in epoch ms. */
+function effectiveRange(o: Observation): [number, number] | undefined {
+  const start = Date.parse(
+    o.effectiveDateTime ?? o.effectivePeriod?.start ?? o.effectiveInstant ?? '',
+  );
+  if (Number.isNaN(start)) return undefined;
+  const end = Date.parse(o.effectivePeriod?.end ?? '');
+  return [start, Number.isNaN(end) ? start : end];
+}
+
+function readingDevice(env: ObservationEnvelope): string {
+  return env.provenance.readingDeviceId ?? env.provenance.deviceId;
+}
+
+function patientOf(env: ObservationEnvelope): string {
+  return env.observation.subject?.reference?.replace(/^Patient\//, '') ?? '';
 }
 
 export class DeadLetterStore {
   readonly #queues: Queues;
-  readonly #opts: Required<DeadLetterStoreOptions>;
+  readonly #opts: DeadLetterStoreOptions & { readonly batchSize: number };
 
   constructor(queues: Queues, options: DeadLetterStoreOptions) {
     this.#queues = queues;
@@ -161,14 +182,18 @@ export class DeadLetterStore {
     const toIngest: Job<DeadLetterJobData>[] = [];
     const toFhir: Job<DeadLetterJobData>[] = [];
     const toAnalytics: Job<DeadLetterJobData>[] = [];
+    const toSync: Job<DeadLetterJobData>[] = [];
     const skipped: { id: string; why: string }[] = [];
     for (const job of jobs) {
       const d = job.data;
       if (d.message) toIngest.push(job);
       else if (d.observation && d.stage === 'analytics') toAnalytics.push(job);
       else if (d.observation) toFhir.push(job);
+      else if (d.associations) toSync.push(job);
       else skipped.push({ id: job.id ?? '', why: 'holds neither a message nor an Observation' });
     }
+    const fhirChecked = await this.#checkAttribution(toFhir);
+    skipped.push(...fhirChecked.skipped);
     const size = this.#opts.batchSize;
     for (let i = 0; i < toIngest.length; i += size) {
       const part = toIngest.slice(i, i + size);
@@ -179,16 +204,28 @@ export class DeadLetterStore {
       );
       await Promise.all(part.map((j) => j.remove()));
     }
-    for (let i = 0; i < toFhir.length; i += size) {
-      const part = toFhir.slice(i, i + size);
+    for (let i = 0; i < fhirChecked.ok.length; i += size) {
+      const part = fhirChecked.ok.slice(i, i + size);
       const observations = part.map((j) => j.data.observation!);
-      const subjects = new Map<string, SubjectRef>();
-      for (const env of observations)
-        for (const s of subjectsOf(env, this.#opts.deviceIdentifierSystem))
-          subjects.set(`${s.resourceType}/${s.id}`, s);
+      const { patients, devices } = fhirChecked.subjects(observations);
       await this.#queues.fhir.add(
         'replay',
-        { traceId: randomUUID(), subjects: [...subjects.values()], observations },
+        { traceId: randomUUID(), patients, devices, observations },
+        { jobId: `replay-${randomUUID()}` },
+      );
+      await Promise.all(part.map((j) => j.remove()));
+    }
+    for (let i = 0; i < toSync.length; i += size) {
+      const part = toSync.slice(i, i + size);
+      await this.#queues.fhir.add(
+        'replay',
+        {
+          traceId: randomUUID(),
+          patients: [],
+          devices: [],
+          observations: [],
+          associations: [...new Set(part.flatMap((j) => j.data.associations ?? []))],
+        },
         { jobId: `replay-${randomUUID()}` },
       );
       await Promise.all(part.map((j) => j.remove()));
@@ -206,10 +243,64 @@ export class DeadLetterStore {
       );
       await Promise.all(part.map((j) => j.remove()));
     }
+    const fhir = fhirChecked.ok.length + toSync.length;
     return {
-      replayed: toIngest.length + toFhir.length + toAnalytics.length,
-      byStage: { normalize: toIngest.length, fhir: toFhir.length, analytics: toAnalytics.length },
+      replayed: toIngest.length + fhir + toAnalytics.length,
+      byStage: { normalize: toIngest.length, fhir, analytics: toAnalytics.length },
       skipped,
+    };
+  }
+
+  /**
+   * Create mode: keeps the FHIR-stage dead letters whose Observation names the
+   * patient associated with its device at its own time, and says which
+   * Patients (creatable or not) and Devices the FHIR stage must ensure.
+   */
+  async #checkAttribution(jobs: readonly Job<DeadLetterJobData>[]): Promise<{
+    ok: Job<DeadLetterJobData>[];
+    skipped: { id: string; why: string }[];
+    subjects(observations: readonly ObservationEnvelope[]): {
+      patients: PatientRef[];
+      devices: string[];
+    };
+  }> {
+    const assoc = this.#opts.associations;
+    if (!assoc) {
+      return { ok: [...jobs], skipped: [], subjects: () => ({ patients: [], devices: [] }) };
+    }
+    const histories = await assoc.reader.histories(
+      jobs.map((j) => readingDevice(j.data.observation!)),
+    );
+    const ok: Job<DeadLetterJobData>[] = [];
+    const skipped: { id: string; why: string }[] = [];
+    for (const job of jobs) {
+      const env = job.data.observation!;
+      const periods = patientPeriods(histories.get(readingDevice(env)) ?? []);
+      const range = effectiveRange(env.observation);
+      if (range && associatedDuring(periods, patientOf(env), range[0], range[1])) ok.push(job);
+      else
+        skipped.push({
+          id: job.id ?? '',
+          why:
+            'AssociationChanged: the device was not associated with the patient this Observation ' +
+            'names at its time (a correction was recorded since); replay the raw message or review it',
+        });
+    }
+    return {
+      ok,
+      skipped,
+      subjects: (observations) => {
+        const patients = new Map<string, PatientRef>();
+        const devices = new Set<string>();
+        for (const env of observations) {
+          const device = readingDevice(env);
+          devices.add(device);
+          if (env.provenance.gatewayId !== undefined) devices.add(env.provenance.gatewayId);
+          for (const ref of patientRefs(histories.get(device) ?? [], assoc.createPatients))
+            if (ref.id === patientOf(env)) patients.set(ref.id, ref);
+        }
+        return { patients: [...patients.values()], devices: [...devices] };
+      },
     };
   }
 

@@ -57,26 +57,17 @@ function safeJson(s: string): unknown {
   }
 }
 
-interface HttpLikeError {
-  response?: { status?: number; data?: unknown };
-  config?: { headers?: { get?(name: string): string | null } };
-}
-
-/** Wraps whatever fhir-kit-client or fetch threw. */
+/**
+ * Wraps what a request threw before any answer: a network failure or a timeout
+ * (transient). The message names the operation and the cause's code, never the
+ * URL (it may carry credentials).
+ */
 export function fhirError(err: unknown, what: string): PipelineError {
   if (err instanceof PipelineError) return err;
-  const e = err as HttpLikeError;
-  const status = e.response?.status;
-  if (typeof status === 'number') {
-    const retryAfter = e.config?.headers?.get?.('retry-after') ?? null;
-    const wrapped = statusError(status, what, e.response?.data, retryAfter);
-    return new PipelineError(wrapped.code, wrapped.message, {
-      cause: err,
-      details: wrapped.details,
-      ...(wrapped.retryAfterMs !== undefined ? { retryAfterMs: wrapped.retryAfterMs } : {}),
-    });
-  }
-  return new PipelineError('FhirUnavailable', `${what}: ${(err as Error).message ?? String(err)}`, {
-    cause: err,
-  });
+  const e = err as { name?: string; message?: string; cause?: { code?: string; message?: string } };
+  const why =
+    e.name === 'TimeoutError'
+      ? 'timed out (FHIR_TIMEOUT_MS)'
+      : (e.cause?.code ?? e.cause?.message ?? e.message ?? String(err));
+  return new PipelineError('FhirUnavailable', `${what}: ${why}`, { cause: err });
 }

@@ -1,122 +1,126 @@
 /**
  * Identity resolution for the normalize worker, with MedTech's modes:
  *
- *  - Create: the device's registry binding names the Patient; Patient and
- *    Device are created (by the FHIR writer) with deterministic ids.
+ *  - Create: the patient is the one ASSOCIATED with the reading's device AT THE
+ *    READING'S TIME (devices/associations.ts, IHE PCIM); none → the reading is
+ *    dead-lettered as NoPatientAssociated, never attributed to whoever holds the
+ *    device when the job runs. Patient and Device are written by the FHIR writer
+ *    (Device from the association history, Patient only when it may be created).
  *  - Lookup: the FHIR Device carrying the device's identifier must exist and
  *    name its Patient (Device.patient), which must exist. A payload naming
- *    another patient is refused (PatientDeviceMismatch).
+ *    another patient is refused (PatientDeviceMismatch). MedTech's semantics:
+ *    the FHIR server is the source of truth, as it is now (docs/associations.md).
  *  - LookupWithEncounter: Lookup, and the reading must name an Encounter that
  *    exists (Encounter.identifier).
  *
  * In every mode a reading naming an encounter is linked to the Encounter with
  * that identifier (EncounterNotFound when none), and a device other than the
- * authenticated one may be named only by a gateway linked to it.
+ * authenticated one may be named only by a gateway linked to it at the reading's
+ * time.
  *
- * Contract: forMessage(record) → { resolve, subjects() }: `resolve` is the
- * IdentityResolver of the pure core; `subjects()` lists the Patients and
- * Devices the FHIR writer must ensure (Create mode). FHIR reads are cached
- * for `cacheMs` (found and not found alike); FhirUnavailable is thrown on a
- * transient failure, so the whole ingest job retries.
+ * Contract: forJob(authenticated ids) reads, once per job and in one round trip,
+ * the association histories of the job's devices (no cache across jobs: a change
+ * is in force for the next job); forMessage(id) → { resolve, patients(), devices() }:
+ * `resolve` is the IdentityResolver of the pure core; patients() and devices()
+ * list what the FHIR writer must ensure first. FHIR reads (Lookup modes,
+ * encounters) are cached for `cacheMs`; FhirUnavailable is thrown on a transient
+ * failure, so the whole ingest job retries.
  */
-import type { Bundle, Device, Encounter, Patient } from 'fhir/r4.js';
-import type { GatewayLinks } from '../devices/gateways.js';
-import type { DeviceRecord } from '../devices/registry.js';
+import type { Device, Encounter } from 'fhir/r4.js';
+import { LRUCache } from 'lru-cache';
+import {
+  linkedAt,
+  patientPeriods,
+  periodAt,
+  type AssociationPeriod,
+  type AssociationRecord,
+} from '../devices/associations.js';
+import type { AssociationReader } from '../devices/association-store.js';
+import type { DeviceRecord, DeviceRegistry } from '../devices/registry.js';
 import { PipelineError } from '../errors.js';
 import {
   createModeIdentity,
-  deviceResourceId,
   type IdentityClaim,
   type IdentityResolver,
   type ResolvedIdentity,
 } from '../mapping/index.js';
-import type { SubjectRef } from '../queues.js';
-import { fhirError, statusError } from './errors.js';
+import type { PatientRef } from '../queues.js';
+import { patientRefs } from './associations.js';
+import type { FhirGateway } from './gateway.js';
 
 export type IdentityMode = 'Create' | 'Lookup' | 'LookupWithEncounter';
 
 export interface IdentityOptions {
   readonly mode: IdentityMode;
-  readonly fhirUrl: string;
-  readonly timeoutMs: number;
+  readonly fhir: Pick<FhirGateway, 'read' | 'search'>;
   readonly deviceIdentifierSystem: string;
-  /** Registry records of other devices (gateway children). */
-  readonly device: (deviceId: string) => Promise<DeviceRecord | undefined>;
-  readonly gateways: Pick<GatewayLinks, 'isLinked'>;
+  /** FHIR_CREATE_PATIENTS: any Patient an association names may be created. */
+  readonly createPatients: boolean;
+  readonly associations: AssociationReader;
+  readonly registry: Pick<DeviceRegistry, 'get'>;
+  /** How long FHIR reads (Lookup modes, encounters) are reused, ms. */
   readonly cacheMs?: number;
 }
 
 export interface MessageIdentity {
   readonly resolve: IdentityResolver;
-  /** Patients and Devices to create before the Observations (Create mode). */
-  subjects(): SubjectRef[];
+  /** Patients the FHIR writer must ensure before the Observations (Create mode). */
+  patients(): PatientRef[];
+  /** Devices (MQTT ids) whose FHIR Device the writer must ensure first (Create mode). */
+  devices(): string[];
+}
+
+export interface JobIdentity {
+  /** Throws DeviceNotFound for a device that was never registered. */
+  forMessage(authenticatedDeviceId: string): Promise<MessageIdentity>;
 }
 
 export interface IdentityService {
-  forMessage(authenticated: DeviceRecord): MessageIdentity;
+  forJob(authenticatedDeviceIds: readonly string[]): Promise<JobIdentity>;
 }
 
 function refId(reference: string | undefined, type: string): string | undefined {
   return new RegExp(`(?:^|/)${type}/([^/]+)(?:/_history/.*)?$`).exec(reference ?? '')?.[1];
 }
 
+interface DeviceTimeline {
+  readonly records: readonly AssociationRecord[];
+  readonly periods: readonly AssociationPeriod[];
+}
+
 export function createIdentityService(options: IdentityOptions): IdentityService {
-  const base = options.fhirUrl.replace(/\/+$/, '');
-  const cacheMs = options.cacheMs ?? 10_000;
-  const cache = new Map<string, { at: number; value: unknown }>();
+  const ttl = options.cacheMs ?? 10_000;
+  // Bounded, with a time to live per entry (found and not found alike).
+  const cache = new LRUCache<string, { value: unknown }>({ max: 50_000, ttl: Math.max(1, ttl) });
 
   async function cached<T>(key: string, load: () => Promise<T>): Promise<T> {
-    const hit = cache.get(key);
-    if (hit && Date.now() - hit.at < cacheMs) return hit.value as T;
+    if (ttl > 0) {
+      const hit = cache.get(key);
+      if (hit) return hit.value as T;
+    }
     const value = await load();
-    if (cache.size > 50_000) cache.clear();
-    cache.set(key, { at: Date.now(), value });
+    if (ttl > 0) cache.set(key, { value });
     return value;
   }
 
-  async function get<T>(path: string): Promise<T | undefined> {
-    let res: Response;
-    try {
-      res = await fetch(`${base}/${path}`, {
-        signal: AbortSignal.timeout(options.timeoutMs),
-        headers: { accept: 'application/fhir+json', 'cache-control': 'no-cache' },
-      });
-    } catch (err) {
-      throw fhirError(err, `GET ${path.split('?')[0]}`);
-    }
-    if (res.status === 404 || res.status === 410) return undefined;
-    const body: unknown = await res.json().catch(() => undefined);
-    if (!res.ok)
-      throw statusError(
-        res.status,
-        `GET ${path.split('?')[0]}`,
-        body,
-        res.headers.get('retry-after'),
-      );
-    return body as T;
-  }
-
-  async function first<T>(type: string, query: string): Promise<T | undefined> {
-    const bundle = await get<Bundle>(`${type}?${query}&_count=2`);
-    return bundle?.entry?.[0]?.resource as T | undefined;
-  }
-
   const fhirDevice = (deviceId: string) =>
-    cached(`device:${deviceId}`, () =>
-      first<Device>(
-        'Device',
-        `identifier=${encodeURIComponent(`${options.deviceIdentifierSystem}|${deviceId}`)}`,
-      ),
-    );
+    cached(`device:${deviceId}`, async () => {
+      const found = await options.fhir.search<Device>('Device', {
+        identifier: `${options.deviceIdentifierSystem}|${deviceId}`,
+        _count: '2',
+      });
+      return found[0];
+    });
   const patientExists = (id: string) =>
-    cached(
-      `patient:${id}`,
-      async () => (await get<Patient>(`Patient/${encodeURIComponent(id)}`)) !== undefined,
-    );
+    cached(`patient:${id}`, async () => (await options.fhir.read('Patient', id)) !== undefined);
   const encounter = (identifier: string) =>
-    cached(`encounter:${identifier}`, () =>
-      first<Encounter>('Encounter', `identifier=${encodeURIComponent(identifier)}`),
-    );
+    cached(`encounter:${identifier}`, async () => {
+      const found = await options.fhir.search<Encounter>('Encounter', {
+        identifier,
+        _count: '2',
+      });
+      return found[0];
+    });
 
   async function encounterId(claim: IdentityClaim, required: boolean): Promise<string | undefined> {
     if (claim.encounterId === undefined) {
@@ -142,9 +146,7 @@ export function createIdentityService(options: IdentityOptions): IdentityService
       throw new PipelineError(
         'DeviceNotFound',
         `no FHIR Device carries identifier ${options.deviceIdentifierSystem}|${deviceId}`,
-        {
-          details: { deviceId },
-        },
+        { details: { deviceId } },
       );
     }
     const patientId = refId(d.patient?.reference, 'Patient');
@@ -157,89 +159,119 @@ export function createIdentityService(options: IdentityOptions): IdentityService
       throw new PipelineError(
         'PatientNotFound',
         'the Patient the FHIR Device names does not exist',
-        {
-          details: { deviceId },
-        },
+        { details: { deviceId } },
       );
     }
     return { id: d.id, patientId };
   }
 
   return {
-    forMessage(authenticated) {
-      const subjects = new Map<string, SubjectRef>();
-      const resolve: IdentityResolver = async (claim): Promise<ResolvedIdentity> => {
-        const viaGateway = claim.deviceId !== claim.authenticatedDeviceId;
-        if (
-          viaGateway &&
-          !(await cached(`link:${claim.authenticatedDeviceId}:${claim.deviceId}`, () =>
-            options.gateways.isLinked(claim.authenticatedDeviceId, claim.deviceId),
-          ))
-        ) {
-          throw new PipelineError('DeviceSpoofing', 'the payload names another device', {
-            details: { gateway: claim.authenticatedDeviceId },
-          });
-        }
-        if (options.mode === 'Create') {
-          const child = viaGateway ? await options.device(claim.deviceId) : authenticated;
-          const identity = createModeIdentity(
-            claim,
-            () => child?.patientId,
-            () => true, // the link was checked above
-          );
-          const enc = await encounterId(claim, false);
-          for (const [id, patientId] of [
-            [claim.deviceId, identity.patientId],
-            ...(viaGateway ? [[authenticated.deviceId, authenticated.patientId]] : []),
-          ] as const) {
-            subjects.set(`Patient/${patientId}`, {
-              resourceType: 'Patient',
-              id: patientId,
-              identifier: { system: 'urn:iomt:patient', value: patientId },
-            });
-            subjects.set(`Device/${deviceResourceId(id)}`, {
-              resourceType: 'Device',
-              id: deviceResourceId(id),
-              identifier: { system: options.deviceIdentifierSystem, value: id },
-              patientId,
-            });
-          }
-          // The encounter is the one found by identifier, not the raw id of the payload.
-          const rest: ResolvedIdentity = {
-            patientId: identity.patientId,
-            deviceResourceId: identity.deviceResourceId,
-            ...(identity.gatewayId !== undefined
-              ? { gatewayId: identity.gatewayId, gatewayResourceId: identity.gatewayResourceId! }
-              : {}),
-          };
-          return { ...rest, ...(enc !== undefined ? { encounterResourceId: enc } : {}) };
-        }
-        // Lookup / LookupWithEncounter: FHIR is the source of truth.
-        const device = await lookupDevice(claim.deviceId);
-        if (claim.claimedPatientId !== undefined && claim.claimedPatientId !== device.patientId) {
-          throw new PipelineError(
-            'PatientDeviceMismatch',
-            'the payload names a patient other than the one the FHIR Device names',
-            { details: { deviceId: claim.deviceId } },
-          );
-        }
-        const gateway = viaGateway ? await fhirDevice(claim.authenticatedDeviceId) : undefined;
-        if (viaGateway && !gateway?.id) {
-          throw new PipelineError('DeviceNotFound', 'the gateway has no FHIR Device', {
-            details: { deviceId: claim.authenticatedDeviceId },
-          });
-        }
-        const enc = await encounterId(claim, options.mode === 'LookupWithEncounter');
-        return {
-          patientId: device.patientId,
-          deviceResourceId: device.id,
-          ...(viaGateway
-            ? { gatewayId: claim.authenticatedDeviceId, gatewayResourceId: gateway!.id! }
-            : {}),
-          ...(enc !== undefined ? { encounterResourceId: enc } : {}),
-        };
+    async forJob(authenticatedIds) {
+      // One round trip for the histories of the job's devices; gateways' children on demand.
+      const timelines = new Map<string, DeviceTimeline>();
+      const put = (id: string, records: readonly AssociationRecord[]) => {
+        const t = { records, periods: patientPeriods(records) };
+        timelines.set(id, t);
+        return t;
       };
-      return { resolve, subjects: () => [...subjects.values()] };
+      if (options.mode === 'Create') {
+        for (const [id, records] of await options.associations.histories(authenticatedIds))
+          put(id, records);
+      }
+      const timeline = async (id: string): Promise<DeviceTimeline> =>
+        timelines.get(id) ?? put(id, await options.associations.history(id));
+      const records = new Map<string, Promise<DeviceRecord | undefined>>();
+      const record = (id: string) => {
+        let r = records.get(id);
+        if (!r) records.set(id, (r = options.registry.get(id)));
+        return r;
+      };
+
+      return {
+        async forMessage(authenticatedDeviceId) {
+          const authenticated = await record(authenticatedDeviceId);
+          // Identity comes from CONNECT; a removed device's earlier readings still
+          // belong to the patients of their time. Never registered: nothing to go by.
+          if (!authenticated)
+            throw new PipelineError(
+              'DeviceNotFound',
+              `device "${authenticatedDeviceId}" is not registered`,
+            );
+          const patients = new Map<string, PatientRef>();
+          const devices = new Set<string>();
+
+          const resolve: IdentityResolver = async (claim): Promise<ResolvedIdentity> => {
+            const at = Date.parse(claim.occurrenceTime);
+            if (options.mode === 'Create') {
+              const own = await timeline(claim.deviceId);
+              const identity = createModeIdentity(claim, {
+                authenticatedIsGateway: authenticated.kind === 'gateway',
+                linked: () => linkedAt(own.records, claim.authenticatedDeviceId, at),
+                patientOf: () => periodAt(own.periods, at)?.patientId,
+              });
+              const enc = await encounterId(claim, false);
+              for (const ref of patientRefs(own.records, options.createPatients))
+                if (ref.id === identity.patientId) patients.set(ref.id, ref);
+              devices.add(claim.deviceId);
+              if (identity.gatewayId !== undefined) devices.add(identity.gatewayId);
+              // The encounter is the one found by identifier, not the raw id of the payload.
+              const resolved: { -readonly [K in keyof ResolvedIdentity]: ResolvedIdentity[K] } = {
+                ...identity,
+              };
+              delete resolved.encounterResourceId;
+              return { ...resolved, ...(enc !== undefined ? { encounterResourceId: enc } : {}) };
+            }
+            // Lookup / LookupWithEncounter: FHIR is the source of truth; gateway links are ours.
+            const viaGateway = claim.deviceId !== claim.authenticatedDeviceId;
+            if (
+              viaGateway &&
+              !linkedAt((await timeline(claim.deviceId)).records, claim.authenticatedDeviceId, at)
+            ) {
+              throw new PipelineError('DeviceSpoofing', 'the payload names another device', {
+                details: { gateway: claim.authenticatedDeviceId },
+              });
+            }
+            if (authenticated.kind === 'gateway' && !viaGateway) {
+              throw new PipelineError(
+                'GatewayChildMissing',
+                'a gateway reading names no device it was taken by',
+                { details: { gateway: claim.authenticatedDeviceId } },
+              );
+            }
+            const device = await lookupDevice(claim.deviceId);
+            if (
+              claim.claimedPatientId !== undefined &&
+              claim.claimedPatientId !== device.patientId
+            ) {
+              throw new PipelineError(
+                'PatientDeviceMismatch',
+                'the payload names a patient other than the one the FHIR Device names',
+                { details: { deviceId: claim.deviceId } },
+              );
+            }
+            const gateway = viaGateway ? await fhirDevice(claim.authenticatedDeviceId) : undefined;
+            if (viaGateway && !gateway?.id) {
+              throw new PipelineError('DeviceNotFound', 'the gateway has no FHIR Device', {
+                details: { deviceId: claim.authenticatedDeviceId },
+              });
+            }
+            const enc = await encounterId(claim, options.mode === 'LookupWithEncounter');
+            return {
+              patientId: device.patientId,
+              deviceResourceId: device.id,
+              ...(viaGateway
+                ? { gatewayId: claim.authenticatedDeviceId, gatewayResourceId: gateway!.id! }
+                : {}),
+              ...(enc !== undefined ? { encounterResourceId: enc } : {}),
+            };
+          };
+          return {
+            resolve,
+            patients: () => [...patients.values()],
+            devices: () => [...devices],
+          };
+        },
+      };
     },
   };
 }

@@ -22,7 +22,8 @@ import type { Observation } from 'fhir/r4.js';
 import { PipelineError } from '../errors.js';
 import { mergeObservations } from '../mapping/index.js';
 import type { EntryOutcome } from './store.js';
-import { fhirError, statusError } from './errors.js';
+import { fhirError } from './errors.js';
+import type { FhirGateway } from './gateway.js';
 
 export type MergeOutcome = EntryOutcome & { readonly written?: Observation };
 
@@ -31,8 +32,6 @@ export interface ObservationMerger {
 }
 
 export interface MergerOptions {
-  readonly baseUrl: string;
-  readonly timeoutMs: number;
   /** Conflicts tolerated for one Observation before the job retries it. */
   readonly maxAttempts?: number;
   /** For tests and instrumentation: called on every If-Match conflict. */
@@ -45,62 +44,31 @@ interface Read {
   readonly version?: string;
 }
 
-function version(etag: string | null, resource?: Observation): string | undefined {
-  return etag?.match(/"([^"]+)"/)?.[1] ?? resource?.meta?.versionId;
-}
-
-export function createObservationMerger(options: MergerOptions): ObservationMerger {
-  const base = options.baseUrl.replace(/\/+$/, '');
+export function createObservationMerger(
+  gateway: Pick<FhirGateway, 'readVersioned' | 'vread' | 'update'>,
+  options: MergerOptions = {},
+): ObservationMerger {
   const maxAttempts = options.maxAttempts ?? 8;
 
-  async function request(
-    method: 'GET' | 'PUT',
-    path: string,
-    body?: Observation,
-    ifMatch?: string,
-  ): Promise<Read> {
-    let res: Response;
-    try {
-      res = await fetch(`${base}/${path}`, {
-        method,
-        signal: AbortSignal.timeout(options.timeoutMs),
-        headers: {
-          accept: 'application/fhir+json',
-          'cache-control': 'no-cache',
-          ...(body ? { 'content-type': 'application/fhir+json' } : {}),
-          ...(ifMatch ? { 'if-match': `W/"${ifMatch}"` } : {}),
-        },
-        ...(body ? { body: JSON.stringify(body) } : {}),
-      });
-    } catch (err) {
-      throw fhirError(err, `${method} ${path}`);
-    }
-    const text = await res.text();
-    let resource: Observation | undefined;
-    try {
-      resource = text ? (JSON.parse(text) as Observation) : undefined;
-    } catch {
-      resource = undefined;
-    }
-    if (res.ok) {
-      return {
-        status: res.status,
-        ...(resource?.resourceType === 'Observation' ? { resource } : {}),
-        ...(version(res.headers.get('etag'), resource) !== undefined
-          ? { version: version(res.headers.get('etag'), resource)! }
-          : {}),
-      };
-    }
-    if (method === 'GET' && (res.status === 404 || res.status === 410))
-      return { status: res.status };
-    if (method === 'PUT' && (res.status === 409 || res.status === 412))
-      return { status: res.status };
-    throw statusError(
-      res.status,
-      `${method} ${path}`,
-      resource ?? text,
-      res.headers.get('retry-after'),
-    );
+  async function read(id: string): Promise<Read> {
+    const stored = await gateway.readVersioned<Observation>('Observation', id);
+    return stored
+      ? {
+          status: 200,
+          resource: stored.resource,
+          ...(stored.versionId !== undefined ? { version: stored.versionId } : {}),
+        }
+      : { status: 404 };
+  }
+
+  /** PUT, If-Match when a version is given; a conflict answers status 409/412. */
+  async function put(observation: Observation, ifMatch?: string): Promise<Read> {
+    const r = await gateway.update(observation, {
+      ...(ifMatch !== undefined ? { ifMatch } : {}),
+      representation: false,
+    });
+    if (r.conflict) return { status: r.status };
+    return { status: r.status, ...(r.versionId !== undefined ? { version: r.versionId } : {}) };
   }
 
   function ok(r: Read, created: boolean, written: Observation, unchanged = false): MergeOutcome {
@@ -122,29 +90,26 @@ export function createObservationMerger(options: MergerOptions): ObservationMerg
   /** One read–merge–write; on a conflict, what to bring to the next attempt. */
   async function attempt(incoming: Observation): Promise<Step> {
     const id = incoming.id ?? '';
-    const path = `Observation/${id}`;
-    const stored = await request('GET', path);
+    const stored = await read(id);
     if (stored.resource) {
       const { observation, changed } = mergeObservations(stored.resource, incoming);
       if (!changed) return { done: ok(stored, false, stored.resource, true) };
-      const put = await request('PUT', path, observation, stored.version);
-      if (put.status === 409 || put.status === 412) return { retry: incoming };
-      return { done: ok(put, false, observation) };
+      const written = await put(observation, stored.version);
+      if (written.status === 409 || written.status === 412) return { retry: incoming };
+      return { done: ok(written, false, observation) };
     }
-    const put = await request('PUT', path, incoming);
-    if (put.status === 409 || put.status === 412) return { retry: incoming };
-    if (put.status === 201 || put.version === '1' || put.version === undefined) {
-      return { done: ok(put, put.status === 201, incoming) };
+    const first = await put(incoming);
+    if (first.status === 409 || first.status === 412) return { retry: incoming };
+    if (first.status === 201 || first.version === '1' || first.version === undefined) {
+      return { done: ok(first, first.status === 201, incoming) };
     }
     // Another writer created it after our GET, and this PUT replaced its version:
     // from now on we carry that version's content too, until a conditional PUT
     // (which merges whatever it replaces) stores it.
-    const previous = String(Number(put.version) - 1);
-    const theirs = await request('GET', `${path}/_history/${previous}`);
-    const carried = theirs.resource
-      ? { ...mergeObservations(theirs.resource, incoming).observation, id }
-      : incoming;
-    const again = await request('PUT', path, carried, put.version);
+    const previous = String(Number(first.version) - 1);
+    const theirs = await gateway.vread<Observation>('Observation', id, previous);
+    const carried = theirs ? { ...mergeObservations(theirs, incoming).observation, id } : incoming;
+    const again = await put(carried, first.version);
     if (again.status === 409 || again.status === 412) return { retry: carried };
     return { done: ok(again, false, carried) };
   }

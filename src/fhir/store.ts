@@ -1,25 +1,24 @@
 /**
- * The FHIR adapter (fhir-kit-client). Contract:
- *  - ensureSubjects(refs): every Patient and Device exists before Observations
- *    reference them (servers enforce referential integrity); created with our
- *    deterministic ids when missing, remembered per process.
+ * What the FHIR writer needs of the FHIR server, over the one gateway
+ * (gateway.ts). Contract:
+ *  - ensurePatients(refs): every Patient exists before Observations reference
+ *    it (servers enforce referential integrity). A missing Patient is created
+ *    (our deterministic id) only when its reference says it may be
+ *    (FHIR_CREATE_PATIENTS, or an association that marked it new); otherwise
+ *    PatientNotFound: a mistyped id never becomes a phantom Patient. Found
+ *    Patients are remembered per process (bounded). Devices are written from
+ *    their association history (associations.ts), never from an Observation.
  *  - writeObservations(obs): one batch Bundle of `PUT Observation/{id}` (create
- *    or update, idempotent); returns one outcome per entry, in order — a rejected
- *    entry never fails its neighbours.
+ *    or update, idempotent); returns one outcome per entry, in order — a
+ *    rejected entry never fails its neighbours.
  * Throws PipelineError FhirUnavailable when the whole request failed transiently.
  */
-import { Client, type FhirResource } from 'fhir-kit-client';
-import type {
-  Bundle,
-  BundleEntry,
-  Device,
-  Observation,
-  OperationOutcome,
-  Patient,
-} from 'fhir/r4.js';
+import type { BundleEntry, Observation, OperationOutcome, Patient } from 'fhir/r4.js';
+import { LRUCache } from 'lru-cache';
 import { PipelineError } from '../errors.js';
-import type { SubjectRef } from '../queues.js';
-import { fhirError, statusError } from './errors.js';
+import type { PatientRef } from '../queues.js';
+import { statusError } from './errors.js';
+import { versionFromEtag, type FhirGateway } from './gateway.js';
 
 export type EntryOutcome =
   | {
@@ -39,19 +38,18 @@ export type EntryOutcome =
   | { readonly ok: false; readonly error: PipelineError };
 
 export interface FhirStore {
-  ensureSubjects(subjects: readonly SubjectRef[]): Promise<void>;
+  /** Resolves when every Patient exists; PatientNotFound names the first that may not be created. */
+  ensurePatients(patients: readonly PatientRef[]): Promise<void>;
+  /** Whether Patient/{id} exists (not cached: an operator is asking). */
+  patientExists(id: string): Promise<boolean>;
   writeObservations(observations: readonly Observation[]): Promise<EntryOutcome[]>;
   /** The stored Observations with these ids (missing ones are left out). */
   readObservations(ids: readonly string[]): Promise<Observation[]>;
-  /** Resolves when the server answers its CapabilityStatement. */
-  ping(): Promise<void>;
 }
 
 export interface FhirStoreOptions {
-  readonly baseUrl: string;
-  readonly timeoutMs: number;
-  /** Most subjects remembered as existing (then the memory starts over). */
-  readonly knownSubjectsLimit?: number;
+  /** Most Patients remembered as existing. */
+  readonly knownPatients?: number;
 }
 
 /** "201 Created" → 201 (FHIR R4 Bundle.entry.response.status). */
@@ -66,114 +64,66 @@ function outcomeHasCode(outcome: unknown, code: string): boolean {
   return issues.some((i) => i.details?.coding?.some((c) => c.code === code) ?? false);
 }
 
-/** W/"3" → "3" */
-function versionFromEtag(etag: string | undefined): string | undefined {
-  return etag?.match(/"([^"]+)"/)?.[1];
-}
-
-export function createFhirStore(options: FhirStoreOptions): FhirStore {
-  const client = new Client({ baseUrl: options.baseUrl });
-  const known = new Set<string>();
-  /** Ensures in progress, so concurrent jobs for one device share one request. */
+export function createFhirStore(gateway: FhirGateway, options: FhirStoreOptions = {}): FhirStore {
+  const known = new LRUCache<string, true>({ max: options.knownPatients ?? 100_000 });
+  /** Ensures in progress, so concurrent jobs for one patient share one request. */
   const inFlight = new Map<string, Promise<void>>();
-  const limit = options.knownSubjectsLimit ?? 100_000;
-  const requestOptions = () => ({
-    signal: AbortSignal.timeout(options.timeoutMs),
-    headers: { 'Cache-Control': 'no-cache' },
-  });
 
-  function ensureOne(s: SubjectRef): Promise<void> {
-    const key = `${s.resourceType}/${s.id}/${s.patientId ?? ''}`;
-    if (known.has(key)) return Promise.resolve();
-    let pending = inFlight.get(key);
+  function ensureOne(p: PatientRef): Promise<void> {
+    if (known.has(p.id)) return Promise.resolve();
+    let pending = inFlight.get(p.id);
     if (!pending) {
-      pending = createIfMissing(s)
-        .then(() => {
-          if (known.size >= limit) known.clear();
-          known.add(key);
-        })
-        .finally(() => inFlight.delete(key));
-      inFlight.set(key, pending);
+      pending = ensurePatient(p)
+        .then(() => void known.set(p.id, true))
+        .finally(() => inFlight.delete(p.id));
+      inFlight.set(p.id, pending);
     }
     return pending;
   }
 
-  async function createIfMissing(s: SubjectRef, attempt = 1): Promise<void> {
-    let existing: Patient | Device | undefined;
-    try {
-      existing = (await client.read({
-        resourceType: s.resourceType,
-        id: s.id,
-        options: requestOptions(),
-      })) as Patient | Device;
-    } catch (err) {
-      const status = (err as { response?: { status?: number } }).response?.status;
-      if (status !== 404 && status !== 410) throw fhirError(err, `read ${s.resourceType}/${s.id}`);
+  async function ensurePatient(p: PatientRef, attempt = 1): Promise<void> {
+    if ((await gateway.read<Patient>('Patient', p.id)) !== undefined) return;
+    if (!p.create) {
+      throw new PipelineError(
+        'PatientNotFound',
+        `Patient/${p.id} does not exist on the FHIR server and may not be created ` +
+          '(FHIR_CREATE_PATIENTS is off and the association did not mark it new)',
+        { details: { patientId: p.id }, stage: 'fhir' },
+      );
     }
-    const wantPatient = s.patientId ? `Patient/${s.patientId}` : undefined;
-    const upToDate =
-      existing !== undefined &&
-      (s.resourceType === 'Patient' || (existing as Device).patient?.reference === wantPatient);
-    if (!upToDate) {
-      const body: Patient | Device =
-        s.resourceType === 'Patient'
-          ? { resourceType: 'Patient', id: s.id, identifier: [{ ...s.identifier }] }
-          : {
-              ...(existing as Device | undefined),
-              resourceType: 'Device',
-              id: s.id,
-              identifier: [{ ...s.identifier }],
-              status: 'active',
-              ...(wantPatient ? { patient: { reference: wantPatient } } : {}),
-            };
-      try {
-        await client.update({
-          resourceType: s.resourceType,
-          id: s.id,
-          body: body as unknown as FhirResource,
-          options: requestOptions(),
-        });
-      } catch (err) {
-        const status = (err as { response?: { status?: number } }).response?.status;
-        // 409/412: another writer (another worker process) created it at the same
-        // moment (HAPI-0825). Read again: it is most likely there now.
-        if ((status === 409 || status === 412) && attempt < 3)
-          return createIfMissing(s, attempt + 1);
-        throw fhirError(err, `write ${s.resourceType}/${s.id}`);
-      }
+    const written = await gateway.update<Patient>(
+      { resourceType: 'Patient', id: p.id, identifier: [{ ...p.identifier }] },
+      { representation: false },
+    );
+    // 409/412: another writer (another worker process) created it at the same
+    // moment (HAPI-0825). Read again: it is most likely there now.
+    if (written.conflict) {
+      if (attempt < 3) return ensurePatient(p, attempt + 1);
+      throw new PipelineError('FhirUnavailable', 'write Patient: still conflicting', {
+        details: { status: written.status },
+      });
     }
   }
 
   return {
-    async ensureSubjects(subjects) {
-      // Patients first: a Device references its Patient.
-      const ordered = [...subjects].sort((a, b) =>
-        a.resourceType === b.resourceType ? 0 : a.resourceType === 'Patient' ? -1 : 1,
-      );
-      for (const s of ordered) await ensureOne(s);
+    async ensurePatients(patients) {
+      for (const p of patients) await ensureOne(p);
+    },
+
+    async patientExists(id) {
+      return (await gateway.read<Patient>('Patient', id)) !== undefined;
     },
 
     async writeObservations(observations) {
       if (observations.length === 0) return [];
-      const bundle: Bundle = {
-        resourceType: 'Bundle',
-        type: 'batch',
-        entry: observations.map((o): BundleEntry => ({
+      const response = await gateway.batch(
+        observations.map((o): BundleEntry => ({
           resource: o,
           request: { method: 'PUT', url: `Observation/${o.id ?? ''}` },
         })),
-      };
-      let response: Bundle;
-      try {
-        const base = requestOptions();
-        response = (await client.batch({
-          body: bundle as unknown as FhirResource,
-          // FHIR R4 http.html#ops: the stored version per entry, for the ClickHouse mirror.
-          options: { ...base, headers: { ...base.headers, Prefer: 'return=representation' } },
-        })) as unknown as Bundle;
-      } catch (err) {
-        throw fhirError(err, 'batch write');
-      }
+        // The stored version per entry, for the ClickHouse mirror.
+        { representation: true },
+      );
       const entries = response.entry ?? [];
       if (entries.length !== observations.length) {
         throw new PipelineError(
@@ -213,28 +163,14 @@ export function createFhirStore(options: FhirStoreOptions): FhirStore {
       // 50 ids per search keeps the URL short (ids are up to 64 characters).
       for (let i = 0; i < ids.length; i += 50) {
         const part = ids.slice(i, i + 50);
-        let bundle: Bundle;
-        try {
-          bundle = (await client.search({
-            resourceType: 'Observation',
-            searchParams: { _id: part.join(','), _count: String(part.length) },
-            options: requestOptions(),
-          })) as unknown as Bundle;
-        } catch (err) {
-          throw fhirError(err, 'read Observations');
-        }
-        for (const e of bundle.entry ?? [])
-          if (e.resource?.resourceType === 'Observation') found.push(e.resource as Observation);
+        found.push(
+          ...(await gateway.search<Observation>('Observation', {
+            _id: part.join(','),
+            _count: String(part.length),
+          })),
+        );
       }
       return found;
-    },
-
-    async ping() {
-      try {
-        await client.capabilityStatement({ signal: AbortSignal.timeout(options.timeoutMs) });
-      } catch (err) {
-        throw fhirError(err, 'metadata');
-      }
     },
   };
 }

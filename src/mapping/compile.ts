@@ -8,7 +8,13 @@ import { createHash } from 'node:crypto';
 import { compileExpression, type CompiledExpression } from './expressions.js';
 import { deviceCollectionSchema, fhirCollectionSchema } from './schema.js';
 import { readDeviceTemplate, readFhirTemplate, zodFindings, type Path } from './templates.js';
-import type { DeviceTemplateSpec, ExpressionSpec, FhirTemplateSpec } from './types.js';
+import type {
+  DeviceTemplateSpec,
+  DeviceValueSpec,
+  ExpressionSpec,
+  FhirTemplateSpec,
+  FhirValueSpec,
+} from './types.js';
 
 export type { CompiledExpression };
 
@@ -34,6 +40,10 @@ export interface CompiledValue {
   readonly valueName: string;
   readonly required: boolean;
   readonly expression: CompiledExpression;
+  /** The device's unit for this value (unitExpression). */
+  readonly unitExpression?: CompiledExpression;
+  /** Units, special values and sentinels as the template declares them. */
+  readonly spec: DeviceValueSpec;
 }
 
 export interface CompiledDeviceTemplate {
@@ -135,7 +145,24 @@ function compileDeviceTemplate(
   spec.values.forEach((v, i) => {
     const path = exprPath(rawValues[i], [...base, 'values', i], 'valueExpression');
     const expr = compileOne(v.valueExpression, file, path, problems);
-    if (expr) values.push({ valueName: v.valueName, required: v.required, expression: expr });
+    const unit =
+      v.unitExpression === undefined
+        ? undefined
+        : compileOne(
+            v.unitExpression,
+            file,
+            exprPath(rawValues[i], [...base, 'values', i], 'unitExpression'),
+            problems,
+          );
+    if (expr) {
+      values.push({
+        valueName: v.valueName,
+        required: v.required,
+        expression: expr,
+        ...(unit ? { unitExpression: unit } : {}),
+        spec: v,
+      });
+    }
   });
   if (problems.length > before || !match) return undefined;
   return { spec, file, path: base, match, ...optional, values };
@@ -146,7 +173,29 @@ function fhirValueNames(t: FhirTemplateSpec): string[] {
   if (t.kind !== 'CodeValueFhir') return [];
   return [t.value, ...(t.components ?? []).map((c) => c.value)]
     .filter((v) => v !== undefined && v.valueType !== 'CodeableConcept')
-    .map((v) => (v as { valueName: string }).valueName);
+    .flatMap((v) => {
+      const named = v as { valueName: string; periodName?: string };
+      return named.periodName !== undefined
+        ? [named.valueName, named.periodName]
+        : [named.valueName];
+    });
+}
+
+/** The UCUM code a CodeValueFhir template writes a value in (Quantity code, SampledData origin code). */
+function fhirUnitOf(t: FhirTemplateSpec, valueName: string): string | undefined {
+  if (t.kind !== 'CodeValueFhir') return undefined;
+  const specs: (FhirValueSpec | undefined)[] = [
+    t.value,
+    ...(t.components ?? []).map((c) => c.value),
+  ];
+  for (const v of specs) {
+    if (
+      (v?.valueType === 'Quantity' || v?.valueType === 'SampledData') &&
+      v.valueName === valueName
+    )
+      return v.code;
+  }
+  return undefined;
 }
 
 export interface CompileOptions {
@@ -238,6 +287,17 @@ export function compileMappings(
     }
     const produced = new Set(d.values.map((v) => v.valueName));
     const used = fhirValueNames(f.spec);
+    for (const v of d.values) {
+      const target = v.spec.unit;
+      const written = fhirUnitOf(f.spec, v.valueName);
+      if (target !== undefined && written !== undefined && written !== target) {
+        problems.push({
+          file: f.file,
+          path: [],
+          message: `FHIR template "${f.spec.typeName}" writes value "${v.valueName}" in "${written}", but the device template in ${d.file} converts it to "${target}"`,
+        });
+      }
+    }
     for (const name of used) {
       if (!produced.has(name)) {
         problems.push({

@@ -9,6 +9,7 @@ import type { MappingSet } from './compile.js';
 import type { TraceEvent } from './device-mapping.js';
 import type { IdentityClaim, IdentityResolver, ResolvedIdentity } from './identity.js';
 import { bindingResolver } from './identity.js';
+import type { NormalizePolicy } from './input-policy.js';
 import { normalizeMessage, type NormalizeResult } from './normalize.js';
 import type { MessageMeta } from './types.js';
 
@@ -18,6 +19,8 @@ export interface DebugInput {
   readonly patientId: string | undefined;
   readonly children?: ReadonlyMap<string, string | undefined>;
   readonly identifierSystem: string;
+  /** The worker's policy (input limits, plausibility, daily-window zone); default: the documented defaults. */
+  readonly policy?: NormalizePolicy;
 }
 
 export interface DebugReport {
@@ -50,6 +53,15 @@ export async function debugMessage(mappings: MappingSet, input: DebugInput): Pro
       );
     } else if (e.kind === 'expression') {
       out(`       ${e.field} [${e.language}${e.fast ? ', direct read' : ''}] = ${show(e.value)}`);
+    } else if (e.kind === 'value') {
+      const o = e.outcome;
+      if (o.kind === 'absent') {
+        out(`       value "${e.valueName}": no measurement → dataAbsentReason ${o.reason}`);
+      } else if (o.kind === 'converted') {
+        out(
+          `       value "${e.valueName}": ${o.original.value} ${o.original.unit} → ${o.value} ${e.unit ?? ''} (UCUM)`,
+        );
+      }
     } else {
       out(`       → reading at ${e.reading.occurrenceTime}: ${show(e.reading.values)}`);
     }
@@ -73,6 +85,7 @@ export async function debugMessage(mappings: MappingSet, input: DebugInput): Pro
       identifierSystem: input.identifierSystem,
       resolveIdentity,
       trace,
+      ...(input.policy ? { policy: input.policy } : {}),
     });
   } catch (err) {
     out();
@@ -97,6 +110,11 @@ export async function debugMessage(mappings: MappingSet, input: DebugInput): Pro
   out(JSON.stringify(result.measurements, null, 2));
   out();
   out(`4. observations (${result.observations.length})`);
+  for (const f of result.implausible) {
+    out(
+      `   ${f.observationId}: ${f.type} code ${f.code} is implausible (${f.side === 'high' ? 'above' : 'below'} its limit) — kept, status preliminary, interpretation questionable + ${f.side === 'high' ? 'HX' : 'LX'}`,
+    );
+  }
   for (const o of result.observations) {
     if (o.merge) out(`   ${o.observation.id}: grouped — the writer merges it into the stored one`);
   }

@@ -15,12 +15,18 @@
 import { PipelineError, foreignErrorKind } from '../errors.js';
 import type { CompiledDeviceTemplate, CompiledExpression, MappingSet } from './compile.js';
 import type { Bindings } from './expressions.js';
+import type { AbsentCode } from './special-values.js';
 import { parseTimestamp } from './timestamp.js';
+import { applyValuePolicy, type ValueOutcome } from './value-policy.js';
 import type { Measurement, MeasurementValue, MessageMeta } from './types.js';
 
 /** A reading before identity resolution: the patient is only what the payload claims. */
 export interface Reading extends Omit<Measurement, 'patientId' | 'gatewayId'> {
   readonly claimedPatientId?: string;
+  /** `payload`: the template's device expression named the device; `connection`: it has none. */
+  readonly deviceFrom: 'payload' | 'connection';
+  /** The template has a patient expression and it yielded nothing. */
+  readonly patientClaimMissing?: true;
 }
 
 /** What the debugger shows: every step of every template, in order. */
@@ -38,6 +44,14 @@ export type TraceEvent =
       readonly language: string;
       readonly fast: boolean;
       readonly value: unknown;
+    }
+  | {
+      readonly kind: 'value';
+      readonly template: string;
+      readonly valueName: string;
+      /** The template's UCUM unit for the value, if it names one. */
+      readonly unit?: string;
+      readonly outcome: ValueOutcome;
     }
   | { readonly kind: 'reading'; readonly template: string; readonly reading: Reading };
 
@@ -108,7 +122,28 @@ class Evaluation {
     return v === undefined || v === '' ? undefined : String(v);
   }
 
-  fail(code: 'InvalidTimestamp' | 'RequiredValueMissing', message: string, value?: string): never {
+  /**
+   * An identity expression (device, patient, encounter): its text, or null when
+   * a JSONata expression yields null on purpose ("the payload makes no claim"),
+   * or undefined when it yields nothing. JMESPath answers null for a missing
+   * field, so there null is nothing.
+   */
+  async claim(
+    expr: CompiledExpression,
+    input: unknown,
+    field: string,
+  ): Promise<string | null | undefined> {
+    const raw = await this.run(expr, input, field);
+    if (raw === null) return expr.language === 'jsonata' ? null : undefined;
+    const v = scalar(raw);
+    return v === undefined || v === '' ? undefined : String(v);
+  }
+
+  fail(
+    code: 'InvalidTimestamp' | 'RequiredValueMissing' | 'DeviceIdMissing' | 'EncounterIdMissing',
+    message: string,
+    value?: string,
+  ): never {
     const name = this.t.spec.typeName;
     throw new PipelineError(code, `template "${name}": ${message}`, {
       details: { template: name, file: this.t.file, ...(value ? { value } : {}) },
@@ -146,32 +181,78 @@ async function mapContext(ev: Evaluation, ctx: unknown, envelope: unknown): Prom
     occurrenceTime = new Date(ev.b.meta.receivedAt).toISOString();
   }
 
-  const deviceId = (await ev.text(t.deviceId, input, 'deviceIdExpression')) ?? ev.b.meta.deviceId;
-  const claimedPatientId = await ev.text(t.patientId, input, 'patientIdExpression');
-  const encounterId = await ev.text(t.encounterId, input, 'encounterIdExpression');
+  // Identity never falls back: an expression the template has must yield a value
+  // (a patient or encounter expression may yield null: "no claim").
+  let deviceId = ev.b.meta.deviceId;
+  if (t.deviceId) {
+    const named = await ev.claim(t.deviceId, input, 'deviceIdExpression');
+    if (named === undefined || named === null)
+      ev.fail('DeviceIdMissing', 'the device expression yielded nothing');
+    deviceId = named;
+  }
+  // A patient expression that yields nothing is decided by the identity mode
+  // (identity.ts): refused where the association decides (Create), ignored where
+  // the FHIR Device does (Lookup, as in MedTech).
+  let claimedPatientId: string | undefined;
+  let patientClaimMissing = false;
+  if (t.patientId) {
+    const named = await ev.claim(t.patientId, input, 'patientIdExpression');
+    patientClaimMissing = named === undefined;
+    claimedPatientId = named ?? undefined;
+  }
+  let encounterId: string | undefined;
+  if (t.encounterId) {
+    const named = await ev.claim(t.encounterId, input, 'encounterIdExpression');
+    if (named === undefined)
+      ev.fail('EncounterIdMissing', 'the encounter expression yielded nothing');
+    encounterId = named ?? undefined;
+  }
   const correlationId = await ev.text(t.correlationId, input, 'correlationIdExpression');
   if (t.correlationId && correlationId === undefined) {
     ev.fail('RequiredValueMissing', 'the correlation id is missing');
   }
 
   const values: Record<string, MeasurementValue> = {};
+  const absent: Record<string, AbsentCode> = {};
+  const original: Record<string, { value: number; unit: string }> = {};
   for (const v of t.values) {
     const value = scalar(await ev.run(v.expression, input, `value "${v.valueName}"`));
     if (value === undefined) {
       if (v.required) ev.fail('RequiredValueMissing', `required value "${v.valueName}" is missing`);
       continue;
     }
-    values[v.valueName] = value;
+    const unitText = v.unitExpression
+      ? await ev.text(v.unitExpression, input, `unit of "${v.valueName}"`)
+      : undefined;
+    // Units, 11073 special values and sentinels (value-policy.ts).
+    const outcome = applyValuePolicy(value, unitText, v.spec, {
+      template: t.spec.typeName,
+      file: t.file,
+    });
+    ev.options.trace?.({
+      kind: 'value',
+      template: t.spec.typeName,
+      valueName: v.valueName,
+      outcome,
+      ...(v.spec.unit !== undefined ? { unit: v.spec.unit } : {}),
+    });
+    if (outcome.kind === 'absent') absent[v.valueName] = outcome.reason;
+    else values[v.valueName] = outcome.value;
+    if (outcome.kind === 'converted') original[v.valueName] = outcome.original;
   }
 
   return {
     type: t.spec.typeName,
     deviceId,
+    deviceFrom: t.deviceId ? 'payload' : 'connection',
     ...(claimedPatientId !== undefined ? { claimedPatientId } : {}),
+    ...(patientClaimMissing ? { patientClaimMissing: true } : {}),
     ...(encounterId !== undefined ? { encounterId } : {}),
     ...(correlationId !== undefined ? { correlationId } : {}),
     occurrenceTime,
     values,
+    ...(Object.keys(absent).length > 0 ? { absent } : {}),
+    ...(Object.keys(original).length > 0 ? { original } : {}),
   };
 }
 

@@ -12,6 +12,7 @@ import { codings, valueFields } from './fhir-values.js';
 import {
   observationId,
   observationIdentifierValue,
+  valuePart,
   type ObservationGroup,
   type ResolvedIdentity,
 } from './identity.js';
@@ -32,7 +33,7 @@ export interface ObservationContext {
 
 /** The fields the pipeline owns, for a reading (or a group of readings) of one device. */
 export function ownedFields(
-  m: Pick<Measurement, 'deviceId' | 'occurrenceTime'>,
+  m: Pick<Measurement, 'deviceId' | 'occurrenceTime' | 'type'>,
   identity: ResolvedIdentity,
   code: string,
   ctx: ObservationContext,
@@ -41,6 +42,7 @@ export function ownedFields(
   const identifierValue = observationIdentifierValue({
     deviceId: m.deviceId,
     patientId: identity.patientId,
+    type: m.type,
     code,
     occurrenceTime: m.occurrenceTime,
     ...(group ? { group } : {}),
@@ -78,6 +80,30 @@ export function ownedFields(
   };
 }
 
+/**
+ * A single reading's identity includes its value and units (HL7 PHD IG STU 1.1):
+ * once the value fields are set, the identifier and id are computed again.
+ */
+export function stampReadingIdentity(
+  obs: Observation,
+  m: Pick<Measurement, 'deviceId' | 'occurrenceTime' | 'type'>,
+  identity: ResolvedIdentity,
+  code: string,
+  ctx: ObservationContext,
+): Observation {
+  const identifierValue = observationIdentifierValue({
+    deviceId: m.deviceId,
+    patientId: identity.patientId,
+    type: m.type,
+    code,
+    occurrenceTime: m.occurrenceTime,
+    value: valuePart(obs),
+  });
+  obs.id = observationId(ctx.identifierSystem, identifierValue);
+  obs.identifier = [{ system: ctx.identifierSystem, value: identifierValue }];
+  return obs;
+}
+
 function primaryCode(t: CodeValueFhirSpec): string {
   const primary = t.codes[0];
   if (!primary)
@@ -87,7 +113,7 @@ function primaryCode(t: CodeValueFhirSpec): string {
 
 /** Code and category of a CodeValueFhir template, in FHIR R4 shape. */
 export function conceptFields(t: CodeValueFhirSpec): Pick<Observation, 'category' | 'code'> {
-  const primary = t.codes[0];
+  const text = t.text ?? humanDisplay(t.codes);
   return {
     ...(t.category
       ? {
@@ -97,11 +123,23 @@ export function conceptFields(t: CodeValueFhirSpec): Pick<Observation, 'category
           })),
         }
       : {}),
-    code: { coding: codings(t.codes), ...(primary?.display ? { text: primary.display } : {}) },
+    code: { coding: codings(t.codes), ...(text !== undefined ? { text } : {}) },
   };
 }
 
-/** CodeValueFhir, one Observation per reading (periodInterval 0, or a non-SampledData value). */
+/** IEEE 11073-10101 nomenclature: its displays are reference ids (MDC_…), not words. */
+export const MDC_SYSTEM = 'urn:iso:std:iso:11073:10101';
+
+/**
+ * Observation.code.text is what an EHR shows: the first display that is not an
+ * MDC reference id ("Heart rate", not "MDC_PULS_RATE_NON_INV"; the PHD IG notes
+ * MDC displays are reference identifiers), else the first display at all.
+ */
+function humanDisplay(codes: CodeValueFhirSpec['codes']): string | undefined {
+  const human = codes.find((c) => c.display && c.system !== MDC_SYSTEM && !/^MDC_/.test(c.display));
+  return human?.display ?? codes.find((c) => c.display)?.display;
+}
+
 /**
  * The shape every CodeValueFhir Observation shares: the pipeline-owned fields,
  * the template's category and code, and effective[x], in the familiar field
@@ -116,7 +154,8 @@ export function observationShell(
   return {
     resourceType: 'Observation',
     id: owned.id,
-    meta: owned.meta,
+    // FHIR R4 Meta.profile: the profiles the template's output is known to meet.
+    meta: { ...(t.profile ? { profile: [...t.profile] } : {}), ...owned.meta },
     ...(owned.extension ? { extension: owned.extension } : {}),
     identifier: owned.identifier,
     status: 'final',
@@ -129,23 +168,35 @@ export function observationShell(
   };
 }
 
+/** CodeValueFhir, one Observation per reading (periodInterval 0, or a non-SampledData value). */
 export function buildObservation(
   m: Measurement,
   t: CodeValueFhirSpec,
   ctx: ObservationContext,
   identity: ResolvedIdentity,
 ): Observation {
-  const owned = ownedFields(m, identity, primaryCode(t), ctx);
+  const code = primaryCode(t);
+  const owned = ownedFields(m, identity, code, ctx);
   // FHIR R4 Observation.effective[x]: the device's own time, not ours.
   const obs = observationShell(owned, t, { effectiveDateTime: m.occurrenceTime });
-  if (t.value) Object.assign(obs, valueFields(t.value, m.values));
+  const absent = m.absent ?? {};
+  if (t.value) Object.assign(obs, valueFields(t.value, m.values, absent));
   if (t.components && t.components.length > 0) {
-    obs.component = t.components.map((c): ObservationComponent => ({
+    // A component whose value the reading lacks is left out (mean arterial
+    // pressure where the cuff sends none), unless the template has no other.
+    const present = t.components.filter(
+      (c) =>
+        c.value.valueType === 'CodeableConcept' ||
+        m.values[c.value.valueName] !== undefined ||
+        absent[c.value.valueName] !== undefined,
+    );
+    const chosen = present.length > 0 ? present : t.components;
+    obs.component = chosen.map((c): ObservationComponent => ({
       code: { coding: codings(c.codes) },
-      ...valueFields(c.value, m.values),
+      ...valueFields(c.value, m.values, absent),
     }));
   }
-  return obs;
+  return stampReadingIdentity(obs, m, identity, code, ctx);
 }
 
 /** Fields a JsonataFhir expression may not set: the pipeline's. */
@@ -201,6 +252,7 @@ export async function buildExpressionObservation(
   }
   for (const key of OWNED) delete out[key];
   const owned = ownedFields(m, identity, code as string, ctx);
+  const identified = (o: Observation) => stampReadingIdentity(o, m, identity, code as string, ctx);
   const templateMeta = (out.meta ?? {}) as { profile?: string[]; tag?: unknown[] };
   const extension = [
     ...((out.extension as Extension[] | undefined) ?? []),
@@ -208,7 +260,7 @@ export async function buildExpressionObservation(
   ];
   delete out.meta;
   delete out.extension;
-  return {
+  return identified({
     resourceType: 'Observation',
     id: owned.id,
     meta: {
@@ -224,5 +276,5 @@ export async function buildExpressionObservation(
     ...(owned.encounter ? { encounter: owned.encounter } : {}),
     effectiveDateTime: m.occurrenceTime,
     device: owned.device,
-  };
+  });
 }

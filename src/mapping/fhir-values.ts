@@ -9,6 +9,7 @@
  * follows R4 (origin, period in ms, dimensions, data with "E" for no value).
  */
 import type { CodeableConcept, Quantity, SampledData } from 'fhir/r4.js';
+import { ABSENT_TEXT, type AbsentCode } from './special-values.js';
 import type { Coding, FhirValueSpec, MeasurementValue, SampledDataValueSpec } from './types.js';
 
 export const DATA_ABSENT_SYSTEM = 'http://terminology.hl7.org/CodeSystem/data-absent-reason';
@@ -21,7 +22,7 @@ export interface ValueFields {
   dataAbsentReason?: CodeableConcept;
 }
 
-type AbsentCode = 'error' | 'unknown' | 'not-a-number' | 'positive-infinity' | 'negative-infinity';
+export type { AbsentCode };
 
 function absent(code: AbsentCode, text: string): ValueFields {
   return { dataAbsentReason: { coding: [{ system: DATA_ABSENT_SYSTEM, code }], text } };
@@ -56,6 +57,21 @@ export function sampledOrigin(spec: SampledDataValueSpec): Quantity {
     ...(spec.system !== undefined ? { system: spec.system } : {}),
     ...(spec.code !== undefined ? { code: spec.code } : {}),
   };
+}
+
+/**
+ * SampledData.period of a reading: the device's own interval when the template
+ * names the value holding it (`periodName`, ms) and it is a positive number,
+ * else the template's defaultPeriod.
+ */
+export function samplePeriod(
+  spec: SampledDataValueSpec,
+  values: Readonly<Record<string, MeasurementValue>>,
+): number {
+  if (spec.periodName === undefined) return spec.defaultPeriod;
+  const raw = values[spec.periodName];
+  const n = raw === undefined ? NaN : readNumber(raw);
+  return typeof n === 'number' && n > 0 ? n : spec.defaultPeriod;
 }
 
 /** One SampledData token: a decimal, or "E" (error / no usable value). */
@@ -116,6 +132,7 @@ export function readSamples(data: string, startMs: number, periodMs: number): Sa
 export function valueFields(
   spec: FhirValueSpec,
   values: Readonly<Record<string, MeasurementValue>>,
+  absentValues: Readonly<Record<string, AbsentCode>> = {},
 ): ValueFields {
   if (spec.valueType === 'CodeableConcept') {
     // MedTech: the reading's value is not used; its presence records the concept.
@@ -126,19 +143,26 @@ export function valueFields(
       },
     };
   }
+  // A device special value or sentinel: the device said there is no measurement.
+  const marked = absentValues[spec.valueName];
+  if (marked !== undefined && spec.valueType !== 'SampledData') {
+    return absent(marked, ABSENT_TEXT[marked]);
+  }
   const raw = values[spec.valueName];
-  if (raw === undefined) return absent('unknown', `no value "${spec.valueName}"`);
-  if (spec.valueType === 'String') return { valueString: String(raw) };
   if (spec.valueType === 'SampledData') {
+    if (raw === undefined && marked === undefined)
+      return absent('unknown', `no value "${spec.valueName}"`);
     return {
       valueSampledData: {
         origin: sampledOrigin(spec),
-        period: spec.defaultPeriod,
+        period: samplePeriod(spec, values),
         dimensions: 1,
         data: sampleToken(raw),
       },
     };
   }
+  if (raw === undefined) return absent('unknown', `no value "${spec.valueName}"`);
+  if (spec.valueType === 'String') return { valueString: String(raw) };
   const n = readNumber(raw);
   if (typeof n !== 'number') return absent(n, `value "${spec.valueName}" is not a finite number`);
   // FHIR R4 Quantity: value + UCUM system and code; unit is the human-readable form.

@@ -8,6 +8,7 @@ import { isPipelineError } from '../errors.js';
 import type { MappingSet } from './compile.js';
 import { jsonDiff } from './diff.js';
 import { bindingResolver } from './identity.js';
+import type { NormalizePolicy } from './input-policy.js';
 import { normalizeMessage } from './normalize.js';
 
 /** fixture.json: who sent the message, and when. */
@@ -50,7 +51,11 @@ function withPlaceholder(v: unknown, version: string): unknown {
   return JSON.parse(JSON.stringify(v).replaceAll(version, VERSION_PLACEHOLDER)) as unknown;
 }
 
-export async function runFixture(mappings: MappingSet, f: Fixture): Promise<FixtureOutcome> {
+export async function runFixture(
+  mappings: MappingSet,
+  f: Fixture,
+  policy?: NormalizePolicy,
+): Promise<FixtureOutcome> {
   const s = f.settings;
   const children = new Map(Object.entries(s.children ?? {}));
   let result;
@@ -65,6 +70,7 @@ export async function runFixture(mappings: MappingSet, f: Fixture): Promise<Fixt
       patientId: s.patientId,
       identifierSystem: s.identifierSystem ?? 'urn:iomt:observation',
       resolveIdentity: bindingResolver({ patientId: s.patientId, children }),
+      ...(policy ? { policy } : {}),
     });
   } catch (err) {
     const code = isPipelineError(err) ? err.code : 'Internal';

@@ -247,3 +247,10 @@ export async function readFixtures(dir: string): Promise<Fixture[]> {
   }
   return out;
 }
+
+/** A folder as a lifecycle candidate: its template files and its fixtures. */
+export async function readCandidate(
+  dir: string,
+): Promise<{ files: SourceFile[]; fixtures: Fixture[] }> {
+  return { files: await readMappingDocuments(dir), fixtures: await readFixtures(dir) };
+}

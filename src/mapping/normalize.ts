@@ -18,18 +18,46 @@ import {
   type ObservationGroup,
   type ResolvedIdentity,
 } from './identity.js';
+import {
+  checkJsonShape,
+  checkObservationValues,
+  checkOccurrenceTimes,
+  DEFAULT_POLICY,
+  type NormalizePolicy,
+} from './input-policy.js';
+import { flagImplausible, type ImplausibleValue } from './plausibility.js';
 import type { Measurement, MessageMeta } from './types.js';
 import { buildGroupedObservation, groupKey, groupOf } from './windowing.js';
 
 export interface NormalizeInput {
   readonly payload: string;
   readonly meta: MessageMeta;
-  /** The authenticated device's patient binding (used by the default resolver). */
+  /**
+   * The authenticated device's patient, fixed (the default resolver, for the
+   * debugger and fixtures; the worker attributes by association history).
+   */
   readonly patientId: string | undefined;
   readonly identifierSystem: string;
   /** Default: MedTech "Create" with `patientId` as the only binding. */
   readonly resolveIdentity?: IdentityResolver;
+  /**
+   * Checks the readings before anyone is attributed (the worker's input policy:
+   * a reading dated 1990 is TimestampOutOfRange, not "no patient then").
+   */
+  readonly checkReadings?: (readings: readonly Reading[]) => void;
   readonly trace?: (event: TraceEvent) => void;
+  /**
+   * Input limits, plausibility limits and the daily-window zone, from the
+   * configuration (normalizePolicy); default: the documented defaults.
+   */
+  readonly policy?: NormalizePolicy;
+}
+
+/** A value kept but flagged as physiologically implausible (plausibility.ts). */
+export interface ImplausibleReading extends ImplausibleValue {
+  /** The measurement type. */
+  readonly type: string;
+  readonly observationId: string;
 }
 
 export interface NormalizedObservation {
@@ -46,6 +74,8 @@ export interface NormalizeResult {
   readonly matchedTemplates: readonly string[];
   readonly measurements: readonly Measurement[];
   readonly observations: readonly NormalizedObservation[];
+  /** Values outside their plausibility limits: kept, flagged, to be counted by the caller. */
+  readonly implausible: readonly ImplausibleReading[];
 }
 
 /**
@@ -80,13 +110,25 @@ async function identify(
   const cache = new Map<string, ResolvedIdentity>();
   const out: { measurement: Measurement; identity: ResolvedIdentity }[] = [];
   for (const r of readings) {
-    const key = JSON.stringify([r.deviceId, r.claimedPatientId, r.encounterId]);
+    // Each reading is attributed at its own time: two readings of one message
+    // may fall on either side of an association change.
+    const key = JSON.stringify([
+      r.deviceId,
+      r.deviceFrom,
+      r.claimedPatientId,
+      r.patientClaimMissing,
+      r.encounterId,
+      r.occurrenceTime,
+    ]);
     let identity = cache.get(key);
     if (!identity) {
       identity = await resolve({
         authenticatedDeviceId: meta.deviceId,
         deviceId: r.deviceId,
+        deviceFrom: r.deviceFrom,
+        occurrenceTime: r.occurrenceTime,
         ...(r.claimedPatientId !== undefined ? { claimedPatientId: r.claimedPatientId } : {}),
+        ...(r.patientClaimMissing ? { patientClaimMissing: true as const } : {}),
         ...(r.encounterId !== undefined ? { encounterId: r.encounterId } : {}),
       });
       cache.set(key, identity);
@@ -102,6 +144,8 @@ async function identify(
         ...(r.correlationId !== undefined ? { correlationId: r.correlationId } : {}),
         occurrenceTime: r.occurrenceTime,
         values: r.values,
+        ...(r.absent !== undefined ? { absent: r.absent } : {}),
+        ...(r.original !== undefined ? { original: r.original } : {}),
       },
     });
   }
@@ -112,6 +156,9 @@ export async function normalizeMessage(
   mappings: MappingSet,
   input: NormalizeInput,
 ): Promise<NormalizeResult> {
+  const policy = input.policy ?? DEFAULT_POLICY;
+  // Input policy, the same for the worker and the CLI: shape before parsing…
+  checkJsonShape(input.payload, policy.input);
   const body = parsePayload(input.payload);
   const { readings, matchedTemplates } = await mapMessage(mappings, body, input.meta, {
     ...(input.trace ? { trace: input.trace } : {}),
@@ -119,6 +166,13 @@ export async function normalizeMessage(
   if (matchedTemplates.length === 0) {
     throw new PipelineError('TemplateNotMatched', 'no device template matched the message');
   }
+  // …and the device times against the broker's receipt time (no clock of ours).
+  checkOccurrenceTimes(
+    readings.map((r) => r.occurrenceTime),
+    input.meta.receivedAt,
+    policy.input,
+  );
+  input.checkReadings?.(readings);
   const resolve = input.resolveIdentity ?? bindingResolver({ patientId: input.patientId });
   const identified = await identify(readings, input.meta, resolve);
   const bindings: Bindings = { msg: body, meta: input.meta };
@@ -151,7 +205,7 @@ export async function normalizeMessage(
       observations.push({ ...provenance, observation, merge: false });
       continue;
     }
-    const group = groupOf(m, t.spec);
+    const group = groupOf(m, t.spec, policy.windowTimeZone);
     if (group.kind === 'point') {
       observations.push({
         ...provenance,
@@ -187,8 +241,22 @@ export async function normalizeMessage(
         },
         g.identity,
         g.group,
+        policy.windowTimeZone,
       ),
     };
   }
-  return { matchedTemplates, measurements: identified.map((i) => i.measurement), observations };
+  // Plausibility: flagged in place, never dropped (plausibility.ts).
+  const implausible: ImplausibleReading[] = [];
+  for (const o of observations) {
+    for (const f of flagImplausible(o.observation, policy.plausibilityLimits)) {
+      implausible.push({ ...f, type: o.templateName, observationId: o.observation.id ?? '' });
+    }
+  }
+  checkObservationValues(observations.map((o) => o.observation));
+  return {
+    matchedTemplates,
+    measurements: identified.map((i) => i.measurement),
+    observations,
+    implausible,
+  };
 }

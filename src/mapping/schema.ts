@@ -28,10 +28,43 @@ export const expressionSchema = z.union([
   z.strictObject({ value: nonEmpty, language: languageName.optional() }),
 ]);
 
+const absentCode = z.enum([
+  'error',
+  'unknown',
+  'not-a-number',
+  'positive-infinity',
+  'negative-infinity',
+]);
+
+/** A documented device sentinel: the value alone (reason `error`) or with its reason. */
+const sentinelSchema = z
+  .union([
+    z.number(),
+    nonEmpty,
+    z.strictObject({ value: z.union([z.number(), nonEmpty]), reason: absentCode.optional() }),
+  ])
+  .transform((s) =>
+    typeof s === 'object'
+      ? { value: s.value, reason: s.reason ?? 'error' }
+      : { value: s, reason: 'error' as const },
+  );
+
+/** Ours: units, special values and sentinels of a value (see units.ts, special-values.ts). */
+const valueExtras = {
+  unitExpression: expressionSchema.optional(),
+  defaultUnit: nonEmpty.optional(),
+  unit: nonEmpty.optional(),
+  molarMass: z.number().positive().optional(),
+  fractionAtMost: z.number().positive().optional(),
+  specialValues: z.enum(['FLOAT', 'SFLOAT']).optional(),
+  sentinels: z.array(sentinelSchema).optional(),
+};
+
 const valueEntry = z.strictObject({
   valueName: nonEmpty,
   valueExpression: expressionSchema,
   required: booleanish.optional(),
+  ...valueExtras,
 });
 
 const expressionFields = {
@@ -130,6 +163,7 @@ export const valueSchema = z.discriminatedUnion('valueType', [
     valueType: z.literal('SampledData'),
     valueName: nonEmpty,
     defaultPeriod: z.number().positive(),
+    periodName: nonEmpty.optional(),
     unit: z.string(),
     code: nonEmpty.optional(),
     system: nonEmpty.optional(),
@@ -147,6 +181,8 @@ export const codeValueFhirSchema = z
   .strictObject({
     typeName: nonEmpty,
     codes: z.array(codingSchema).min(1),
+    text: nonEmpty.optional(),
+    profile: z.array(z.url()).optional(),
     category: z.array(categorySchema).optional(),
     periodInterval: z
       .union([z.literal(-1), z.literal(0), z.literal(60), z.literal(1440)])

@@ -14,8 +14,10 @@ import {
   jsonPathContentSchema,
   type ExpressionInput,
 } from './schema.js';
+import { isUcum, readDeviceUnit } from './units.js';
 import type {
   Coding,
+  DeviceValueSpec,
   DeviceTemplateKind,
   DeviceTemplateSpec,
   ExpressionLanguage,
@@ -114,9 +116,52 @@ export function readDeviceTemplate(
       valueName: v.valueName,
       valueExpression: expression(v.valueExpression, fallback),
       required: v.required ?? false,
+      ...(v.unitExpression !== undefined
+        ? { unitExpression: expression(v.unitExpression, fallback) }
+        : {}),
+      ...(v.defaultUnit !== undefined ? { defaultUnit: v.defaultUnit } : {}),
+      ...(v.unit !== undefined ? { unit: v.unit } : {}),
+      ...(v.molarMass !== undefined ? { molarMass: v.molarMass } : {}),
+      ...(v.fractionAtMost !== undefined ? { fractionAtMost: v.fractionAtMost } : {}),
+      ...(v.specialValues !== undefined ? { specialValues: v.specialValues } : {}),
+      ...(v.sentinels !== undefined ? { sentinels: v.sentinels } : {}),
     })),
   };
+  const problems = spec.values.flatMap((v, i) => unitProblems(v, [...base, 'values', i]));
+  if (problems.length > 0) return { problems, notes };
   return { spec, problems: [], notes };
+}
+
+/** A value's unit fields must name real units, and a target whenever a device unit is read. */
+function unitProblems(v: DeviceValueSpec, path: Path): Finding[] {
+  const problems: Finding[] = [];
+  const converts =
+    v.unitExpression !== undefined ||
+    v.defaultUnit !== undefined ||
+    v.molarMass !== undefined ||
+    v.fractionAtMost !== undefined;
+  if (v.unit === undefined) {
+    if (converts) {
+      problems.push({
+        path: [...path, 'unit'],
+        message: `value "${v.valueName}": a device unit is read, so \`unit\` (the UCUM code to convert to) is required`,
+      });
+    }
+    return problems;
+  }
+  if (!isUcum(v.unit)) {
+    problems.push({
+      path: [...path, 'unit'],
+      message: `value "${v.valueName}": "${v.unit}" is not a UCUM code (case-sensitive, e.g. "Cel", "mm[Hg]", "mg/dL")`,
+    });
+  }
+  if (v.defaultUnit !== undefined && readDeviceUnit(v.defaultUnit) === undefined) {
+    problems.push({
+      path: [...path, 'defaultUnit'],
+      message: `value "${v.valueName}": "${v.defaultUnit}" is neither UCUM nor a known device spelling`,
+    });
+  }
+  return problems;
 }
 
 /** FHIR R4 SampledData.data holds every slot; a window this large is refused. */
@@ -205,6 +250,8 @@ export function readFhirTemplate(
     kind: 'CodeValueFhir',
     typeName: t.typeName,
     codes: t.codes,
+    ...(t.text !== undefined ? { text: t.text } : {}),
+    ...(t.profile !== undefined ? { profile: t.profile } : {}),
     ...(t.category
       ? {
           category: t.category.map((c) => ({

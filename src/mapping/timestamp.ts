@@ -25,8 +25,15 @@ function offsetMinutes(zone: string): number {
   return sign * (hours * 60 + minutes);
 }
 
-/** Epoch ms from an ISO 8601 date-time, or undefined when it does not parse. */
-function parseIso(s: string, zoneRequired: boolean): number | undefined {
+interface Instant {
+  /** Epoch milliseconds (whole). */
+  readonly ms: number;
+  /** Digits finer than a millisecond, as the device wrote them ("456" of .123456). */
+  readonly finer: string;
+}
+
+/** An ISO 8601 date-time as an instant, or undefined when it does not parse. */
+function parseIso(s: string, zoneRequired: boolean): Instant | undefined {
   const m = ISO.exec(s.trim());
   if (!m) return undefined;
   const [, y, mo, d, h, mi, sec, frac, zone] = m;
@@ -42,7 +49,20 @@ function parseIso(s: string, zoneRequired: boolean): number | undefined {
   const ms = frac === undefined ? 0 : Number(frac.slice(0, 3).padEnd(3, '0'));
   const offset = zone === undefined ? 0 : offsetMinutes(zone);
   if (Number.isNaN(offset)) return undefined;
-  return Date.UTC(year, month - 1, day, hour, minute, second, ms) - offset * 60_000;
+  return {
+    ms: Date.UTC(year, month - 1, day, hour, minute, second, ms) - offset * 60_000,
+    // Zone offsets are whole minutes: sub-millisecond digits carry over unchanged.
+    finer: (frac ?? '').slice(3).replace(/0+$/, ''),
+  };
+}
+
+/** Epoch milliseconds as a number → an instant; a fraction of a millisecond is kept. */
+function fromEpochMs(n: number): Instant {
+  const ms = Math.floor(n);
+  if (ms === n || n < 0) return { ms: Math.round(n), finer: '' };
+  // The shortest decimal form of the number holds the digits the device sent.
+  const fraction = String(n).split('.')[1] ?? '';
+  return { ms, finer: /^\d+$/.test(fraction) ? fraction.replace(/0+$/, '') : '' };
 }
 
 export interface TimestampOptions {
@@ -51,16 +71,20 @@ export interface TimestampOptions {
 }
 
 /**
- * A device time → UTC ISO 8601 with milliseconds, or undefined. Accepts one
- * value (a one-element array is unwrapped): an ISO 8601 string, or epoch
- * milliseconds as a number.
+ * A device time → UTC ISO 8601, or undefined. Accepts one value (a one-element
+ * array is unwrapped): an ISO 8601 string, or epoch milliseconds as a number.
+ * Milliseconds are always written; finer digits the device sent are kept
+ * (FHIR R4 dateTime allows any number of fraction digits), so two readings a
+ * fraction of a millisecond apart stay two readings.
  */
 export function parseTimestamp(v: unknown, options: TimestampOptions = {}): string | undefined {
   const s = Array.isArray(v) && v.length === 1 ? (v[0] as unknown) : v;
-  let ms: number | undefined;
-  if (typeof s === 'number' && Number.isFinite(s)) ms = s;
-  else if (typeof s === 'string') ms = parseIso(s, !options.zoneOptional);
-  if (ms === undefined || !Number.isFinite(ms)) return undefined;
-  const d = new Date(ms);
-  return Number.isNaN(d.getTime()) ? undefined : d.toISOString();
+  let at: Instant | undefined;
+  if (typeof s === 'number' && Number.isFinite(s)) at = fromEpochMs(s);
+  else if (typeof s === 'string') at = parseIso(s, !options.zoneOptional);
+  if (at === undefined || !Number.isFinite(at.ms)) return undefined;
+  const d = new Date(at.ms);
+  if (Number.isNaN(d.getTime())) return undefined;
+  const iso = d.toISOString(); // …T09:00:00.123Z
+  return at.finer === '' ? iso : `${iso.slice(0, -1)}${at.finer}Z`;
 }

@@ -4,6 +4,8 @@
  * them; MedTech's own template types load as they are (see medtech.ts).
  */
 
+import type { AbsentCode, Sentinel, SpecialEncoding } from './special-values.js';
+
 /** Expression languages: JSONata is ours; JSONPath and JMESPath are MedTech's. */
 export type ExpressionLanguage = 'jsonata' | 'jsonpath' | 'jmespath';
 
@@ -58,6 +60,23 @@ export interface DeviceValueSpec {
   readonly valueName: string;
   readonly valueExpression: ExpressionSpec;
   readonly required: boolean;
+  /** Ours: the device's unit for this value, as the device writes it (read leniently, units.ts). */
+  readonly unitExpression?: ExpressionSpec;
+  /** Ours: the device's unit when `unitExpression` gives none (the maker's documented unit). */
+  readonly defaultUnit?: string;
+  /** Ours: the UCUM code the value is written in; a reading in another unit is converted. */
+  readonly unit?: string;
+  /** Ours: molar mass in g/mol, for mass ↔ substance conversions (glucose: 180.156). */
+  readonly molarMass?: number;
+  /**
+   * Ours: a reading of at most this, in "%" or with no unit, is a fraction of one
+   * and converted (×100): a saturation of 0.97 % is not physiological; 0.97 is 97 %.
+   */
+  readonly fractionAtMost?: number;
+  /** Ours: the IEEE 11073-20601 encoding whose special values the device forwards. */
+  readonly specialValues?: SpecialEncoding;
+  /** Ours: values the device sends for "no reading", each with its dataAbsentReason. */
+  readonly sentinels?: readonly Sentinel[];
 }
 
 export interface Coding {
@@ -89,8 +108,10 @@ export interface QuantityValueSpec {
 export interface SampledDataValueSpec {
   readonly valueType: 'SampledData';
   readonly valueName: string;
-  /** Milliseconds between slots. */
+  /** Milliseconds between slots, unless the reading carries its own (`periodName`). */
   readonly defaultPeriod: number;
+  /** Ours: the measurement value holding the device's sampling interval in ms. */
+  readonly periodName?: string;
   /** Unit of SampledData.origin. */
   readonly unit: string;
   /** UCUM code and system of the origin (our addition; MedTech sets the unit only). */
@@ -131,6 +152,10 @@ export interface CodeValueFhirSpec {
   readonly kind: 'CodeValueFhir';
   readonly typeName: string;
   readonly codes: readonly Coding[];
+  /** Ours: Observation.code.text; default: the first display that is not an MDC reference id. */
+  readonly text?: string;
+  /** Ours: Observation.meta.profile, for profiles the output is known to meet. */
+  readonly profile?: readonly string[];
   readonly category?: readonly CodeableConceptSpec[];
   readonly periodInterval: PeriodInterval;
   readonly value?: FhirValueSpec;
@@ -162,9 +187,17 @@ export interface Measurement {
   readonly patientId?: string;
   readonly encounterId?: string;
   readonly correlationId?: string;
-  /** The device's own time, normalised to UTC ISO 8601 with milliseconds. */
+  /**
+   * The device's own time, normalised to UTC ISO 8601 with at least millisecond
+   * digits — and every finer digit the device sent (…T09:00:00.123456Z).
+   */
   readonly occurrenceTime: string;
+  /** Values in the template's units (converted when the device used another). */
   readonly values: Readonly<Record<string, MeasurementValue>>;
+  /** Values the device marked as no measurement (11073 special values, sentinels). */
+  readonly absent?: Readonly<Record<string, AbsentCode>>;
+  /** For each converted value: the number and the UCUM unit the device sent. */
+  readonly original?: Readonly<Record<string, { readonly value: number; readonly unit: string }>>;
 }
 
 /** What the pipeline knows about a message beside its body: bound to `$meta`. */

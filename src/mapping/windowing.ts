@@ -1,6 +1,6 @@
 /**
- * Grouped Observations (MedTech periodInterval): hourly and daily windows
- * aligned to UTC for SampledData values, and one Observation per correlation
+ * Grouped Observations (MedTech periodInterval): hourly windows aligned to UTC
+ * and daily windows to the local day of WINDOW_TIME_ZONE, for SampledData values, and one Observation per correlation
  * id. Pure: grouping, building, and merging a late or duplicate batch into the
  * Observation already stored (the FHIR writer reads, merges with this, and
  * writes back with If-Match).
@@ -21,6 +21,7 @@ import {
   layOutSamples,
   readSamples,
   sampledOrigin,
+  samplePeriod,
   sampleToken,
   valueFields,
 } from './fhir-values.js';
@@ -38,7 +39,7 @@ function hasSampledData(t: CodeValueFhirSpec): boolean {
 }
 
 /** Which Observation a measurement belongs to under its template's periodInterval. */
-export function groupOf(m: Measurement, t: CodeValueFhirSpec): ObservationGroup {
+export function groupOf(m: Measurement, t: CodeValueFhirSpec, timeZone = 'UTC'): ObservationGroup {
   if (t.periodInterval === -1) {
     if (m.correlationId === undefined) {
       throw new PipelineError(
@@ -50,12 +51,65 @@ export function groupOf(m: Measurement, t: CodeValueFhirSpec): ObservationGroup 
     return { kind: 'correlation', correlationId: m.correlationId };
   }
   if ((t.periodInterval === 60 || t.periodInterval === 1440) && hasSampledData(t)) {
-    const size = t.periodInterval * MINUTE_MS;
-    // Epoch 0 is midnight UTC, so flooring aligns hours and days to UTC.
-    const start = Math.floor(Date.parse(m.occurrenceTime) / size) * size;
-    return { kind: 'window', start: new Date(start).toISOString(), minutes: t.periodInterval };
+    const at = Date.parse(m.occurrenceTime);
+    if (t.periodInterval === 1440) {
+      // A day is the patient's local day (WINDOW_TIME_ZONE), 23 or 25 hours across DST.
+      return {
+        kind: 'window',
+        start: new Date(localDayStart(at, timeZone)).toISOString(),
+        minutes: 1440,
+      };
+    }
+    const size = 60 * MINUTE_MS;
+    // Epoch 0 is a whole UTC hour, so flooring aligns hours to UTC.
+    return {
+      kind: 'window',
+      start: new Date(Math.floor(at / size) * size).toISOString(),
+      minutes: 60,
+    };
   }
   return { kind: 'point' };
+}
+
+const formatters = new Map<string, Intl.DateTimeFormat>();
+
+/** Offset of `timeZone` from UTC at instant `ms`, in ms (Europe/Berlin in winter: +3 600 000). */
+function zoneOffset(ms: number, timeZone: string): number {
+  let f = formatters.get(timeZone);
+  if (!f) {
+    f = new Intl.DateTimeFormat('en-US', {
+      timeZone,
+      hourCycle: 'h23',
+      year: 'numeric',
+      month: '2-digit',
+      day: '2-digit',
+      hour: '2-digit',
+      minute: '2-digit',
+      second: '2-digit',
+    });
+    formatters.set(timeZone, f);
+  }
+  const p = Object.fromEntries(f.formatToParts(ms).map((x) => [x.type, x.value]));
+  const local = Date.UTC(+p.year!, +p.month! - 1, +p.day!, +p.hour!, +p.minute!, +p.second!);
+  return local - (ms - (((ms % 1000) + 1000) % 1000));
+}
+
+/** The instant the local day holding `ms` starts in `timeZone` (IANA name). */
+export function localDayStart(ms: number, timeZone: string): number {
+  if (timeZone === 'UTC') return Math.floor(ms / (1440 * MINUTE_MS)) * 1440 * MINUTE_MS;
+  const local = ms + zoneOffset(ms, timeZone);
+  const midnightLocal = Math.floor(local / (1440 * MINUTE_MS)) * 1440 * MINUTE_MS;
+  // Local midnight as an instant: the offset there may differ from now (DST).
+  let guess = midnightLocal - zoneOffset(midnightLocal, timeZone);
+  guess = midnightLocal - zoneOffset(guess, timeZone);
+  return guess;
+}
+
+/** The end (last millisecond) of a window starting at `startMs`. */
+export function windowEnd(startMs: number, minutes: 60 | 1440, timeZone = 'UTC'): number {
+  if (minutes === 60) return startMs + 60 * MINUTE_MS - 1;
+  // The next local midnight: 24 h later, give or take a DST shift.
+  return localDayStart(startMs + 26 * 60 * MINUTE_MS, timeZone) - 1;
 }
 
 /** A stable key for grouping measurements into one Observation. */
@@ -91,19 +145,24 @@ function groupedValue(
         token: sampleToken(m.values[spec.valueName]),
       }));
     if (samples.length === 0) return undefined;
-    checkSlots(startMs, endMs, spec.defaultPeriod, type);
+    // The device's own sampling interval when it sends one (periodName), else the template's.
+    const first = ms.find((m) => m.values[spec.valueName] !== undefined)!;
+    const period = samplePeriod(spec, first.values);
+    checkSlots(startMs, endMs, period, type);
     return {
       valueSampledData: {
         origin: sampledOrigin(spec),
-        period: spec.defaultPeriod,
+        period,
         dimensions: 1,
-        data: layOutSamples(samples, startMs, endMs, spec.defaultPeriod),
+        data: layOutSamples(samples, startMs, endMs, period),
       },
     };
   }
   if (spec.valueType === 'CodeableConcept') return valueFields(spec, {});
-  const first = ms.find((m) => m.values[spec.valueName] !== undefined);
-  return first ? valueFields(spec, first.values) : undefined;
+  const first = ms.find(
+    (m) => m.values[spec.valueName] !== undefined || m.absent?.[spec.valueName] !== undefined,
+  );
+  return first ? valueFields(spec, first.values, first.absent) : undefined;
 }
 
 /** One Observation for measurements of one device, patient, type and group. */
@@ -113,13 +172,14 @@ export function buildGroupedObservation(
   ctx: ObservationContext,
   identity: ResolvedIdentity,
   group: Exclude<ObservationGroup, { kind: 'point' }>,
+  timeZone = 'UTC',
 ): Observation {
   const first = ms[0];
   if (!first) throw new Error('buildGroupedObservation needs at least one measurement');
   const times = ms.map((m) => Date.parse(m.occurrenceTime));
   const startMs = group.kind === 'window' ? Date.parse(group.start) : Math.min(...times);
   const endMs =
-    group.kind === 'window' ? startMs + group.minutes * MINUTE_MS - 1 : Math.max(...times);
+    group.kind === 'window' ? windowEnd(startMs, group.minutes, timeZone) : Math.max(...times);
   const owned = ownedFields(first, identity, t.codes[0]?.code ?? '', ctx, group);
   // FHIR R4 Observation.effectivePeriod: the window, or the span of the correlated readings.
   const obs = observationShell(owned, t, {
@@ -221,7 +281,10 @@ export function mergeObservations(
   const end = Math.max(ee, ie);
   const merged: Observation = {
     ...incoming,
-    meta: { ...(incoming.meta?.tag ? { tag: incoming.meta.tag } : {}) },
+    meta: {
+      ...(incoming.meta?.profile ? { profile: incoming.meta.profile } : {}),
+      ...(incoming.meta?.tag ? { tag: incoming.meta.tag } : {}),
+    },
     effectivePeriod: { start: new Date(start).toISOString(), end: new Date(end).toISOString() },
   };
   for (const k of VALUE_KEYS) delete merged[k];

@@ -1,10 +1,9 @@
 /**
- * `iomt simulate`: registers N devices (each bound to its own simulated
+ * `iomt simulate`: enrols N devices (each associated with its own simulated
  * patient), connects them over MQTT and publishes vitals at R messages per
  * second per device, QoS 1. Prints progress every few seconds.
  */
 import mqtt, { type MqttClient } from 'mqtt';
-import type { DeviceRegistry } from '../devices/registry.js';
 import {
   initialVitals,
   nextVitals,
@@ -14,7 +13,8 @@ import {
 } from './vitals.js';
 
 export interface SimulateOptions {
-  readonly registry: DeviceRegistry;
+  /** Makes the device ready to publish for the patient (registered, associated); returns its secret. */
+  readonly enrol: (deviceId: string, patientId: string) => Promise<string>;
   readonly mqttUrl: string;
   readonly devices: number;
   /** Messages per second per device. */
@@ -57,10 +57,7 @@ export async function simulate(opts: SimulateOptions): Promise<SimulateResult> {
   const devices: { id: string; client: MqttClient; state: VitalsState }[] = [];
   for (let i = 1; i <= opts.devices; i++) {
     const id = `${prefix}-monitor-${String(i).padStart(3, '0')}`;
-    const { secret } = await opts.registry.add(
-      id,
-      `${prefix}-patient-${String(i).padStart(3, '0')}`,
-    );
+    const secret = await opts.enrol(id, `${prefix}-patient-${String(i).padStart(3, '0')}`);
     devices.push({
       id,
       client: await connect(opts.mqttUrl, id, secret),

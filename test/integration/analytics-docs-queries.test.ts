@@ -10,7 +10,11 @@
  */
 import { readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createAnalyticsStore, type AnalyticsStore } from '../../src/clickhouse/index.js';
+import {
+  createAnalyticsStore,
+  deviceAssociationRows,
+  type AnalyticsStore,
+} from '../../src/clickhouse/index.js';
 import { buildDataset, deviceUnitRows } from '../support/analytics-dataset.js';
 import { EXPECTED, sorted, type Row } from '../support/analytics-expected.js';
 import { clickhouseTargets } from '../support/clickhouse-targets.js';
@@ -72,6 +76,10 @@ for (const target of targets.all.filter((t) => t.enabled && t.unqualifiedNames))
       // 3. message outcomes, delivered twice
       await store.insertMessages(dataset.messages);
       await store.insertMessages(dataset.messages);
+      // 4. the association histories, each written twice (as jobs are, at least once)
+      for (const [device, history] of dataset.associations)
+        for (let k = 0; k < 2; k++)
+          await store.insertAssociations(deviceAssociationRows(device, history));
     }, 300_000);
 
     afterAll(async () => {
@@ -130,6 +138,7 @@ for (const target of targets.all.filter((t) => t.enabled && t.unqualifiedNames))
       const dead = byTitle.get('Dead letters by code')!;
       expect(dead.map((r) => [r.error_code, Number(r.messages)])).toEqual([
         ['InvalidPayload', 3],
+        ['NoPatientAssociated', 2],
         ['TimestampOutOfRange', 2],
         ['FhirRejected', 1],
       ]);

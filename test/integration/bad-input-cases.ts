@@ -10,7 +10,9 @@ export type Outcome =
   | { readonly deadLetter: string; readonly reason?: RegExp }
   /** Recorded, not lost: an Observation whose value is replaced by dataAbsentReason with this code. */
   | { readonly recordedAbsent: string; readonly reason: RegExp }
-  | { readonly processed: true };
+  | { readonly processed: true }
+  /** The broker ends the session at once: nothing more from it is accepted. */
+  | { readonly sessionEnded: true };
 
 export interface BadInput {
   readonly name: string;
@@ -226,13 +228,13 @@ export const BAD_INPUTS: readonly BadInput[] = [
   {
     name: 'a payload naming another patient',
     payload: (ctx) => reading(ctx, { patientId: ctx.otherPatientId }),
-    outcome: { deadLetter: 'DeviceSpoofing', reason: /not bound to/ },
+    outcome: { deadLetter: 'DeviceSpoofing', reason: /not associated with/ },
   },
   {
     name: 'a device removed from the registry while connected',
     before: 'remove-device',
     payload: (ctx) => reading(ctx),
-    outcome: { deadLetter: 'DeviceNotFound' },
+    outcome: { sessionEnded: true },
   },
   {
     name: 'malformed JSON at QoS 0 (best effort, still dead-lettered)',

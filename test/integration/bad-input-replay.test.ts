@@ -3,7 +3,8 @@
  * code, device and time, shown with their raw payload, replayed into the stage
  * that failed once the cause is fixed — a FHIR-side fix for a resource the
  * server refused (replayed into the FHIR stage, not mapped again), a template
- * fix for a message no template matched (mapped again) — and purged.
+ * fix for a message no template matched (proposed and activated, then mapped
+ * again) — and purged.
  */
 import { execFile } from 'node:child_process';
 import { cp, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
@@ -11,9 +12,12 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { readCandidate } from '../../src/mapping/index.js';
 import {
+  enrol,
   connectDevice,
   fhirSearch,
+  HARNESS_ADMIN_TOKEN,
   publish,
   startHarness,
   uniqueId,
@@ -109,7 +113,7 @@ beforeAll(async () => {
     fhirUrl,
     overrides: { redis: { prefix }, mappings: { dir: await mappingsDir('before', false) } },
   });
-  ({ secret } = await h.pipeline.registry.add(deviceId, patientId));
+  secret = await enrol(h.pipeline, deviceId, patientId);
 });
 
 afterAll(async () => {
@@ -137,11 +141,16 @@ describe('iomt dlq', () => {
     const client = await connectDevice(h!.mqttUrl, deviceId, secret);
     await publish(client, `devices/${deviceId}/telemetry`, { timestamp: at(4), heartRate: 70 });
     const [first] = await waitFor(observations, (o) => o.length === 1, 30_000, 'first reading');
-    // 2. Someone deletes them on the FHIR server (Observation first: references block deletes).
+    // 2. Someone deletes them on the FHIR server (what references them first: references
+    //    block deletes — the Observation, and the association's DeviceUseStatement).
     patient = await (await rest('GET', `Patient/${patientId}`)).json();
     device = await (await rest('GET', `Device/dev-${deviceId}`)).json();
+    const statements = await fhirSearch(fhirUrl, 'DeviceUseStatement', {
+      device: `Device/dev-${deviceId}`,
+    });
     for (const p of [
       `Observation/${String(first!.id)}`,
+      ...(statements.entry ?? []).map((e) => `DeviceUseStatement/${String(e.resource.id)}`),
       `Device/dev-${deviceId}`,
       `Patient/${patientId}`,
     ])
@@ -176,7 +185,7 @@ describe('iomt dlq', () => {
     const [id] = ids(
       (await dlq('list', '--device', deviceId, '--code', 'TemplateNotMatched')).stdout,
     );
-    const shown = JSON.parse((await dlq('show', id!)).stdout) as Record<string, unknown>;
+    const shown = JSON.parse((await dlq('show', id!, '--json')).stdout) as Record<string, unknown>;
     expect(shown).toMatchObject({
       code: 'TemplateNotMatched',
       stage: 'normalize',
@@ -184,7 +193,7 @@ describe('iomt dlq', () => {
       payloadText: JSON.stringify(pumpReading),
     });
     const missing = await dlq('show', 'no-such-id');
-    expect(missing.code).toBe(1);
+    expect(missing.code).toBe(2); // invalid input: no such id (docs/cli.md)
     expect(missing.stderr).toContain('DeadLetterNotFound');
   });
 
@@ -199,11 +208,29 @@ describe('iomt dlq', () => {
     expect(ids((await dlq('list', '--device', deviceId)).stdout)).toHaveLength(1);
   });
   it('replays an unmatched message into the normalize stage after a template fix', async () => {
-    await h!.close();
-    h = await startHarness({
-      fhirUrl,
-      overrides: { redis: { prefix }, mappings: { dir: await mappingsDir('after', true) } },
+    // The fix is proposed and activated (its gates see the dead letter it rescues).
+    const admin = (method: 'POST', url: string, payload: object) =>
+      h!.pipeline.admin!.app.inject({
+        method,
+        url,
+        payload,
+        headers: { authorization: `Bearer ${HARNESS_ADMIN_TOKEN}` },
+      });
+    const fix = await readCandidate(await mappingsDir('after', true));
+    const { version } = (await admin('POST', '/api/mappings/propose', fix)).json<{
+      version: string;
+    }>();
+    const activated = await admin('POST', '/api/mappings/activate', { version, actor: 'test' });
+    expect(activated.json()).toMatchObject({
+      outcome: 'activated',
+      report: { shadow: { templates: [{ file: 'device/infusion-pump.json', newlyMapped: 1 }] } },
     });
+    await waitFor(
+      () => Promise.resolve(h!.pipeline.templates!.status().active),
+      (v) => v === version,
+      20_000,
+      'the fix in force',
+    );
     const r = await dlq('replay', '--code', 'TemplateNotMatched', '--device', deviceId);
     expect(r.stdout).toContain('replayed 1 (normalize 1, fhir 0, analytics 0)');
     const found = await waitFor(observations, (o) => o.length === 2, 30_000, 'the pump reading');
@@ -224,7 +251,7 @@ describe('iomt dlq', () => {
       'the new dead letter',
     );
     const refused = await dlq('purge');
-    expect(refused.code).toBe(1);
+    expect(refused.code).toBe(2); // invalid input: nothing named (docs/cli.md)
     expect(refused.stderr).toContain('or pass --all');
     expect((await dlq('purge', '--device', deviceId, '--code', 'TemplateNotMatched')).stdout).toBe(
       'purged 0\n',

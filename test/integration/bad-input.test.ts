@@ -14,6 +14,7 @@ import type { MqttClient } from 'mqtt';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import type { DeadLetterJobData } from '../../src/queues.js';
 import {
+  enrol,
   connectDevice,
   fhirSearch,
   startHarness,
@@ -44,10 +45,12 @@ interface Device {
   readonly secret: string;
 }
 
+const ACTOR = { actor: 'test', source: 'api' } as const;
+
 async function newDevice(label: string): Promise<Device> {
   const deviceId = uniqueId(label);
   const patientId = uniqueId('pat');
-  const { secret } = await h.pipeline.registry.add(deviceId, patientId);
+  const secret = await enrol(h.pipeline, deviceId, patientId);
   return { deviceId, patientId, secret };
 }
 
@@ -102,9 +105,12 @@ async function ingestedMessagesOf(deviceId: string): Promise<number> {
 }
 
 /** A valid reading from `d` arrives in HAPI, and it is the patient's only Observation. */
-async function validReadingArrives(d: Device, client?: MqttClient): Promise<void> {
+async function validReadingArrives(
+  d: Device,
+  client?: MqttClient,
+  at = new Date(Date.now() - 30_000).toISOString(),
+): Promise<void> {
   const c = client?.connected ? client : await connect(d);
-  const at = new Date(Date.now() - 30_000).toISOString();
   await send(
     c,
     `devices/${d.deviceId}/telemetry`,
@@ -133,14 +139,33 @@ async function runCase(c: BadInput): Promise<void> {
     now: new Date(Date.now() - 60_000).toISOString(),
   };
   const client = await connect(d);
-  if (c.before === 'remove-device') await h.pipeline.registry.remove(d.deviceId);
+  const gone = closed(client);
+  if (c.before === 'remove-device') await h.pipeline.devices.remove(d.deviceId, ACTOR);
   const payload = typeof c.payload === 'function' ? c.payload(ctx) : c.payload;
   const topic = c.topic?.(ctx) ?? `devices/${d.deviceId}/telemetry`;
   const outcome = c.outcome;
 
+  if ('sessionEnded' in outcome) {
+    // 1. Removing the device ended its session at once: what it sends after is never taken in.
+    await gone;
+    void send(client, topic, payload, c.qos ?? 1).catch(() => undefined);
+    expect(await ingestedMessagesOf(d.deviceId)).toBe(0);
+    // 2. Its credentials are gone: the broker refuses it, as it should.
+    await expect(connectDevice(h.mqttUrl, d.deviceId, d.secret)).rejects.toThrow(/Not authorized/);
+    client.end(true);
+    // 3. Added again (its history stays), it publishes for the patient associated from now on.
+    await h.pipeline.devices.add(d.deviceId, {
+      ...ACTOR,
+      secret: d.secret,
+      patient: d.patientId,
+      newPatient: true,
+    });
+    await validReadingArrives(d, undefined, new Date().toISOString());
+    return;
+  }
+
   if ('refused' in outcome) {
     // 1. No PUBACK; the broker closes the connection (MQTT-3.3.5-2) and says why.
-    const gone = closed(client);
     void send(client, topic, payload, c.qos ?? 1).catch(() => undefined);
     await gone;
     const log = await refusalOf(d.deviceId);
@@ -170,16 +195,6 @@ async function runCase(c: BadInput): Promise<void> {
     expect(
       Buffer.from(letter.message!.payload, letter.message!.encoding === 'utf8' ? 'utf8' : 'base64'),
     ).toEqual(raw);
-    if (c.before === 'remove-device') {
-      // The device is gone: the broker now refuses it, as it should.
-      await expect(connectDevice(h.mqttUrl, d.deviceId, d.secret)).rejects.toThrow(
-        /Not authorized/,
-      );
-      client.end(true);
-      await h.pipeline.registry.add(d.deviceId, d.patientId, d.secret);
-      await validReadingArrives(d);
-      return;
-    }
     await validReadingArrives(d, client);
     return;
   }
@@ -254,7 +269,9 @@ describe.concurrent('bad input', () => {
           ? `dead-lettered as ${c.outcome.deadLetter}`
           : 'recordedAbsent' in c.outcome
             ? `recorded with dataAbsentReason ${c.outcome.recordedAbsent}`
-            : 'processed normally';
+            : 'sessionEnded' in c.outcome
+              ? 'its session ended at once'
+              : 'processed normally';
     it(`${c.name}: ${what}, and a valid reading after it arrives`, () => runCase(c));
   }
 });

@@ -6,6 +6,7 @@
  */
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import {
+  enrol,
   connectDevice,
   publish,
   startHarness,
@@ -24,8 +25,8 @@ beforeAll(async () => {
   h = await startHarness({ fhirUrl: inject('fhirUrl'), roles: ['broker'] });
   alice = uniqueId('alice');
   bob = uniqueId('bob');
-  ({ secret: aliceSecret } = await h.pipeline.registry.add(alice, 'p-alice'));
-  await h.pipeline.registry.add(bob, 'p-bob');
+  aliceSecret = await enrol(h.pipeline, alice, 'p-alice');
+  await enrol(h.pipeline, bob, 'p-bob');
 });
 
 afterAll(async () => {

@@ -1,10 +1,12 @@
 /**
- * Safe activation of templates in running pipelines. Two processes share the
- * queues (as two machines would): A watches a folder an operator edits, B
- * another copy. An invalid edit is never activated — the running version keeps
- * processing and the error shows in log, metric and readiness — and a valid
- * edit becomes the active version on both within seconds, through Redis. Every
- * Observation, in FHIR and in ClickHouse, records the version that made it.
+ * MAPPINGS_RELOAD=watch, the development convenience, still goes through the
+ * gates. Two processes share the queues (as two machines would): A watches a
+ * folder an operator edits, B another copy. An invalid edit is never activated
+ * — the running version keeps processing and the error shows in log, metric and
+ * readiness — and a valid edit that passes the gates (its fixture updated with
+ * it) becomes the active version on both within seconds, through Redis; B,
+ * whose folder now differs, only reports it. Every Observation, in FHIR and in
+ * ClickHouse, records the version that made it.
  */
 import { cp, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -13,6 +15,7 @@ import { fileURLToPath } from 'node:url';
 import type { MqttClient } from 'mqtt';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import {
+  enrol,
   connectDevice,
   fhirSearch,
   HARNESS_ADMIN_TOKEN,
@@ -94,7 +97,7 @@ beforeAll(async () => {
       worker: { stages: ['normalize', 'fhir'] },
     },
   });
-  const { secret } = await a.pipeline.registry.add(monitor, `Patient/${patient}`);
+  const secret = await enrol(a.pipeline, monitor, `Patient/${patient}`);
   client = await connectDevice(a.mqttUrl, monitor, secret);
 });
 
@@ -141,9 +144,15 @@ describe('hot reload', () => {
     expect(versionTag(during)).toBe(`heartrate@${v1}`);
     expect(b.pipeline.templates!.status().active).toBe(v1);
 
-    // 3. The operator fixes it and changes the heart-rate display: a new version v2,
-    //    active on A at once and on B (which reads another folder) through Redis.
+    // 3. The operator fixes it and changes the heart-rate display, with the fixture
+    //    that expects it: a new version v2 passes the gates, active on A and on B
+    //    (which reads another folder) through Redis.
     const fhirFile = path.join(dirA, 'fhir/vitals.json');
+    const fixtureFile = path.join(dirA, 'fixtures/vitals/expected-observations.json');
+    await writeFile(
+      fixtureFile,
+      (await readFile(fixtureFile, 'utf8')).replaceAll('"Heart rate"', '"Heart rate (monitor)"'),
+    );
     await writeFile(vitals, original);
     await writeFile(
       fhirFile,
@@ -173,6 +182,21 @@ describe('hot reload', () => {
         (l) => l.event === 'mappings-activated' && l.version === v2 && l.source === 'redis',
       ),
     ).toBe(true);
+    // B's own folder was not edited: it runs v2 and only reports the difference.
+    expect(b.pipeline.templates!.status().folder).toEqual({ version: v1, differs: true });
+    // The watch activation went through the gates, and the audit says so.
+    const audit = await a.pipeline.admin!.app.inject({
+      method: 'GET',
+      url: '/api/mappings/audit',
+      headers: { authorization: `Bearer ${HARNESS_ADMIN_TOKEN}` },
+    });
+    const { entries } = audit.json<{ entries: { action: string; via: string; to: string }[] }>();
+    expect(entries.at(-1)).toMatchObject({
+      action: 'activate',
+      via: 'watch',
+      to: v2,
+      gates: { passed: true, validate: 'ok', accepted: { changes: true } },
+    });
 
     // 4. New Observations carry v2 in FHIR (meta.tag) and in ClickHouse (template_version).
     const after = await heartRateAt(recent(100), 63);

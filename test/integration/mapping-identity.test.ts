@@ -1,18 +1,21 @@
 /**
  * Identity resolution modes (MedTech semantics) against a real HAPI FHIR and
- * Redis: Create (registry bindings, gateways linked in Redis), Lookup (the FHIR
- * Device must exist and name its Patient) and LookupWithEncounter, with each
- * error code; and Lookup through the whole pipeline.
+ * Redis: Create (association history, gateways linked over time), Lookup (the
+ * FHIR Device must exist and name its Patient) and LookupWithEncounter, with
+ * each error code; and Lookup and a gateway through the whole pipeline.
  */
 import type { MqttClient } from 'mqtt';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { GatewayLinks } from '../../src/devices/gateways.js';
-import { DeviceRegistry } from '../../src/devices/registry.js';
+import { AssociationStore, DeviceRegistry, DeviceService } from '../../src/devices/index.js';
 import type { PipelineError } from '../../src/errors.js';
 import { createIdentityService, type IdentityMode } from '../../src/fhir/identity.js';
+import { createFhirGateway } from '../../src/fhir/gateway.js';
+import type { IdentityClaim } from '../../src/mapping/index.js';
 import { createRedis } from '../../src/queue-runtime.js';
 import {
   connectDevice,
+  enrol,
+  ENROL_SINCE_MS,
   fhirSearch,
   publish,
   startHarness,
@@ -41,18 +44,39 @@ async function put(
 const redis = createRedis(process.env.REDIS_URL ?? 'redis://127.0.0.1:6379');
 const prefix = uniqueId('idt');
 const registry = new DeviceRegistry(redis, prefix);
-const gateways = new GatewayLinks(redis, prefix);
+const associations = new AssociationStore(redis, prefix);
+const ACTOR = { actor: 'test', source: 'api' } as const;
+const devices = new DeviceService({
+  registry,
+  associations,
+  revoke: () => Promise.resolve(),
+  sync: () => Promise.resolve(),
+  patientExists: () => Promise.resolve(true),
+  createPatients: false,
+  identityMode: 'Create',
+});
+const fhir = createFhirGateway({ baseUrl: fhirUrl, timeoutMs: 30_000 });
 
-function service(mode: IdentityMode) {
-  return createIdentityService({
+async function who(mode: IdentityMode, deviceId: string) {
+  const service = createIdentityService({
     mode,
-    fhirUrl,
-    timeoutMs: 30_000,
+    fhir,
     deviceIdentifierSystem: SYSTEM,
-    device: (id) => registry.get(id),
-    gateways,
+    createPatients: false,
+    associations,
+    registry,
     cacheMs: 0,
   });
+  return (await service.forJob([deviceId])).forMessage(deviceId);
+}
+
+/** A claim made a minute ago, naming its device in the payload unless said otherwise. */
+function claim(c: Omit<IdentityClaim, 'deviceFrom' | 'occurrenceTime'> & Partial<IdentityClaim>) {
+  return {
+    deviceFrom: 'payload' as const,
+    occurrenceTime: new Date(Date.now() - 60_000).toISOString(),
+    ...c,
+  };
 }
 
 async function failure(p: Promise<unknown>): Promise<string> {
@@ -98,8 +122,9 @@ beforeAll(async () => {
     identifier: [{ system: 'urn:test:encounter', value: enc }],
     subject: { reference: `Patient/${pa}` },
   });
-  await registry.add(gw, 'Patient/p-gw');
-  await registry.add(da, `Patient/${pa}`);
+  await devices.add(gw, { ...ACTOR, kind: 'gateway' });
+  await devices.add(da, { ...ACTOR, patient: pa, at: Date.now() - ENROL_SINCE_MS });
+  await devices.add(orphan, ACTOR);
 });
 
 afterAll(() => {
@@ -107,50 +132,88 @@ afterAll(() => {
 });
 
 describe('Create', () => {
-  it('a device speaks for itself: its registry binding is the patient', async () => {
-    const who = service('Create').forMessage((await registry.get(da))!);
-    const r = await who.resolve({ authenticatedDeviceId: da, deviceId: da });
+  it('a device speaks for itself: the patient associated at the reading time', async () => {
+    const w = await who('Create', da);
+    const r = await w.resolve(claim({ authenticatedDeviceId: da, deviceId: da }));
     expect(r).toEqual({ patientId: pa, deviceResourceId: `dev-${da}` });
-    expect(who.subjects().map((s) => `${s.resourceType}/${s.id}`)).toEqual([
-      `Patient/${pa}`,
-      `Device/dev-${da}`,
+    // The Patient existed when it was associated, and was not marked new: never created.
+    expect(w.patients()).toEqual([
+      { id: pa, identifier: { system: 'urn:iomt:patient', value: pa }, create: false },
     ]);
+    expect(w.devices()).toEqual([da]);
   });
 
-  it('a gateway speaks for the devices linked to it, and for no others', async () => {
-    const who = service('Create').forMessage((await registry.get(gw))!);
-    const claim = { authenticatedDeviceId: gw, deviceId: da };
-    expect(await failure(Promise.resolve(who.resolve(claim)))).toBe('DeviceSpoofing');
-    await gateways.link(registry, gw, da);
-    expect(await who.resolve(claim)).toEqual({
+  it('a reading of a time with no association is NoPatientAssociated, never a guess', async () => {
+    const w = await who('Create', orphan);
+    expect(
+      await failure(
+        Promise.resolve(w.resolve(claim({ authenticatedDeviceId: orphan, deviceId: orphan }))),
+      ),
+    ).toBe('NoPatientAssociated');
+    const early = new Date(Date.now() - ENROL_SINCE_MS - 60_000).toISOString();
+    const before = await who('Create', da);
+    expect(
+      await failure(
+        Promise.resolve(
+          before.resolve(claim({ authenticatedDeviceId: da, deviceId: da, occurrenceTime: early })),
+        ),
+      ),
+    ).toBe('NoPatientAssociated');
+  });
+
+  it('a gateway relays for the devices linked to it at the reading time, and for no others', async () => {
+    const c = claim({ authenticatedDeviceId: gw, deviceId: da });
+    expect(await failure(Promise.resolve((await who('Create', gw)).resolve(c)))).toBe(
+      'DeviceSpoofing',
+    );
+    await devices.link(gw, da, { ...ACTOR, at: Date.now() - 3_600_000 });
+    const w = await who('Create', gw);
+    expect(await w.resolve(c)).toEqual({
       patientId: pa,
       deviceResourceId: `dev-${da}`,
       gatewayId: gw,
       gatewayResourceId: `dev-${gw}`,
     });
-    // The gateway's Device is created too (Observation.extension references it).
-    expect(who.subjects().map((s) => `${s.resourceType}/${s.id}`)).toContain(`Device/dev-${gw}`);
+    // The gateway's Device is written too (Observation.extension references it).
+    expect(w.devices()).toContain(gw);
+    // Before the link took effect, the gateway did not speak for it.
+    const earlier = new Date(Date.now() - 2 * 3_600_000).toISOString();
+    expect(await failure(Promise.resolve(w.resolve({ ...c, occurrenceTime: earlier })))).toBe(
+      'DeviceSpoofing',
+    );
+  });
+
+  it('a gateway reading that names no device, or the gateway itself, is GatewayChildMissing', async () => {
+    const w = await who('Create', gw);
+    for (const deviceFrom of ['connection', 'payload'] as const)
+      expect(
+        await failure(
+          Promise.resolve(
+            w.resolve(claim({ authenticatedDeviceId: gw, deviceId: gw, deviceFrom })),
+          ),
+        ),
+      ).toBe('GatewayChildMissing');
   });
 
   it('a payload naming another patient is refused', async () => {
-    const who = service('Create').forMessage((await registry.get(da))!);
+    const w = await who('Create', da);
     expect(
       await failure(
         Promise.resolve(
-          who.resolve({ authenticatedDeviceId: da, deviceId: da, claimedPatientId: 'x' }),
+          w.resolve(claim({ authenticatedDeviceId: da, deviceId: da, claimedPatientId: 'x' })),
         ),
       ),
     ).toBe('DeviceSpoofing');
   });
 
   it('an encounter the reading names is linked by identifier, or refused', async () => {
-    const who = service('Create').forMessage((await registry.get(da))!);
-    const r = await who.resolve({ authenticatedDeviceId: da, deviceId: da, encounterId: enc });
+    const w = await who('Create', da);
+    const r = await w.resolve(claim({ authenticatedDeviceId: da, deviceId: da, encounterId: enc }));
     expect(r.encounterResourceId).toBe(`e-${enc}`);
     expect(
       await failure(
         Promise.resolve(
-          who.resolve({ authenticatedDeviceId: da, deviceId: da, encounterId: 'nope' }),
+          w.resolve(claim({ authenticatedDeviceId: da, deviceId: da, encounterId: 'nope' })),
         ),
       ),
     ).toBe('EncounterNotFound');
@@ -158,40 +221,44 @@ describe('Create', () => {
 });
 
 describe('Lookup', () => {
-  const record = { deviceId: da, patientId: 'registry-patient-ignored', createdAt: '' };
-
   it('the FHIR Device with the identifier names the patient; nothing is created', async () => {
-    const who = service('Lookup').forMessage(record);
-    expect(await who.resolve({ authenticatedDeviceId: da, deviceId: da })).toEqual({
+    const w = await who('Lookup', da);
+    expect(await w.resolve(claim({ authenticatedDeviceId: da, deviceId: da }))).toEqual({
       patientId: pa,
       deviceResourceId: `fhir-${da}`,
     });
-    expect(who.subjects()).toEqual([]);
+    expect(w.patients()).toEqual([]);
+    expect(w.devices()).toEqual([]);
   });
 
   it('DeviceNotFound, PatientNotFound, PatientDeviceMismatch', async () => {
-    const who = service('Lookup').forMessage(record);
     const ghost = uniqueId('ghost');
+    await devices.add(ghost, ACTOR);
+    const g = await who('Lookup', ghost);
     expect(
       await failure(
-        Promise.resolve(who.resolve({ authenticatedDeviceId: ghost, deviceId: ghost })),
+        Promise.resolve(g.resolve(claim({ authenticatedDeviceId: ghost, deviceId: ghost }))),
       ),
     ).toBe('DeviceNotFound');
+    const o = await who('Lookup', orphan);
     expect(
       await failure(
-        Promise.resolve(who.resolve({ authenticatedDeviceId: orphan, deviceId: orphan })),
+        Promise.resolve(o.resolve(claim({ authenticatedDeviceId: orphan, deviceId: orphan }))),
       ),
     ).toBe('PatientNotFound');
+    const w = await who('Lookup', da);
     expect(
       await failure(
         Promise.resolve(
-          who.resolve({ authenticatedDeviceId: da, deviceId: da, claimedPatientId: 'someone' }),
+          w.resolve(
+            claim({ authenticatedDeviceId: da, deviceId: da, claimedPatientId: 'someone' }),
+          ),
         ),
       ),
     ).toBe('PatientDeviceMismatch');
     // The patient the Device names may be given: it is the same one.
     expect(
-      (await who.resolve({ authenticatedDeviceId: da, deviceId: da, claimedPatientId: pa }))
+      (await w.resolve(claim({ authenticatedDeviceId: da, deviceId: da, claimedPatientId: pa })))
         .patientId,
     ).toBe(pa);
   });
@@ -199,22 +266,18 @@ describe('Lookup', () => {
 
 describe('LookupWithEncounter', () => {
   it('needs an Encounter carrying the identifier the reading names', async () => {
-    const who = service('LookupWithEncounter').forMessage({
-      deviceId: da,
-      patientId: pa,
-      createdAt: '',
-    });
+    const w = await who('LookupWithEncounter', da);
     expect(
-      (await who.resolve({ authenticatedDeviceId: da, deviceId: da, encounterId: enc }))
+      (await w.resolve(claim({ authenticatedDeviceId: da, deviceId: da, encounterId: enc })))
         .encounterResourceId,
     ).toBe(`e-${enc}`);
     expect(
-      await failure(Promise.resolve(who.resolve({ authenticatedDeviceId: da, deviceId: da }))),
+      await failure(Promise.resolve(w.resolve(claim({ authenticatedDeviceId: da, deviceId: da })))),
     ).toBe('EncounterNotFound');
     expect(
       await failure(
         Promise.resolve(
-          who.resolve({ authenticatedDeviceId: da, deviceId: da, encounterId: uniqueId('x') }),
+          w.resolve(claim({ authenticatedDeviceId: da, deviceId: da, encounterId: uniqueId('x') })),
         ),
       ),
     ).toBe('EncounterNotFound');
@@ -241,9 +304,9 @@ describe('Lookup through the pipeline', () => {
       fhirUrl,
       overrides: { fhir: { identityResolution: 'Lookup', deviceIdentifierSystem: SYSTEM } },
     });
-    // The registry still admits the device (CONNECT); its binding is not used in Lookup mode.
-    const a = await h.pipeline.registry.add(monitor, 'Patient/registry-binding');
-    const b = await h.pipeline.registry.add(unknownInFhir, 'Patient/registry-binding');
+    // The registry admits the device (CONNECT); in Lookup mode FHIR names the patient.
+    const a = await h.pipeline.devices.add(monitor, ACTOR);
+    const b = await h.pipeline.devices.add(unknownInFhir, ACTOR);
     client = await connectDevice(h.mqttUrl, monitor, a.secret);
     stranger = await connectDevice(h.mqttUrl, unknownInFhir, b.secret);
   });
@@ -288,12 +351,12 @@ describe('a gateway through the pipeline (Create)', () => {
 
   beforeAll(async () => {
     h = await startHarness({ fhirUrl });
-    const links = new GatewayLinks(redis, h.prefix);
-    const { secret } = await h.pipeline.registry.add(hub, `Patient/${uniqueId('phub')}`);
-    await h.pipeline.registry.add(scale, `Patient/${ps}`);
-    await h.pipeline.registry.add(oxi, `Patient/${po}`);
-    await links.link(h.pipeline.registry, hub, scale);
-    await links.link(h.pipeline.registry, hub, oxi);
+    const secret = await enrol(h.pipeline, hub, undefined, { gateway: true });
+    await enrol(h.pipeline, scale, ps);
+    await enrol(h.pipeline, oxi, po);
+    const since = Date.now() - ENROL_SINCE_MS;
+    await h.pipeline.devices.link(hub, scale, { ...ACTOR, at: since });
+    await h.pipeline.devices.link(hub, oxi, { ...ACTOR, at: since });
     client = await connectDevice(h.mqttUrl, hub, secret);
   });
   afterAll(async () => {

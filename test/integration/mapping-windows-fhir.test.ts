@@ -8,9 +8,11 @@
 import type { Observation } from 'fhir/r4.js';
 import type { MqttClient } from 'mqtt';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { createFhirGateway } from '../../src/fhir/gateway.js';
 import { createObservationMerger } from '../../src/fhir/merge.js';
 import { compileSources, normalizeMessage, type MappingSet } from '../../src/mapping/index.js';
 import {
+  enrol,
   connectDevice,
   fhirSearch,
   publish,
@@ -130,7 +132,12 @@ async function ensureSubjects(): Promise<void> {
 async function windowOf(body: unknown): Promise<Observation> {
   const out = await normalizeMessage(mappings, {
     payload: JSON.stringify(body),
-    meta: { deviceId, topic: `devices/${deviceId}/telemetry`, receivedAt: Date.now() },
+    // Received an hour after the readings: the pure path checks device times against receipt.
+    meta: {
+      deviceId,
+      topic: `devices/${deviceId}/telemetry`,
+      receivedAt: Date.parse('2026-05-01T13:00:00Z'),
+    },
     patientId: patient,
     identifierSystem: 'urn:iomt:observation',
   });
@@ -157,7 +164,8 @@ beforeAll(async () => {
 });
 
 describe('read-merge-write of grouped Observations', () => {
-  const merger = createObservationMerger({ baseUrl: fhirUrl, timeoutMs: 30_000 });
+  const gateway = createFhirGateway({ baseUrl: fhirUrl, timeoutMs: 30_000 });
+  const merger = createObservationMerger(gateway);
 
   it('creates the window, then merges a late, out-of-order batch into it by time', async () => {
     const first = await windowOf([{ hr: true, t: '2026-05-01T10:30:00Z', v: 80 }]);
@@ -182,9 +190,7 @@ describe('read-merge-write of grouped Observations', () => {
 
   it('concurrent writers of one window lose no sample (If-Match conflicts are retried)', async () => {
     let conflicts = 0;
-    const racing = createObservationMerger({
-      baseUrl: fhirUrl,
-      timeoutMs: 30_000,
+    const racing = createObservationMerger(gateway, {
       maxAttempts: 20,
       onConflict: () => conflicts++,
     });
@@ -233,7 +239,7 @@ describe('through the whole pipeline', () => {
 
   beforeAll(async () => {
     h = await startHarness({ fhirUrl });
-    const { secret } = await h.pipeline.registry.add(dev, `Patient/${pat}`);
+    const secret = await enrol(h.pipeline, dev, `Patient/${pat}`);
     client = await connectDevice(h.mqttUrl, dev, secret);
   });
   afterAll(async () => {

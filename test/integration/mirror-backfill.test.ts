@@ -14,6 +14,7 @@ import type { MqttClient } from 'mqtt';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { parseMessageSource } from '../../src/fhir/message-source.js';
 import {
+  enrol,
   connectDevice,
   HARNESS_ADMIN_TOKEN,
   publish,
@@ -64,7 +65,7 @@ beforeAll(async () => {
   h = await startHarness({ fhirUrl });
   deviceId = uniqueId('mirror-mon');
   patientId = uniqueId('mirror-pat');
-  const { secret } = await h.pipeline.registry.add(deviceId, `Patient/${patientId}`);
+  const secret = await enrol(h.pipeline, deviceId, `Patient/${patientId}`);
   client = await connectDevice(h.mqttUrl, deviceId, secret);
 });
 

@@ -11,6 +11,7 @@ import type { PipelineError } from '../../src/errors.js';
 import { createLogger } from '../../src/logger.js';
 import { startPipeline } from '../../src/pipeline.js';
 import {
+  enrol,
   HARNESS_ADMIN_TOKEN,
   connectDevice,
   fhirSearch,
@@ -120,7 +121,7 @@ describe('with the token', () => {
   it('/metrics counts a message through every stage', async () => {
     const deviceId = uniqueId('metrics');
     const patientId = uniqueId('mpat');
-    const { secret } = await h.pipeline.registry.add(deviceId, patientId);
+    const secret = await enrol(h.pipeline, deviceId, patientId);
     const client = await connectDevice(h.mqttUrl, deviceId, secret);
     // QoS 0 first: the QoS 1 PUBACK then proves the broker has read both.
     await publish(client, `devices/${deviceId}/telemetry`, 'not json', 0);

@@ -18,6 +18,7 @@ import mqtt from 'mqtt';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import {
   connectDevice,
+  enrol,
   startHarness,
   uniqueId,
   waitFor,
@@ -29,7 +30,7 @@ const fhirUrl = inject('fhirUrl');
 
 async function device(h: Harness) {
   const deviceId = uniqueId('flood');
-  const { secret } = await h.pipeline.registry.add(deviceId, uniqueId('pat'));
+  const secret = await enrol(h.pipeline, deviceId, uniqueId('pat'));
   return { deviceId, secret };
 }
 

@@ -109,8 +109,10 @@ export async function spoofAwareMappings(): Promise<string> {
     template: { template: Record<string, unknown> }[];
   };
   for (const t of collection.template) {
-    t.template.deviceIdExpression = 'deviceId';
-    t.template.patientIdExpression = 'patientId';
+    // Explicit, never a fallback: the connection's device unless the payload names one,
+    // and no patient claim (null) unless the payload makes one.
+    t.template.deviceIdExpression = '$exists(deviceId) ? deviceId : $meta.deviceId';
+    t.template.patientIdExpression = '$exists(patientId) ? patientId : null';
   }
   await writeFile(file, JSON.stringify(collection, null, 2));
   return dir;

@@ -11,6 +11,7 @@ import { rm } from 'node:fs/promises';
 import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import {
+  enrol,
   connectDevice,
   fhirSearch,
   publish,
@@ -59,7 +60,7 @@ afterAll(async () => {
 async function device(hx: Harness = h) {
   const deviceId = uniqueId('sec');
   const patientId = uniqueId('secpat');
-  const { secret } = await hx.pipeline.registry.add(deviceId, patientId);
+  const secret = await enrol(hx.pipeline, deviceId, patientId);
   secrets.push(secret);
   return { deviceId, patientId, secret };
 }

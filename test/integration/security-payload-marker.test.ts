@@ -16,6 +16,7 @@ import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import type { DeadLetterJobData } from '../../src/queues.js';
 import {
   connectDevice,
+  enrol,
   startHarness,
   uniqueId,
   waitFor,
@@ -180,8 +181,8 @@ async function deadLettersOf(deviceId: string): Promise<DeadLetterJobData[]> {
 async function run(c: MarkerCase): Promise<DeadLetterJobData | undefined> {
   const deviceId = uniqueId('mark');
   const otherDeviceId = uniqueId('other');
-  const { secret } = await h.pipeline.registry.add(deviceId, uniqueId('pat'));
-  await h.pipeline.registry.add(otherDeviceId, uniqueId('pat'));
+  const secret = await enrol(h.pipeline, deviceId, uniqueId('pat'));
+  await enrol(h.pipeline, otherDeviceId, uniqueId('pat'));
   const ctx: Ctx = { deviceId, otherDeviceId, now: new Date(Date.now() - 60_000).toISOString() };
   const client = await connectDevice(h.mqttUrl, deviceId, secret);
   client.on('error', () => undefined);
@@ -227,7 +228,7 @@ describe('a marker in the payload', () => {
   it('is in no log line and no dead-letter reason, on every refusal path, and stays in the raw payload', async () => {
     // 1. A wrong secret carrying the marker (secrets are never logged either).
     const d = uniqueId('mark');
-    await h.pipeline.registry.add(d, uniqueId('pat'));
+    await enrol(h.pipeline, d, uniqueId('pat'));
     await expect(connectDevice(h.mqttUrl, d, `wrong-${MARKER}`)).rejects.toThrow(/Not authorized/);
 
     // 2. Every payload case, one device each.

@@ -16,6 +16,7 @@ import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import {
   connectDevice,
+  enrol,
   publish,
   startHarness,
   uniqueId,
@@ -41,7 +42,7 @@ afterAll(async () => {
 
 async function device() {
   const deviceId = uniqueId('sess');
-  const { secret } = await h.pipeline.registry.add(deviceId, uniqueId('pat'));
+  const secret = await enrol(h.pipeline, deviceId, uniqueId('pat'));
   return { deviceId, secret };
 }
 

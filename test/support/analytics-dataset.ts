@@ -12,7 +12,13 @@
  *    10th reading of mon-c taking 5 s;
  *  - one heart rate of pat-a was corrected in FHIR (130 → 135, version 2);
  *  - dead letters: mon-d 3 × InvalidPayload, mon-e 2 × TimestampOutOfRange,
- *    mon-a 1 × FhirRejected;
+ *    mon-a 1 × FhirRejected, mon-b 2 × NoPatientAssociated (it sent before the
+ *    nurse associated it with pat-b);
+ *  - associations: each monitor with its patient from an hour before the data
+ *    (mon-b only from 2 minutes before; mon-a served pat-z the day before;
+ *    mon-f was unassigned when pat-f was discharged, 89 minutes before the anchor);
+ *    a correction recorded late says mon-c was on pat-y from minute 50 to 55, so
+ *    the readings of those minutes, charted on pat-c, are charted elsewhere;
  *  - pat-a has one ECG strip (SampledData, 250 points, 10 ms apart).
  * Every fifth message is delivered twice (the mirror is at least once), so a
  * query that forgets FINAL / argMax counts wrong. Deterministic for one anchor.
@@ -20,6 +26,7 @@
  * `points` / `messages` are the plain facts the tests compute expectations from.
  */
 import type { Observation, ObservationComponent } from 'fhir/r4.js';
+import type { AssociationRecord } from '../../src/devices/associations.js';
 import { messageSourceUri } from '../../src/fhir/message-source.js';
 import type { MessageOutcome, ObservationEnvelope } from '../../src/queues.js';
 import { seededRandom } from '../../src/simulator/vitals.js';
@@ -88,8 +95,23 @@ export interface MessageFact {
   readonly errorCode: string;
 }
 
+/** Who had a monitor when (the test's own plain list; the history is derived from it). */
+export interface AssociationFact {
+  /** FHIR Device id, as in observations.device_id. */
+  readonly device: string;
+  readonly patient: string;
+  readonly from: number;
+  /** undefined: still open */
+  readonly to: number | undefined;
+  /** Recorded later, as a correction of what was recorded for that time. */
+  readonly correctedAt?: number;
+}
+
 export interface Dataset {
   readonly anchor: number;
+  readonly associationFacts: readonly AssociationFact[];
+  /** MQTT device id → its association history, as the pipeline records it. */
+  readonly associations: ReadonlyMap<string, AssociationRecord[]>;
   /** Insert batches, in order; duplicates included. */
   readonly batches: readonly ObservationEnvelope[][];
   readonly messages: readonly MessageOutcome[];
@@ -306,6 +328,108 @@ export function buildDataset(anchorMs: number): Dataset {
   dead('pat-e', 'TimestampOutOfRange', 2, 'normalize');
   dead('pat-a', 'FhirRejected', 1, 'fhir');
 
+  // Associations: who had each monitor, and when.
+  const fixedLate = anchor - 10 * MINUTE;
+  const associationFacts: AssociationFact[] = [
+    {
+      device: deviceOf('pat-a'),
+      patient: 'pat-z',
+      from: start - 26 * 60 * MINUTE,
+      to: start - 20 * 60 * MINUTE,
+    },
+    ...PATIENTS.filter((p) => p !== 'pat-c').map((p) => ({
+      device: deviceOf(p),
+      patient: p,
+      from: start - (p === 'pat-b' ? 2 : 60) * MINUTE,
+      to: p === 'pat-f' ? anchor - 89 * MINUTE : undefined,
+    })),
+    {
+      device: deviceOf('pat-c'),
+      patient: 'pat-c',
+      from: start - 60 * MINUTE,
+      to: start + 50 * MINUTE,
+    },
+    {
+      device: deviceOf('pat-c'),
+      patient: 'pat-y',
+      from: start + 50 * MINUTE,
+      to: start + 55 * MINUTE,
+      correctedAt: fixedLate,
+    },
+    {
+      device: deviceOf('pat-c'),
+      patient: 'pat-c',
+      from: start + 55 * MINUTE,
+      to: undefined,
+      correctedAt: fixedLate,
+    },
+  ];
+  // The history each device's facts give: the plain assignments first, the
+  // corrections as recorded later (they win at their times).
+  const associations = new Map<string, AssociationRecord[]>();
+  const byDevice = new Map<string, AssociationFact[]>();
+  for (const f of associationFacts) byDevice.set(f.device, [...(byDevice.get(f.device) ?? []), f]);
+  for (const [device, facts] of byDevice) {
+    const log: AssociationRecord[] = [];
+    const ordered = [...facts].sort(
+      (a, b) => (a.correctedAt ?? 0) - (b.correctedAt ?? 0) || a.from - b.from,
+    );
+    for (const f of ordered) {
+      const base = {
+        source: 'feed' as const,
+        actor: 'adt',
+        ...(f.correctedAt !== undefined ? { correction: true } : {}),
+      };
+      log.push({
+        ...base,
+        kind: 'assign',
+        patientId: f.patient,
+        at: f.from,
+        recordedAt: f.correctedAt ?? f.from,
+        seq: log.length,
+      });
+      const next = facts.find((g) => g.from === f.to);
+      if (f.to !== undefined && !next)
+        log.push({
+          ...base,
+          kind: 'unassign',
+          at: f.to,
+          recordedAt: f.correctedAt ?? f.to,
+          seq: log.length,
+        });
+    }
+    associations.set(device.slice(4), log);
+  }
+  // mon-b sent before it was associated: held, not charted.
+  for (const k of [6, 4]) {
+    const receivedAt = start - k * MINUTE + TRANSPORT_MS;
+    const device = deviceOf('pat-b');
+    messages.push({
+      message: {
+        id: `${device}-early-${k}`,
+        deviceId: device.slice(4),
+        topic: `devices/${device.slice(4)}/telemetry`,
+        qos: 1,
+        receivedAt,
+        payload: JSON.stringify({ timestamp: new Date(receivedAt - TRANSPORT_MS).toISOString() }),
+        encoding: 'utf8',
+      },
+      patientId: '',
+      outcome: 'dead_lettered',
+      errorCode: 'NoPatientAssociated',
+      errorStage: 'normalize',
+      observationCount: 0,
+      templateVersion: 'tv-1',
+      decidedAt: receivedAt + 10,
+    });
+    messageFacts.push({
+      device,
+      receivedAt,
+      outcome: 'dead_lettered',
+      errorCode: 'NoPatientAssociated',
+    });
+  }
+
   // An ECG strip: 250 points, 10 ms apart, starting 2 hours before the anchor.
   const ecgStart = anchor - 120 * MINUTE + 250;
   const ecgValues = Array.from(
@@ -351,6 +475,8 @@ export function buildDataset(anchorMs: number): Dataset {
 
   return {
     anchor,
+    associationFacts,
+    associations,
     batches,
     messages,
     points,

@@ -284,9 +284,96 @@ export const EXPECTED: Record<string, (d: Dataset, rows: Row[]) => void> = {
     expectRows(rows, want);
     expect(rows.map((r) => [r.error_code, r.device_id, Number(r.messages)])).toEqual([
       ['InvalidPayload', 'dev-mon-d', 3],
+      ['NoPatientAssociated', 'dev-mon-b', 2],
       ['TimestampOutOfRange', 'dev-mon-e', 2],
       ['FhirRejected', 'dev-mon-a', 1],
     ]);
+  },
+
+  'readings-per-association': (d, rows) => {
+    // Each Observation once (the batches repeat some), by device and device time.
+    const observations = new Map<string, { device: string; patient: string; at: number }>();
+    for (const e of d.batches.flat()) {
+      const o = e.observation;
+      observations.set(o.id!, {
+        device: o.device!.reference!.slice('Device/'.length),
+        patient: o.subject!.reference!.slice('Patient/'.length),
+        at: Date.parse(o.effectiveDateTime!),
+      });
+    }
+    const want = [...d.associationFacts]
+      .sort((a, b) => a.device.localeCompare(b.device) || a.from - b.from)
+      .map((f) => {
+        const inPeriod = [...observations.values()].filter(
+          (o) => o.device === f.device && o.at >= f.from && (f.to === undefined || o.at < f.to),
+        );
+        return {
+          device: f.device.slice(4),
+          patient_id: f.patient,
+          valid_from: ms3(f.from),
+          valid_to: f.to === undefined ? null : ms3(f.to),
+          readings: inPeriod.length,
+          on_another_patient: inPeriod.filter((o) => o.patient !== f.patient).length,
+        };
+      });
+    expectRows(rows, want);
+    // The planted facts: pat-z had mon-a without a reading; only the minutes the late
+    // correction gave to pat-y hold readings charted on another patient (pat-c).
+    expect(rows.find((r) => r.patient_id === 'pat-z')?.readings).toBe('0');
+    const elsewhere = rows.filter((r) => r.on_another_patient !== '0');
+    expect(elsewhere.map((r) => [r.device, r.patient_id])).toEqual([['mon-c', 'pat-y']]);
+    expect(Number(elsewhere[0]!.on_another_patient)).toBeGreaterThan(0);
+  },
+
+  'charted-elsewhere': (d, rows) => {
+    const observations = new Map<string, { device: string; patient: string; at: number }>();
+    for (const e of d.batches.flat()) {
+      const o = e.observation;
+      observations.set(o.id!, {
+        device: o.device!.reference!.slice('Device/'.length),
+        patient: o.subject!.reference!.slice('Patient/'.length),
+        at: Date.parse(o.effectiveDateTime!),
+      });
+    }
+    const want = [...observations]
+      .flatMap(([id, o]) => {
+        const f = d.associationFacts.find(
+          (a) => a.device === o.device && a.from <= o.at && (a.to === undefined || o.at < a.to),
+        );
+        return !f || f.patient !== o.patient
+          ? [
+              {
+                id,
+                patient_id: o.patient,
+                associated: f?.patient ?? '',
+                effective_start: ms3(o.at),
+              },
+            ]
+          : [];
+      })
+      .sort(
+        (a, b) => a.effective_start.localeCompare(b.effective_start) || a.id.localeCompare(b.id),
+      );
+    expectRows(rows, want);
+    expect(new Set(rows.map((r) => `${String(r.patient_id)}→${String(r.associated)}`))).toEqual(
+      new Set(['pat-c→pat-y']),
+    );
+  },
+
+  'no-association': (d, rows) => {
+    const held = d.messages.filter((m) => m.errorCode === 'NoPatientAssociated');
+    const groups = groupBy(held, (m) => m.message.deviceId);
+    const want = sorted(groups.keys()).map((device) => {
+      const times = groups.get(device)!.map((m) => m.message.receivedAt);
+      return {
+        device,
+        held: times.length,
+        first_seen: ms3(Math.min(...times)),
+        last_seen: ms3(Math.max(...times)),
+      };
+    });
+    expectRows(rows, want);
+    expect(rows.map((r) => [r.device, Number(r.held)])).toEqual([['mon-b', 2]]);
   },
 
   'messages-per-device': (d, rows) => {

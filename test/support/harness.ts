@@ -11,7 +11,15 @@ import { randomBytes } from 'node:crypto';
 import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
 import { loadConfig, type ConfigOverrides } from '../../src/config.js';
 import { createLogger } from '../../src/logger.js';
+import {
+  AssociationStore,
+  DeviceRegistry,
+  DeviceService,
+  publishRevocation,
+  queueAssociationSync,
+} from '../../src/devices/index.js';
 import { startPipeline, type Pipeline, type Role } from '../../src/pipeline.js';
+import { createQueues, createRedis } from '../../src/queue-runtime.js';
 
 export interface Harness {
   readonly pipeline: Pipeline;
@@ -68,6 +76,65 @@ export async function startHarness(options: {
       await rm(chdbDir, { recursive: true, force: true });
     },
   };
+}
+
+/** Associations of test devices start this long before now: readings dated in the recent past belong. */
+export const ENROL_SINCE_MS = 31 * 24 * 3600 * 1000;
+
+/**
+ * Registers a device, associates it with `patientId` (a new Patient the
+ * pipeline may create) from `since` on (default: 31 days ago, before any
+ * reading the input policy accepts), and returns its secret.
+ */
+export async function enrol(
+  pipeline: Pick<Pipeline, 'devices'>,
+  deviceId: string,
+  patientId: string | undefined,
+  options: { since?: number; secret?: string; gateway?: boolean } = {},
+): Promise<string> {
+  const { secret } = await pipeline.devices.add(deviceId, {
+    actor: 'test',
+    source: 'api',
+    ...(options.secret ? { secret: options.secret } : {}),
+    ...(options.gateway ? { kind: 'gateway' as const } : {}),
+    ...(patientId !== undefined
+      ? {
+          patient: patientId,
+          newPatient: true,
+          at: options.since ?? Date.now() - ENROL_SINCE_MS,
+        }
+      : {}),
+  });
+  return secret;
+}
+
+/**
+ * A device service over a bare Redis (no pipeline in this process): the jobs
+ * that make FHIR and ClickHouse follow associations go to the prefix's queues,
+ * for whichever workers run there.
+ */
+export async function withDevices<T>(
+  redisUrl: string,
+  prefix: string,
+  fn: (devices: Pick<Pipeline, 'devices'>) => Promise<T>,
+): Promise<T> {
+  const redis = createRedis(redisUrl);
+  const queues = createQueues(redis, prefix);
+  try {
+    const devices = new DeviceService({
+      registry: new DeviceRegistry(redis, prefix),
+      associations: new AssociationStore(redis, prefix),
+      revoke: (r) => publishRevocation(redis, prefix, r),
+      sync: queueAssociationSync(queues),
+      patientExists: () => Promise.resolve(true),
+      createPatients: true,
+      identityMode: 'Create',
+    });
+    return await fn({ devices });
+  } finally {
+    await queues.close();
+    redis.disconnect();
+  }
 }
 
 export function connectDevice(

@@ -80,7 +80,7 @@ describe('checkOccurrenceTimes', () => {
     );
   });
 
-  it('names the reading and the rule, never the time itself', () => {
+  it('says how far off a time is and the rule, never the time itself', () => {
     const reasonOf = (times: string[]) => {
       try {
         checkOccurrenceTimes(times, now, limits);
@@ -89,12 +89,11 @@ describe('checkOccurrenceTimes', () => {
       }
       return undefined;
     };
-    expect(reasonOf(['2100-01-01T00:00:00Z'])).toBe(
-      'the device timestamp is more than 300 s after receipt (INPUT_MAX_FUTURE_MS)',
-    );
-    expect(reasonOf(['2026-11-26T07:00:00Z', '1990-01-01T00:00:00Z'])).toBe(
-      'the device timestamp of reading 2 of 2 is more than 720 h before receipt (INPUT_MAX_AGE_MS)',
-    );
+    const future = reasonOf(['2100-01-01T00:00:00Z']);
+    expect(future).toMatch(/after receipt.*INPUT_MAX_FUTURE_MS/);
+    const past = reasonOf(['2026-11-26T07:00:00Z', '1990-01-01T00:00:00Z']);
+    expect(past).toMatch(/before receipt.*INPUT_MAX_AGE_MS/);
+    for (const reason of [future, past]) expect(reason).not.toMatch(/2100|1990|T00:00/);
   });
 });
 

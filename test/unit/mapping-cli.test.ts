@@ -97,10 +97,13 @@ describe('iomt mappings', () => {
       'g-1',
       '--patient',
       'p-1',
+      '--received-at',
+      '2026-11-26T07:00:05Z',
     );
     expect(ok.code).toBe(0);
     expect(ok.stdout).toContain('+ bloodglucose (device/glucose-meter.yaml): matched 1 time(s)');
-    expect(ok.stdout).toContain('value "mgdl" [jsonata] = 110');
+    expect(ok.stdout).toContain('value "mgdl" [jsonata, direct read] = 6.1');
+    expect(ok.stdout).toContain('value "mgdl": 6.1 mmol/L → 110 mg/dL (UCUM)');
     expect(ok.stdout).toContain('device g-1 → Patient/p-1, Device/dev-g-1');
     expect(ok.stdout).toMatch(/4\. observations \(1\)/);
     await writeFile(

@@ -14,7 +14,18 @@ import {
   normalizeMessage,
   type MappingSet,
   type Reading,
+  DEFAULT_POLICY,
 } from '../../src/mapping/index.js';
+
+/** Sample times here are fixed dates, not near any receipt time: the age limits are checked elsewhere. */
+const ANY_TIME = {
+  ...DEFAULT_POLICY,
+  input: {
+    ...DEFAULT_POLICY.input,
+    maxAgeMs: Number.MAX_SAFE_INTEGER,
+    maxFutureMs: Number.MAX_SAFE_INTEGER,
+  },
+};
 
 const dir = path.join(path.dirname(fileURLToPath(import.meta.url)), '../fixtures/medtech');
 const text = (f: string) => readFileSync(path.join(dir, f), 'utf8');
@@ -74,6 +85,7 @@ describe('CalculatedContent (JSONPath) from the documentation', () => {
       valueQuantity: unknown;
     }>('calculatedcontent-jsonpath/observation.json');
     const out = await normalizeMessage(mappings, {
+      policy: ANY_TIME,
       payload: text('calculatedcontent-jsonpath/message.json'),
       meta: meta('device01'),
       patientId: 'p-1',
@@ -88,6 +100,7 @@ describe('CalculatedContent (JSONPath) from the documentation', () => {
 
   it('refuses a payload naming another device than the authenticated one', async () => {
     const err = await normalizeMessage(mappings, {
+      policy: ANY_TIME,
       payload: text('calculatedcontent-jsonpath/message.json'),
       meta: meta('someone-else'),
       patientId: 'p-1',
@@ -220,6 +233,7 @@ describe('FHIR destination mappings from the documentation', () => {
   const SAMPLED = ['heartrate', 'stepsCount', 'bloodpressure'];
   const normalize = (mappings: MappingSet, body: unknown) =>
     normalizeMessage(mappings, {
+      policy: ANY_TIME,
       payload: JSON.stringify(body),
       meta: meta('cuff-1'),
       patientId: 'p-1',

@@ -5,7 +5,22 @@
  */
 import type { Observation } from 'fhir/r4.js';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { compileSources, normalizeMessage, type MappingSet } from '../../src/mapping/index.js';
+import {
+  compileSources,
+  DEFAULT_POLICY,
+  normalizeMessage,
+  type MappingSet,
+} from '../../src/mapping/index.js';
+
+/** Sample times here are fixed dates, not near any receipt time: the age limits are checked elsewhere. */
+const ANY_TIME = {
+  ...DEFAULT_POLICY,
+  input: {
+    ...DEFAULT_POLICY.input,
+    maxAgeMs: Number.MAX_SAFE_INTEGER,
+    maxFutureMs: Number.MAX_SAFE_INTEGER,
+  },
+};
 
 const ucum = 'http://unitsofmeasure.org';
 const DAR = 'http://terminology.hl7.org/CodeSystem/data-absent-reason';
@@ -86,6 +101,7 @@ beforeAll(() => {
 
 async function one(body: Record<string, unknown>): Promise<Observation> {
   const out = await normalizeMessage(mappings, {
+    policy: ANY_TIME,
     payload: JSON.stringify({ t: '2026-11-26T09:00:00Z', ...body }),
     meta: { deviceId: 'd', topic: 'devices/d/telemetry', receivedAt: 0 },
     patientId: 'p',

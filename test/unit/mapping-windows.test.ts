@@ -12,7 +12,18 @@ import {
   mergeObservations,
   normalizeMessage,
   type MappingSet,
+  DEFAULT_POLICY,
 } from '../../src/mapping/index.js';
+
+/** Sample times here are fixed dates, not near any receipt time: the age limits are checked elsewhere. */
+const ANY_TIME = {
+  ...DEFAULT_POLICY,
+  input: {
+    ...DEFAULT_POLICY.input,
+    maxAgeMs: Number.MAX_SAFE_INTEGER,
+    maxFutureMs: Number.MAX_SAFE_INTEGER,
+  },
+};
 
 let mappings: MappingSet;
 
@@ -132,6 +143,7 @@ beforeAll(() => {
 
 async function observations(body: unknown): Promise<Observation[]> {
   const out = await normalizeMessage(mappings, {
+    policy: ANY_TIME,
     payload: JSON.stringify(body),
     meta: { deviceId: 'm-1', topic: 'devices/m-1/telemetry', receivedAt: 0 },
     patientId: 'p-1',
@@ -151,8 +163,8 @@ describe('hourly windows (SampledData)', () => {
       hr('2026-11-26T11:00:00+01:00', 71), // 10:00 UTC: the next window
     ]);
     expect(obs.map((o) => o.identifier?.[0]?.value)).toEqual([
-      'm-1/p-1/8867-4/2026-11-26T09:00:00.000Z/PT1H',
-      'm-1/p-1/8867-4/2026-11-26T10:00:00.000Z/PT1H',
+      'm-1/p-1/hr/8867-4/2026-11-26T09:00:00.000Z/PT1H',
+      'm-1/p-1/hr/8867-4/2026-11-26T10:00:00.000Z/PT1H',
     ]);
     expect(obs[0]!.effectivePeriod).toEqual({
       start: '2026-11-26T09:00:00.000Z',
@@ -236,7 +248,7 @@ describe('correlation-id groups', () => {
       { bp: 'cuff-run-7', t: '2026-11-26T09:00:00Z', sys: 120 },
       { bp: 'cuff-run-7', t: '2026-11-26T09:00:20Z', dia: 80 },
     ]);
-    expect(o!.identifier?.[0]?.value).toBe('m-1/p-1/85354-9/correlation/cuff-run-7');
+    expect(o!.identifier?.[0]?.value).toBe('m-1/p-1/bp/85354-9/correlation/cuff-run-7');
     expect(o!.effectivePeriod).toEqual({
       start: '2026-11-26T09:00:00.000Z',
       end: '2026-11-26T09:00:20.000Z',

@@ -1,7 +1,7 @@
 /**
  * `iomt dlq list|show|replay|purge`: the dead-letter queue.
  *   list   [filters] [--limit N] [--json]      what failed, oldest first
- *   show   <id>                                one entry with its raw payload
+ *   show   <id> [--json]                       one entry with its raw payload
  *   replay [<id>...] [filters] [--all]         back into the stage that failed
  *   purge  [<id>...] [filters] [--all]         remove for good
  * Filters: --code, --device, --stage, --since, --until (ISO 8601 or 15m/2h/7d).
@@ -9,10 +9,11 @@
  */
 import type { Command, OptionValues } from '@commander-js/extra-typings';
 import { loadConfig, type Config } from '../../config.js';
+import { AssociationStore } from '../../devices/index.js';
 import { DeadLetterStore, parseTime, type DeadLetterFilter } from '../../dlq/index.js';
 import { PipelineError } from '../../errors.js';
-import { createQueues, createRedis } from '../../queue-runtime.js';
-import { fail, type Program } from '../common.js';
+import { createQueues } from '../../queue-runtime.js';
+import { fail, withRedis, type Program } from '../common.js';
 
 interface FilterOptions {
   code?: string;
@@ -54,16 +55,26 @@ function guard(filter: DeadLetterFilter, all: boolean | undefined, verb: string)
 }
 
 async function withStore<T>(config: Config, fn: (store: DeadLetterStore) => Promise<T>) {
-  const redis = createRedis(config.redis.url);
-  const queues = createQueues(redis, config.redis.prefix);
-  try {
-    return await fn(
-      new DeadLetterStore(queues, { deviceIdentifierSystem: config.fhir.deviceIdentifierSystem }),
-    );
-  } finally {
-    await queues.close();
-    redis.disconnect();
-  }
+  return withRedis(config, async (redis) => {
+    const queues = createQueues(redis, config.redis.prefix);
+    try {
+      return await fn(
+        new DeadLetterStore(queues, {
+          // Create mode: replays are checked against the association history.
+          ...(config.fhir.identityResolution === 'Create'
+            ? {
+                associations: {
+                  reader: new AssociationStore(redis, config.redis.prefix),
+                  createPatients: config.fhir.createPatients,
+                },
+              }
+            : {}),
+        }),
+      );
+    } finally {
+      await queues.close();
+    }
+  });
 }
 
 function oneLine(s: string, max: number): string {
@@ -102,19 +113,44 @@ export function register(program: Program): void {
   dlq
     .command('show')
     .argument('<id>', 'dead-letter id (from list)')
+    .option('--json', 'print the whole entry as one JSON object')
     .description('show one dead letter, with its raw payload or Observation')
-    .action(async (id) => {
+    .action(async (id, opts) => {
       try {
         const entry = await withStore(loadConfig(), (s) => s.show(id));
+        const failedAtIso = new Date(entry.failedAt).toISOString();
         const payload =
           entry.message?.encoding === 'base64'
             ? { payloadBase64: entry.message.payload }
             : entry.message
               ? { payloadText: entry.message.payload }
               : {};
-        process.stdout.write(
-          `${JSON.stringify({ ...entry, failedAtIso: new Date(entry.failedAt).toISOString(), ...payload }, null, 2)}\n`,
-        );
+        if (opts.json) {
+          process.stdout.write(
+            `${JSON.stringify({ ...entry, failedAtIso, ...payload }, null, 2)}\n`,
+          );
+          return;
+        }
+        const m = entry.message;
+        const lines = [
+          `dead letter ${entry.id}`,
+          `  failed at  ${failedAtIso} (stage ${entry.stage})`,
+          `  code       ${entry.code}`,
+          `  reason     ${entry.reason}`,
+          `  device     ${entry.deviceId}`,
+          `  trace      ${entry.traceId}`,
+          ...(m
+            ? [
+                `  message    ${m.id} on ${m.topic}, QoS ${m.qos}, received ${new Date(m.receivedAt).toISOString()}`,
+                `  payload (${m.encoding}):`,
+                m.payload,
+              ]
+            : []),
+          ...(entry.observation
+            ? ['  observation:', JSON.stringify(entry.observation.observation, null, 2)]
+            : []),
+        ];
+        process.stdout.write(`${lines.join('\n')}\n`);
       } catch (err) {
         fail(err);
       }

@@ -1,9 +1,12 @@
-/** `iomt gateways link|unlink|list`: which devices a gateway may publish readings for. */
+/**
+ * `iomt gateways link|unlink|list`: which devices a gateway may relay readings
+ * for. Links are part of the device's history (with time, source and actor),
+ * so a gateway reading is accepted for the links in force at the reading's time.
+ */
 import { loadConfig } from '../../config.js';
-import { GatewayLinks } from '../../devices/gateways.js';
-import { createRedis } from '../../queue-runtime.js';
-import { DeviceRegistry } from '../../devices/registry.js';
+import { parseInstant } from '../../dlq/index.js';
 import { fail, type Program } from '../common.js';
+import { cliActor, withDeviceService } from '../device-context.js';
 
 export function register(program: Program): void {
   const gateways = program
@@ -11,21 +14,18 @@ export function register(program: Program): void {
     .description('link devices to the gateway that publishes for them');
   gateways
     .command('link')
-    .argument('<gatewayId>', 'the gateway (a registered device)')
+    .argument('<gatewayId>', 'the gateway (a registered device without a patient)')
     .argument('<deviceId>', 'a registered device the gateway may publish readings for')
-    .action(async (gatewayId, deviceId) => {
+    .option('--at <time>', 'from when (ISO 8601 with zone, epoch ms, or 15m/2h ago); default now')
+    .option('--actor <name>', 'who makes the change (default: the OS user)')
+    .action(async (gatewayId, deviceId, opts) => {
       try {
-        const config = loadConfig();
-        const redis = createRedis(config.redis.url);
-        try {
-          await new GatewayLinks(redis, config.redis.prefix).link(
-            new DeviceRegistry(redis, config.redis.prefix),
-            gatewayId,
-            deviceId,
-          );
-        } finally {
-          redis.disconnect();
-        }
+        await withDeviceService(loadConfig(), (d) =>
+          d.link(gatewayId, deviceId, {
+            ...cliActor(opts.actor),
+            ...(opts.at !== undefined ? { at: parseInstant(opts.at, '--at') } : {}),
+          }),
+        );
         process.stdout.write(`${gatewayId} may now publish readings for ${deviceId}\n`);
       } catch (err) {
         fail(err);
@@ -35,22 +35,20 @@ export function register(program: Program): void {
     .command('unlink')
     .argument('<gatewayId>')
     .argument('<deviceId>')
-    .action(async (gatewayId, deviceId) => {
+    .option('--at <time>', 'from when (ISO 8601 with zone, epoch ms, or 15m/2h ago); default now')
+    .option('--actor <name>', 'who makes the change (default: the OS user)')
+    .action(async (gatewayId, deviceId, opts) => {
       try {
-        const config = loadConfig();
-        const redis = createRedis(config.redis.url);
-        try {
-          const removed = await new GatewayLinks(redis, config.redis.prefix).unlink(
-            gatewayId,
-            deviceId,
-          );
-          process.stdout.write(
-            removed ? `unlinked ${deviceId} from ${gatewayId}\n` : `no such link\n`,
-          );
-          if (!removed) process.exitCode = 1;
-        } finally {
-          redis.disconnect();
-        }
+        const removed = await withDeviceService(loadConfig(), (d) =>
+          d.unlink(gatewayId, deviceId, {
+            ...cliActor(opts.actor),
+            ...(opts.at !== undefined ? { at: parseInstant(opts.at, '--at') } : {}),
+          }),
+        );
+        process.stdout.write(
+          removed ? `unlinked ${deviceId} from ${gatewayId}\n` : `no such link\n`,
+        );
+        if (!removed) process.exitCode = 1;
       } catch (err) {
         fail(err);
       }
@@ -58,17 +56,16 @@ export function register(program: Program): void {
   gateways
     .command('list')
     .argument('<gatewayId>')
-    .action(async (gatewayId) => {
+    .option('--json', 'print JSON')
+    .action(async (gatewayId, opts) => {
       try {
-        const config = loadConfig();
-        const redis = createRedis(config.redis.url);
-        try {
-          const children = await new GatewayLinks(redis, config.redis.prefix).children(gatewayId);
-          for (const c of children) process.stdout.write(`${c}\n`);
-          process.stdout.write(`${children.length} device(s)\n`);
-        } finally {
-          redis.disconnect();
+        const children = await withDeviceService(loadConfig(), (d) => d.children(gatewayId));
+        if (opts.json) {
+          process.stdout.write(`${JSON.stringify({ gatewayId, devices: children }, null, 2)}\n`);
+          return;
         }
+        for (const c of children) process.stdout.write(`${c}\n`);
+        process.stdout.write(`${children.length} device(s)\n`);
       } catch (err) {
         fail(err);
       }

@@ -2,25 +2,32 @@
  * `iomt mappings validate|test|debug|import-medtech`: the operators' templates.
  *   validate         every problem with file:line:column (and the character inside an expression)
  *   test             every fixture in mappings/fixtures; a readable diff; exit 1 on mismatch
- *   debug <msg>      each stage for one message: matches, expression values, measurements, Observations
+ *   debug <msg|->    each stage for one message: matches, expression values, measurements, Observations
  *   import-medtech   check MedTech templates; report what cannot be honoured exactly; --write copies them
+ * validate, test and debug print one JSON object with --json. The lifecycle
+ * (propose, activate, rollback, …) is in mapping-lifecycle.ts.
  */
 import { copyFile, mkdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { loadConfig } from '../../config.js';
+import { PipelineError } from '../../errors.js';
 import {
   checkMedTechTemplates,
   debugMessage,
   formatProblem,
   loadMappings,
+  normalizePolicy,
   readFixtures,
   runFixture,
   type LocatedProblem,
 } from '../../mapping/index.js';
-import { fail, type Program } from '../common.js';
+import { checkFailed, fail, type Program } from '../common.js';
+import { debugJson } from './mapping-debug.js';
+import { registerLifecycle } from './mapping-lifecycle.js';
 
-const write = (s: string) => process.stdout.write(`${s}\n`);
+const write = (s: string): void => void process.stdout.write(`${s}\n`);
 const warn = (s: string) => process.stderr.write(`${s}\n`);
+const json = (v: unknown) => write(JSON.stringify(v, null, 2));
 
 function mappingsDir(dir: string | undefined): string {
   return dir ?? loadConfig().mappings.dir;
@@ -31,24 +38,64 @@ function printNotes(notes: readonly LocatedProblem[], quiet: boolean | undefined
   for (const n of notes) warn(`note: ${formatProblem(n)}`);
 }
 
+const problemJson = (p: LocatedProblem) => ({
+  file: p.file,
+  line: p.line ?? null,
+  column: p.column ?? null,
+  path: p.path,
+  message: p.message,
+  text: formatProblem(p),
+});
+
+/** A message file, or standard input for "-". */
+async function readMessage(file: string): Promise<string> {
+  if (file !== '-') return readFile(file, 'utf8');
+  const chunks: Buffer[] = [];
+  for await (const chunk of process.stdin) chunks.push(chunk as Buffer);
+  return Buffer.concat(chunks).toString('utf8');
+}
+
 export function register(program: Program): void {
-  const mappings = program.command('mappings').description('check and try the mapping templates');
+  const mappings = program
+    .command('mappings')
+    .description('check, try, propose and activate the mapping templates');
 
   mappings
     .command('validate')
     .option('--dir <dir>', 'mappings folder (default: $MAPPINGS_DIR)')
     .option('--quiet', 'do not print notes')
+    .option('--json', 'print the result as one JSON object')
     .description(
       'validate every template: errors with file, line and column; cross-checks device and FHIR templates',
     )
     .action(async (opts) => {
       try {
         const result = await loadMappings(mappingsDir(opts.dir));
+        if (opts.json) {
+          json(
+            result.ok
+              ? {
+                  ok: true,
+                  version: result.mappings.version,
+                  deviceTemplates: result.mappings.deviceTemplates.length,
+                  fhirTemplates: result.mappings.fhirTemplates.size,
+                  problems: [],
+                  notes: result.notes.map(problemJson),
+                }
+              : {
+                  ok: false,
+                  problems: result.problems.map(problemJson),
+                  notes: result.notes.map(problemJson),
+                },
+          );
+          if (!result.ok) checkFailed();
+          return;
+        }
         if (!result.ok) {
           for (const p of result.problems) warn(formatProblem(p));
           printNotes(result.notes, opts.quiet);
           warn(`${result.problems.length} problem(s)`);
-          process.exitCode = 1;
+          checkFailed();
           return;
         }
         printNotes(result.notes, opts.quiet);
@@ -65,36 +112,59 @@ export function register(program: Program): void {
     .command('test')
     .option('--dir <dir>', 'mappings folder (default: $MAPPINGS_DIR)')
     .option('--show <fixture>', 'print what the templates produce for this fixture')
+    .option('--json', 'print the results as one JSON object')
     .description('run every fixture (message → measurements → Observations); exit 1 on a mismatch')
     .action(async (opts) => {
       try {
-        const dir = mappingsDir(opts.dir);
+        const config = loadConfig();
+        // The worker's own policy: input limits, plausibility limits, daily-window zone.
+        const policy = normalizePolicy(config);
+        const dir = opts.dir ?? config.mappings.dir;
         const result = await loadMappings(dir);
         if (!result.ok) {
-          for (const p of result.problems) warn(formatProblem(p));
-          warn('the templates do not validate; no fixture was run');
-          process.exitCode = 1;
+          if (opts.json)
+            json({ ok: false, problems: result.problems.map(problemJson), fixtures: [] });
+          else {
+            for (const p of result.problems) warn(formatProblem(p));
+            warn('the templates do not validate; no fixture was run');
+          }
+          checkFailed();
           return;
         }
         const fixtures = await readFixtures(dir);
         if (fixtures.length === 0) {
-          warn(`no fixtures in ${path.join(dir, 'fixtures')}`);
-          process.exitCode = 1;
-          return;
+          throw new PipelineError(
+            'InvalidArgument',
+            `no fixtures in ${path.join(dir, 'fixtures')}`,
+          );
         }
-        let failed = 0;
-        for (const f of fixtures) {
-          const outcome = await runFixture(result.mappings, f);
-          write(`${outcome.ok ? 'pass' : 'FAIL'}  ${f.name}`);
-          for (const d of outcome.differences) write(`      ${d}`);
-          if (!outcome.ok) failed++;
-          if (opts.show === f.name && outcome.actual)
-            write(JSON.stringify(outcome.actual, null, 2));
+        const outcomes = [];
+        for (const f of fixtures) outcomes.push(await runFixture(result.mappings, f, policy));
+        const failed = outcomes.filter((o) => !o.ok).length;
+        if (opts.json) {
+          json({
+            ok: failed === 0,
+            version: result.mappings.version,
+            passed: outcomes.length - failed,
+            failed,
+            fixtures: outcomes.map((o) => ({
+              name: o.name,
+              ok: o.ok,
+              differences: o.differences,
+              ...(opts.show === o.name && o.actual ? { actual: o.actual } : {}),
+            })),
+          });
+        } else {
+          for (const o of outcomes) {
+            write(`${o.ok ? 'pass' : 'FAIL'}  ${o.name}`);
+            for (const d of o.differences) write(`      ${d}`);
+            if (opts.show === o.name && o.actual) write(JSON.stringify(o.actual, null, 2));
+          }
+          write(
+            `${outcomes.length - failed} passed, ${failed} failed (templates version ${result.mappings.version})`,
+          );
         }
-        write(
-          `${fixtures.length - failed} passed, ${failed} failed (templates version ${result.mappings.version})`,
-        );
-        if (failed > 0) process.exitCode = 1;
+        if (failed > 0) checkFailed();
       } catch (err) {
         fail(err);
       }
@@ -102,7 +172,7 @@ export function register(program: Program): void {
 
   mappings
     .command('debug')
-    .argument('<message.json>', 'a message body as a device would publish it')
+    .argument('<message.json>', 'a message body as a device would publish it ("-": standard input)')
     .option('--dir <dir>', 'mappings folder (default: $MAPPINGS_DIR)')
     .option('--device <id>', 'the authenticated device', 'debug-device')
     .option('--patient <id>', 'the patient the device is bound to', 'debug-patient')
@@ -111,36 +181,56 @@ export function register(program: Program): void {
       'for a gateway: a device it may speak for, with its patient (repeatable)',
     )
     .option('--received-at <iso>', 'broker receipt time (default: now)')
+    .option('--json', 'print every stage as one JSON object')
     .description(
       'show each stage for one message: matched templates, expression values, measurements, Observations, and why anything was rejected',
     )
     .action(async (file, opts) => {
       try {
         const config = loadConfig();
-        const result = await loadMappings(opts.dir ?? config.mappings.dir);
-        if (!result.ok) {
-          for (const p of result.problems) warn(formatProblem(p));
-          process.exitCode = 1;
-          return;
-        }
+        const receivedAt = opts.receivedAt ? Date.parse(opts.receivedAt) : Date.now();
+        if (Number.isNaN(receivedAt))
+          throw new PipelineError(
+            'InvalidArgument',
+            `--received-at: not a date: ${opts.receivedAt}`,
+          );
         const children = new Map(
           (opts.child ?? []).map((c) => {
             const [device = '', patient] = c.split('=');
+            if (!device || !patient)
+              throw new PipelineError(
+                'InvalidArgument',
+                `--child: expected device=patient, got "${c}"`,
+              );
             return [device, patient] as const;
           }),
         );
-        const receivedAt = opts.receivedAt ? Date.parse(opts.receivedAt) : Date.now();
-        if (Number.isNaN(receivedAt))
-          throw new Error(`--received-at: not a date: ${opts.receivedAt}`);
-        const report = await debugMessage(result.mappings, {
-          payload: await readFile(file, 'utf8'),
+        const payload = await readMessage(file);
+        const result = await loadMappings(opts.dir ?? config.mappings.dir);
+        if (!result.ok) {
+          if (opts.json) json({ ok: false, problems: result.problems.map(problemJson) });
+          else for (const p of result.problems) warn(formatProblem(p));
+          checkFailed();
+          return;
+        }
+        const input = {
+          payload,
           meta: { deviceId: opts.device, topic: `devices/${opts.device}/telemetry`, receivedAt },
           patientId: opts.patient,
           children,
           identifierSystem: config.fhir.identifierSystem,
-        });
+          // The same input policy as the worker (limits, device times, plausibility).
+          policy: normalizePolicy(config),
+        };
+        if (opts.json) {
+          const report = await debugJson(result.mappings, input);
+          json(report);
+          if (!report.ok) checkFailed();
+          return;
+        }
+        const report = await debugMessage(result.mappings, input);
         write(report.text);
-        if (!report.ok) process.exitCode = 1;
+        if (!report.ok) checkFailed();
       } catch (err) {
         fail(err);
       }
@@ -172,7 +262,7 @@ export function register(program: Program): void {
         }
         if (!report.ok) {
           warn(`${report.problems.length} problem(s): the templates do not load`);
-          process.exitCode = 1;
+          checkFailed();
           return;
         }
         const m = report.mappings!;
@@ -190,11 +280,13 @@ export function register(program: Program): void {
           if (!all.ok) {
             for (const p of all.problems) warn(formatProblem(p));
             warn('with the templates already there, the folder no longer validates: see above');
-            process.exitCode = 1;
+            checkFailed();
           }
         }
       } catch (err) {
         fail(err);
       }
     });
+
+  registerLifecycle(mappings);
 }

@@ -17,6 +17,7 @@ import {
 } from '../../clickhouse/index.js';
 import { loadConfig } from '../../config.js';
 import { isPipelineError, PipelineError } from '../../errors.js';
+import { createFhirGateway } from '../../fhir/gateway.js';
 import { observationPages } from '../../fhir/observation-pages.js';
 import { createLogger } from '../../logger.js';
 import { fail, type Program } from '../common.js';
@@ -106,13 +107,14 @@ async function backfill(flags: BackfillFlags): Promise<void> {
       throw err;
     });
     const summary = await backfillMirror(
-      observationPages({
-        baseUrl: config.fhir.url,
-        timeoutMs: config.fhir.timeoutMs,
-        identifierSystem: config.fhir.identifierSystem,
-        pageSize,
-        ...(flags.since !== undefined ? { since: flags.since } : {}),
-      }),
+      observationPages(
+        createFhirGateway({ baseUrl: config.fhir.url, timeoutMs: config.fhir.timeoutMs }),
+        {
+          identifierSystem: config.fhir.identifierSystem,
+          pageSize,
+          ...(flags.since !== undefined ? { since: flags.since } : {}),
+        },
+      ),
       store,
       {
         wipe: flags.wipe === true,

@@ -1,8 +1,39 @@
 /** `iomt simulate`: simulated bedside monitors publishing vitals over MQTT. */
 import { Option } from '@commander-js/extra-typings';
 import { loadConfig } from '../../config.js';
+import { isPipelineError } from '../../errors.js';
+import type { DeviceService } from '../../devices/index.js';
 import { simulate } from '../../simulator/run.js';
-import { fail, withRegistry, type Program } from '../common.js';
+import { fail, type Program } from '../common.js';
+import { withDeviceService } from '../device-context.js';
+
+const SIMULATOR = { actor: 'simulator', source: 'cli' } as const;
+
+/**
+ * A simulated device, ready: registered (or re-keyed, when an earlier run
+ * registered it: its secret was not kept) and associated with its simulated
+ * patient, which the pipeline may create (it is new).
+ */
+export async function enrolSimulated(
+  devices: DeviceService,
+  deviceId: string,
+  patientId: string,
+): Promise<string> {
+  try {
+    const { secret } = await devices.add(deviceId, {
+      ...SIMULATOR,
+      patient: patientId,
+      newPatient: true,
+    });
+    return secret;
+  } catch (err) {
+    if (!isPipelineError(err) || err.code !== 'DeviceExists') throw err;
+  }
+  const { secret } = await devices.rotateSecret(deviceId, SIMULATOR);
+  if ((await devices.history(deviceId)).currentPatient !== patientId)
+    await devices.assign(deviceId, patientId, { ...SIMULATOR, newPatient: true });
+  return secret;
+}
 
 export function register(program: Program): void {
   program
@@ -30,9 +61,9 @@ export function register(program: Program): void {
         const controller = new AbortController();
         process.once('SIGINT', () => controller.abort());
         process.once('SIGTERM', () => controller.abort());
-        const result = await withRegistry(config, (registry) =>
+        const result = await withDeviceService(config, (devices) =>
           simulate({
-            registry,
+            enrol: (id, patient) => enrolSimulated(devices, id, patient),
             mqttUrl,
             devices: opts.devices,
             rate: opts.rate,

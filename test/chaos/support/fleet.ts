@@ -6,10 +6,8 @@
  * identifier it must become, so a test can count it in HAPI and ClickHouse.
  */
 import mqtt, { type MqttClient } from 'mqtt';
-import { Redis } from 'ioredis';
-import { DeviceRegistry } from '../../../src/devices/registry.js';
 import { observationId, observationIdentifierValue } from '../../../src/mapping/identity.js';
-import { uniqueId } from '../../support/harness.js';
+import { enrol, uniqueId, withDevices } from '../../support/harness.js';
 import { sleep } from './processes.js';
 
 export const IDENTIFIER_SYSTEM = 'urn:iomt:observation';
@@ -39,18 +37,14 @@ export class Fleet {
 
   static async register(redisUrl: string, prefix: string, count: number): Promise<Fleet> {
     const fleet = new Fleet();
-    const redis = new Redis(redisUrl);
-    try {
-      const registry = new DeviceRegistry(redis, prefix);
+    await withDevices(redisUrl, prefix, async (pipeline) => {
       for (let i = 0; i < count; i++) {
         const deviceId = uniqueId(`chaos-dev${i}`);
         const patientId = uniqueId(`chaos-pat${i}`);
-        const { secret } = await registry.add(deviceId, patientId);
+        const secret = await enrol(pipeline, deviceId, patientId);
         fleet.devices.push({ deviceId, patientId, secret });
       }
-    } finally {
-      redis.disconnect();
-    }
+    });
     return fleet;
   }
 
@@ -95,11 +89,15 @@ export class Fleet {
       const occurrenceTime = new Date(
         this.#base + Math.floor(k / this.devices.length) * 1000,
       ).toISOString();
+      const heartRate = 60 + (k % 40);
+      // The vitals template's heart rate: type name, LOINC code, value and UCUM unit (PHD STU 1.1 rule).
       const identifier = observationIdentifierValue({
         deviceId: device.deviceId,
         patientId: device.patientId,
+        type: 'heartrate',
         code: HEART_RATE_LOINC,
         occurrenceTime,
+        value: `${heartRate} /min`,
       });
       const sent: Sent = {
         device,
@@ -111,7 +109,7 @@ export class Fleet {
       this.sent.push(sent);
       client.publish(
         `devices/${device.deviceId}/telemetry`,
-        JSON.stringify({ timestamp: occurrenceTime, heartRate: 60 + (k % 40) }),
+        JSON.stringify({ timestamp: occurrenceTime, heartRate }),
         { qos: 1 },
         (err) => {
           if (!err) sent.acked = true;

@@ -1,0 +1,161 @@
+/**
+ * Devices and their patient associations on the admin API (bearer token, as
+ * every route but /healthz). The same operations as `iomt devices` and
+ * `iomt gateways`, for the operator console and for an ADT / IHE PCIM feed
+ * (a Device–Patient Association Manager reporting associations: source "feed").
+ *
+ *   GET    /api/devices                      devices and their patient now
+ *   POST   /api/devices                      {deviceId, kind?, patient?, at?, newPatient?} → 201 {secret}
+ *   GET    /api/devices/:id                  the history and its periods
+ *   POST   /api/devices/:id/assign           {patient, at?, newPatient?, correction?, note?}
+ *   POST   /api/devices/:id/unassign         {at?, correction?, note?}
+ *   POST   /api/devices/:id/rotate-secret    → {secret}
+ *   DELETE /api/devices/:id                  credentials removed, association ended
+ *   GET    /api/gateways/:id/devices         devices the gateway relays for now
+ *   POST   /api/gateways/:id/devices         {deviceId, at?}
+ *   DELETE /api/gateways/:id/devices/:device
+ * Every change body may carry `actor` (who; default "admin-api") and `source`
+ * ("api", default, or "feed"). `at`: ISO 8601 with its zone, or epoch ms.
+ */
+import type { FastifyInstance } from 'fastify';
+import type { Actor, DeviceService } from '../devices/index.js';
+import { parseInstant } from '../dlq/index.js';
+import { PipelineError } from '../errors.js';
+
+export interface DeviceRoutesDeps {
+  readonly devices: DeviceService;
+}
+
+type Body = Record<string, unknown> | undefined;
+
+function text(body: Body, key: string, required: true): string;
+function text(body: Body, key: string, required?: false): string | undefined;
+function text(body: Body, key: string, required = false): string | undefined {
+  const v = body?.[key];
+  if (v === undefined || v === null) {
+    if (required) throw new PipelineError('InvalidArgument', `"${key}" is required`);
+    return undefined;
+  }
+  if (typeof v !== 'string' || v.length > 500)
+    throw new PipelineError(
+      'InvalidArgument',
+      `"${key}" must be a string (at most 500 characters)`,
+    );
+  return v;
+}
+
+function flag(body: Body, key: string): boolean {
+  const v = body?.[key];
+  if (v === undefined || v === null) return false;
+  if (typeof v !== 'boolean')
+    throw new PipelineError('InvalidArgument', `"${key}" must be true or false`);
+  return v;
+}
+
+function at(body: Body): { at?: number } {
+  const v = body?.at;
+  if (v === undefined || v === null) return {};
+  if (typeof v === 'number' && Number.isInteger(v)) return { at: v };
+  if (typeof v === 'string') return { at: parseInstant(v, '"at"') };
+  throw new PipelineError(
+    'InvalidArgument',
+    '"at" must be an ISO 8601 time with its zone, or epoch ms',
+  );
+}
+
+function who(body: Body): Actor {
+  const source = text(body, 'source') ?? 'api';
+  if (source !== 'api' && source !== 'feed')
+    throw new PipelineError('InvalidArgument', '"source" must be "api" or "feed"');
+  return { actor: text(body, 'actor') ?? 'admin-api', source };
+}
+
+export function registerDeviceRoutes(app: FastifyInstance, deps: DeviceRoutesDeps): void {
+  const { devices } = deps;
+  type WithId = { Params: { id: string }; Body: Body };
+
+  app.get('/api/devices', async () => ({ devices: await devices.list() }));
+
+  app.post<{ Body: Body }>('/api/devices', async (req, reply) => {
+    const b = req.body;
+    const kind = text(b, 'kind') ?? 'device';
+    if (kind !== 'device' && kind !== 'gateway')
+      throw new PipelineError('InvalidArgument', '"kind" must be "device" or "gateway"');
+    const patient = text(b, 'patient');
+    const result = await devices.add(text(b, 'deviceId', true), {
+      ...who(b),
+      kind,
+      ...(patient !== undefined ? { patient } : {}),
+      ...at(b),
+      newPatient: flag(b, 'newPatient'),
+    });
+    // The secret is shown once: it is stored only as a hash.
+    await reply.code(201).send({
+      deviceId: result.device.deviceId,
+      secret: result.secret,
+      history: result.history,
+    });
+  });
+
+  app.get<WithId>('/api/devices/:id', (req) => devices.history(req.params.id));
+
+  app.post<WithId>('/api/devices/:id/assign', (req) => {
+    const b = req.body;
+    const note = text(b, 'note');
+    return devices.assign(req.params.id, text(b, 'patient', true), {
+      ...who(b),
+      ...at(b),
+      newPatient: flag(b, 'newPatient'),
+      correction: flag(b, 'correction'),
+      ...(note !== undefined ? { note } : {}),
+    });
+  });
+
+  app.post<WithId>('/api/devices/:id/unassign', (req) => {
+    const b = req.body;
+    const note = text(b, 'note');
+    return devices.unassign(req.params.id, {
+      ...who(b),
+      ...at(b),
+      correction: flag(b, 'correction'),
+      ...(note !== undefined ? { note } : {}),
+    });
+  });
+
+  app.post<WithId>('/api/devices/:id/rotate-secret', async (req) => {
+    const { secret, device } = await devices.rotateSecret(req.params.id, who(req.body));
+    return { deviceId: device.deviceId, secret };
+  });
+
+  app.delete<WithId>('/api/devices/:id', async (req) => {
+    const removed = await devices.remove(req.params.id, who(req.body));
+    if (!removed) throw new PipelineError('DeviceNotFound', `no active device "${req.params.id}"`);
+    return { removed: req.params.id };
+  });
+
+  app.get<WithId>('/api/gateways/:id/devices', async (req) => ({
+    gatewayId: req.params.id,
+    devices: await devices.children(req.params.id),
+  }));
+
+  app.post<WithId>('/api/gateways/:id/devices', async (req, reply) => {
+    const b = req.body;
+    const deviceId = text(b, 'deviceId', true);
+    await devices.link(req.params.id, deviceId, { ...who(b), ...at(b) });
+    await reply.code(201).send({ gatewayId: req.params.id, deviceId });
+  });
+
+  app.delete<{ Params: { id: string; device: string }; Body: Body }>(
+    '/api/gateways/:id/devices/:device',
+    async (req) => {
+      const b = req.body;
+      const unlinked = await devices.unlink(req.params.id, req.params.device, {
+        ...who(b),
+        ...at(b),
+      });
+      if (!unlinked)
+        throw new PipelineError('DeviceNotFound', 'the gateway does not relay for that device now');
+      return { gatewayId: req.params.id, unlinked: req.params.device };
+    },
+  );
+}

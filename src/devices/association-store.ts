@@ -1,0 +1,103 @@
+/**
+ * The association log in Redis: one list per device,
+ * `{prefix}:assoc:{deviceId}`, of JSON records (associations.ts), append-only.
+ *
+ * Contract:
+ *  - history(id) / histories(ids): the records in recording order (one round
+ *    trip for many devices: the normalize worker reads every device of a job at once);
+ *  - append(id, draft, check): appends one record if `check` accepts it against
+ *    the history it sees, atomically (WATCH on the device's one key, so a
+ *    concurrent append makes this one re-read and re-check, never interleave).
+ * No cache: a reading is attributed with the history as it is when its job
+ * runs, and a change is in force for the next job at once.
+ */
+import type { Redis } from 'ioredis';
+import { PipelineError } from '../errors.js';
+import type { AssociationDraft, AssociationRecord } from './associations.js';
+
+/** Attempts of a WATCHed append before giving up (each one lost a race to another writer). */
+const APPEND_ATTEMPTS = 20;
+
+export interface AssociationReader {
+  history(deviceId: string): Promise<readonly AssociationRecord[]>;
+  histories(deviceIds: readonly string[]): Promise<Map<string, readonly AssociationRecord[]>>;
+}
+
+function parse(raw: readonly string[]): AssociationRecord[] {
+  return raw.map((line) => JSON.parse(line) as AssociationRecord);
+}
+
+export class AssociationStore implements AssociationReader {
+  readonly #redis: Redis;
+  readonly #prefix: string;
+
+  constructor(redis: Redis, prefix: string) {
+    this.#redis = redis;
+    this.#prefix = prefix;
+  }
+
+  #key(deviceId: string): string {
+    return `${this.#prefix}:assoc:${deviceId}`;
+  }
+
+  async history(deviceId: string): Promise<readonly AssociationRecord[]> {
+    return parse(await this.#redis.lrange(this.#key(deviceId), 0, -1));
+  }
+
+  async histories(
+    deviceIds: readonly string[],
+  ): Promise<Map<string, readonly AssociationRecord[]>> {
+    const ids = [...new Set(deviceIds)];
+    const out = new Map<string, readonly AssociationRecord[]>();
+    if (ids.length === 0) return out;
+    const pipeline = this.#redis.pipeline();
+    for (const id of ids) pipeline.lrange(this.#key(id), 0, -1);
+    const results = (await pipeline.exec()) ?? [];
+    ids.forEach((id, i) => {
+      const [err, raw] = results[i] ?? [new Error('no reply'), undefined];
+      if (err) throw err;
+      out.set(id, parse(raw as string[]));
+    });
+    return out;
+  }
+
+  /** Number of records (the history's version). */
+  async length(deviceId: string): Promise<number> {
+    return this.#redis.llen(this.#key(deviceId));
+  }
+
+  /**
+   * Appends `draft` when `check(history)` returns normally; `check` throws to
+   * refuse. Returns the stored record and the history it was appended to.
+   */
+  async append(
+    deviceId: string,
+    draft: AssociationDraft,
+    check: (history: readonly AssociationRecord[]) => void,
+  ): Promise<{ record: AssociationRecord; history: readonly AssociationRecord[] }> {
+    const key = this.#key(deviceId);
+    // WATCH needs its own connection: MULTI/EXEC state is per connection.
+    const conn = this.#redis.duplicate();
+    try {
+      for (let attempt = 0; attempt < APPEND_ATTEMPTS; attempt++) {
+        await conn.watch(key);
+        const history = parse(await conn.lrange(key, 0, -1));
+        try {
+          check(history);
+        } catch (err) {
+          await conn.unwatch();
+          throw err;
+        }
+        const record = { ...draft, seq: history.length } as AssociationRecord;
+        const done = await conn.multi().rpush(key, JSON.stringify(record)).exec();
+        if (done !== null) return { record, history: [...history, record] };
+      }
+    } finally {
+      conn.disconnect();
+    }
+    throw new PipelineError(
+      'QueueUnavailable',
+      `could not record the change for device "${deviceId}": too many concurrent changes, try again`,
+    );
+  }
+}

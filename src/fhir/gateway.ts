@@ -1,0 +1,274 @@
+/**
+ * The one FHIR gateway: every request this pipeline sends to the FHIR server
+ * goes through here (workers, CLI, admin API, backfill), built once per process
+ * and passed down. One policy for all of them:
+ *  - the platform's fetch, `Accept: application/fhir+json`, `Cache-Control:
+ *    no-cache` (HAPI would otherwise answer searches from its cache);
+ *  - a timeout per request (FHIR_TIMEOUT_MS);
+ *  - errors mapped once (errors.ts): network failures, timeouts, 408/409/412/429
+ *    and 5xx → FhirUnavailable with the server's Retry-After; other 4xx →
+ *    FhirRejected with the OperationOutcome text; a read of a missing resource
+ *    (404/410) → undefined; an If-Match / version conflict on an update → a
+ *    `conflict` answer the caller resolves;
+ *  - versions from the ETag (W/"3" → "3", FHIR R4 http.html#versioning);
+ *  - credentials from an `authorize` hook (bearer tokens, next), never logged:
+ *    messages name the method and the resource type, never the URL.
+ *
+ * Contract: in — resources, ids, search parameters; out — resources and
+ * Bundles as the server answers them, or a PipelineError.
+ */
+import type { Bundle, BundleEntry, Resource } from 'fhir/r4.js';
+import { PipelineError } from '../errors.js';
+import { fhirError, statusError } from './errors.js';
+
+export interface FhirGatewayOptions {
+  /** FHIR R4 base URL (FHIR_URL). */
+  readonly baseUrl: string;
+  readonly timeoutMs: number;
+  /** Headers that authenticate a request (e.g. Authorization); called per request. */
+  readonly authorize?: () => Promise<Readonly<Record<string, string>>>;
+}
+
+export interface UpdateAnswer<T> {
+  readonly status: number;
+  /** The stored version's id (ETag), when the server says. */
+  readonly versionId: string | undefined;
+  /** The server's representation, when it sends one. */
+  readonly resource: T | undefined;
+}
+
+export type UpdateResult<T> =
+  | ({ readonly conflict: false } & UpdateAnswer<T>)
+  /** 409/412: the If-Match version is not the stored one, or a concurrent write won. */
+  | { readonly conflict: true; readonly status: number };
+
+export interface FhirGateway {
+  readonly baseUrl: string;
+  /** A resource by id; undefined when the server has none (404, 410). */
+  read<T extends Resource>(type: string, id: string): Promise<T | undefined>;
+  /** The same, with the stored version's id. */
+  readVersioned<T extends Resource>(
+    type: string,
+    id: string,
+  ): Promise<{ readonly resource: T; readonly versionId: string | undefined } | undefined>;
+  /** One version of a resource (FHIR R4 vread); undefined when it does not exist. */
+  vread<T extends Resource>(type: string, id: string, versionId: string): Promise<T | undefined>;
+  /** A resource's versions, newest first (first page). */
+  history<T extends Resource>(type: string, id: string, count?: number): Promise<T[]>;
+  /** One page of a search: the resources of that type in it. */
+  search<T extends Resource>(type: string, params: Readonly<Record<string, string>>): Promise<T[]>;
+  /** Every page of a search, following the server's `next` links (search.html#paging). */
+  searchPages<T extends Resource>(
+    type: string,
+    params: Readonly<Record<string, string>>,
+  ): AsyncGenerator<T[]>;
+  /** PUT {type}/{id}: create or update, optionally only if the stored version is `ifMatch`. */
+  update<T extends Resource>(
+    resource: T,
+    options?: { readonly ifMatch?: string; readonly representation?: boolean },
+  ): Promise<UpdateResult<T>>;
+  /** A batch Bundle: each entry succeeds or fails on its own (http.html#brules). */
+  batch(
+    entries: readonly BundleEntry[],
+    options?: { readonly representation?: boolean },
+  ): Promise<Bundle>;
+  /** A transaction Bundle: all entries or none. */
+  transaction(
+    entries: readonly BundleEntry[],
+    options?: { readonly representation?: boolean },
+  ): Promise<Bundle>;
+  /** Resolves when the server answers its CapabilityStatement. */
+  capabilities(): Promise<void>;
+}
+
+/** W/"3" → "3" */
+export function versionFromEtag(etag: string | null | undefined): string | undefined {
+  return etag?.match(/"([^"]+)"/)?.[1];
+}
+
+interface Answer {
+  readonly status: number;
+  readonly headers: Headers;
+  readonly body: unknown;
+}
+
+export function createFhirGateway(options: FhirGatewayOptions): FhirGateway {
+  const base = options.baseUrl.replace(/\/+$/, '');
+
+  async function send(
+    method: 'GET' | 'PUT' | 'POST',
+    path: string,
+    what: string,
+    init: { body?: unknown; headers?: Record<string, string> } = {},
+  ): Promise<Answer> {
+    const url = /^https?:\/\//.test(path) ? path : `${base}/${path}`;
+    let res: Response;
+    try {
+      res = await fetch(url, {
+        method,
+        signal: AbortSignal.timeout(options.timeoutMs),
+        headers: {
+          accept: 'application/fhir+json',
+          'cache-control': 'no-cache',
+          ...(init.body !== undefined ? { 'content-type': 'application/fhir+json' } : {}),
+          ...(options.authorize ? await options.authorize() : {}),
+          ...init.headers,
+        },
+        ...(init.body !== undefined ? { body: JSON.stringify(init.body) } : {}),
+      });
+    } catch (err) {
+      throw fhirError(err, what);
+    }
+    let text: string;
+    try {
+      text = await res.text();
+    } catch (err) {
+      throw fhirError(err, what);
+    }
+    let body: unknown;
+    try {
+      body = text === '' ? undefined : (JSON.parse(text) as unknown);
+    } catch {
+      body = text;
+    }
+    return { status: res.status, headers: res.headers, body };
+  }
+
+  const fail = (a: Answer, what: string): never => {
+    throw statusError(a.status, what, a.body, a.headers.get('retry-after'));
+  };
+
+  const query = (params: Readonly<Record<string, string>>) =>
+    new URLSearchParams(params).toString();
+
+  function resourcesOf<T extends Resource>(bundle: unknown, type: string): T[] {
+    return ((bundle as Bundle | undefined)?.entry ?? []).flatMap((e) =>
+      e.resource?.resourceType === type ? [e.resource as T] : [],
+    );
+  }
+
+  async function readVersioned<T extends Resource>(type: string, id: string) {
+    const what = `read ${type}`;
+    const a = await send('GET', `${type}/${encodeURIComponent(id)}`, what);
+    if (a.status === 404 || a.status === 410) return undefined;
+    if (a.status < 200 || a.status >= 300) return fail(a, what);
+    const resource = a.body as T;
+    return {
+      resource,
+      versionId: versionFromEtag(a.headers.get('etag')) ?? resource.meta?.versionId,
+    };
+  }
+
+  async function bundle(
+    type: 'batch' | 'transaction',
+    entries: readonly BundleEntry[],
+    representation: boolean,
+  ): Promise<Bundle> {
+    const a = await send('POST', '', type, {
+      body: { resourceType: 'Bundle', type, entry: [...entries] },
+      // FHIR R4 http.html#ops: the stored version per entry.
+      ...(representation ? { headers: { prefer: 'return=representation' } } : {}),
+    });
+    if (a.status < 200 || a.status >= 300) return fail(a, type);
+    const b = a.body as Bundle | undefined;
+    if (b?.resourceType !== 'Bundle') {
+      throw new PipelineError('FhirUnavailable', `${type}: the server answered no Bundle`, {
+        details: { status: a.status },
+      });
+    }
+    return b;
+  }
+
+  return {
+    baseUrl: base,
+
+    async read<T extends Resource>(type: string, id: string) {
+      return (await readVersioned<T>(type, id))?.resource;
+    },
+
+    readVersioned,
+
+    async vread<T extends Resource>(type: string, id: string, versionId: string) {
+      const what = `vread ${type}`;
+      const a = await send(
+        'GET',
+        `${type}/${encodeURIComponent(id)}/_history/${encodeURIComponent(versionId)}`,
+        what,
+      );
+      if (a.status === 404 || a.status === 410) return undefined;
+      if (a.status < 200 || a.status >= 300) return fail(a, what);
+      return a.body as T;
+    },
+
+    async history<T extends Resource>(type: string, id: string, count = 50) {
+      const what = `history ${type}`;
+      const a = await send(
+        'GET',
+        `${type}/${encodeURIComponent(id)}/_history?_count=${count}`,
+        what,
+      );
+      if (a.status === 404 || a.status === 410) return [];
+      if (a.status < 200 || a.status >= 300) return fail(a, what);
+      return resourcesOf<T>(a.body, type);
+    },
+
+    async search<T extends Resource>(type: string, params: Readonly<Record<string, string>>) {
+      const what = `search ${type}`;
+      const a = await send('GET', `${type}?${query(params)}`, what);
+      if (a.status < 200 || a.status >= 300) return fail(a, what);
+      return resourcesOf<T>(a.body, type);
+    },
+
+    async *searchPages<T extends Resource>(type: string, params: Readonly<Record<string, string>>) {
+      const what = `search ${type}`;
+      let next: string | undefined = `${type}?${query(params)}`;
+      while (next !== undefined) {
+        const a = await send('GET', next, what);
+        if (a.status < 200 || a.status >= 300) fail(a, what);
+        const page = resourcesOf<T>(a.body, type);
+        if (page.length > 0) yield page;
+        next = (a.body as Bundle | undefined)?.link?.find((l) => l.relation === 'next')?.url;
+      }
+    },
+
+    async update<T extends Resource>(
+      resource: T,
+      opts: { ifMatch?: string; representation?: boolean } = {},
+    ): Promise<UpdateResult<T>> {
+      const what = `update ${resource.resourceType}`;
+      const a = await send(
+        'PUT',
+        `${resource.resourceType}/${encodeURIComponent(resource.id ?? '')}`,
+        what,
+        {
+          body: resource,
+          headers: {
+            ...(opts.ifMatch !== undefined ? { 'if-match': `W/"${opts.ifMatch}"` } : {}),
+            ...(opts.representation === false ? {} : { prefer: 'return=representation' }),
+          },
+        },
+      );
+      if (a.status === 409 || a.status === 412) return { conflict: true, status: a.status };
+      if (a.status < 200 || a.status >= 300) return fail(a, what);
+      const body =
+        (a.body as T | undefined)?.resourceType === resource.resourceType
+          ? (a.body as T)
+          : undefined;
+      return {
+        conflict: false,
+        status: a.status,
+        versionId: versionFromEtag(a.headers.get('etag')) ?? body?.meta?.versionId,
+        resource: body,
+      };
+    },
+
+    batch: (entries, opts = {}) => bundle('batch', entries, opts.representation ?? false),
+    transaction: (entries, opts = {}) =>
+      bundle('transaction', entries, opts.representation ?? false),
+
+    async capabilities() {
+      const a = await send('GET', 'metadata', 'metadata');
+      if (a.status < 200 || a.status >= 300) fail(a, 'metadata');
+    },
+  };
+}
