@@ -167,7 +167,10 @@ describe('passwords and topics', () => {
       'two dead letters',
     );
     expect(letters.map((l) => [l.code, l.reason]).sort()).toEqual([
-      ['DeviceSpoofing', expect.stringMatching(/names a patient the device is not bound to/)],
+      [
+        'DeviceSpoofing',
+        expect.stringMatching(/names a patient the device was not associated with/),
+      ],
       ['DeviceSpoofing', expect.stringMatching(/names another device/)],
     ]);
     const other_ = await fhirSearch(fhirUrl, 'Observation', {
