@@ -414,7 +414,37 @@ export const SETTINGS = {
       'CLICKHOUSE_QUERY_TIMEOUT_S',
       30,
       int(1, 3600),
-      'Longest analyst query over the admin API, seconds (embedded: it holds the engine meanwhile).',
+      'Longest analyst query, seconds (max_execution_time; a server also ends the request 10 s later): QueryTimeout after it.',
+    ),
+    analystUser: setting(
+      'CLICKHOUSE_ANALYST_USER',
+      'analyst',
+      str,
+      'Server mode: the read-only ClickHouse user that runs analyst SQL (deploy/clickhouse/users.d/analyst.xml).',
+    ),
+    analystPassword: setting(
+      'CLICKHOUSE_ANALYST_PASSWORD',
+      '',
+      str,
+      'Server mode: password of CLICKHOUSE_ANALYST_USER (never logged).',
+    ),
+    analystMaxMemoryBytes: setting(
+      'CLICKHOUSE_ANALYST_MAX_MEMORY_BYTES',
+      1073741824,
+      int(1048576, 1099511627776),
+      'Embedded engine: memory one analyst query may use, bytes (1 GiB); more is refused (server mode: the analyst profile).',
+    ),
+    analystMaxResultRows: setting(
+      'CLICKHOUSE_ANALYST_MAX_RESULT_ROWS',
+      1000000,
+      int(1, 1000000000),
+      'Embedded engine: rows an analyst result may hold; a larger result is refused, not truncated.',
+    ),
+    analystMaxResultBytes: setting(
+      'CLICKHOUSE_ANALYST_MAX_RESULT_BYTES',
+      104857600,
+      int(1024, 1099511627776),
+      'Embedded engine: uncompressed bytes an analyst result may hold (100 MiB); a larger result is refused.',
     ),
   },
   mappings: {
@@ -497,6 +527,24 @@ export const SETTINGS = {
       optionalStr,
       'Bearer token for the admin API, at least 16 characters (never logged).',
     ),
+    analystToken: setting(
+      'ANALYST_TOKEN',
+      undefined as string | undefined,
+      optionalStr,
+      'Bearer token that may only run analyst SQL (POST /api/analytics/query), at least 16 characters (never logged).',
+    ),
+    maxBodyBytes: setting(
+      'ADMIN_MAX_BODY_BYTES',
+      1048576,
+      int(1024, 104857600),
+      'Largest admin API request body, bytes (1 MiB); a larger one is answered 413 PayloadTooLarge.',
+    ),
+    readyTimeoutMs: setting(
+      'ADMIN_READY_TIMEOUT_MS',
+      2000,
+      int(100, 60000),
+      'Longest wait for one /readyz check, milliseconds; a check still pending then reports a timeout.',
+    ),
     auth: setting(
       'ADMIN_AUTH',
       'token',
@@ -548,6 +596,11 @@ function crossCheck(c: Record<string, Record<string, unknown>>): string[] {
   const token = c.admin?.token;
   if (typeof token === 'string' && token.length < 16)
     problems.push('ADMIN_TOKEN: must be at least 16 characters (e.g. openssl rand -hex 32)');
+  const analystToken = c.admin?.analystToken;
+  if (typeof analystToken === 'string' && analystToken.length < 16)
+    problems.push('ANALYST_TOKEN: must be at least 16 characters (e.g. openssl rand -hex 32)');
+  if (typeof analystToken === 'string' && analystToken === token)
+    problems.push('ANALYST_TOKEN: must differ from ADMIN_TOKEN (it grants less)');
   return problems;
 }
 

@@ -220,6 +220,18 @@ export const ERROR_CODES = {
     message: 'Redis is unreachable',
   },
   QueryRefused: { stage: 'admin', retryable: false, http: 400, message: 'The query was refused' },
+  QueryTimeout: {
+    stage: 'admin',
+    retryable: false,
+    http: 504,
+    message: 'The query ran longer than its time limit',
+  },
+  BackfillNotFound: {
+    stage: 'admin',
+    retryable: false,
+    http: 404,
+    message: 'No backfill job with that id',
+  },
   DeadLetterNotFound: {
     stage: 'cli',
     retryable: false,

@@ -1,12 +1,17 @@
 /**
  * The admin HTTP API (fastify): /healthz (alive), /readyz (Redis, FHIR and
  * ClickHouse reachable), /metrics (Prometheus), the analysts' endpoints
- * (analytics-routes.ts) and the template lifecycle (mapping-routes.ts).
- * Everything but /healthz needs `Authorization: Bearer <ADMIN_TOKEN>`; the
- * pipeline refuses to start the admin role without a token unless
- * ADMIN_AUTH=none (development only).
+ * (analytics-routes.ts), devices (device-routes.ts) and the template lifecycle
+ * (mapping-routes.ts). Everything but /healthz needs
+ * `Authorization: Bearer <ADMIN_TOKEN>`; the pipeline refuses to start the admin
+ * role without a token unless ADMIN_AUTH=none (development only). ANALYST_TOKEN,
+ * when set, opens POST /api/analytics/query and nothing else.
+ *
+ * Answers: every error in the one shape of errors.ts (httpAnswer); a body over
+ * ADMIN_MAX_BODY_BYTES is 413 PayloadTooLarge, other malformed requests 400
+ * InvalidArgument. /readyz waits at most ADMIN_READY_TIMEOUT_MS per check, and
+ * shows no URL credentials.
  */
-import { timingSafeEqual } from 'node:crypto';
 import Fastify, { type FastifyInstance } from 'fastify';
 import type { Redis } from 'ioredis';
 import type { AnalyticsStore } from '../clickhouse/index.js';
@@ -20,6 +25,8 @@ import type { MappingLifecycle } from '../mapping/lifecycle/index.js';
 import { registerAnalyticsRoutes } from './analytics-routes.js';
 import { registerDeviceRoutes } from './device-routes.js';
 import { registerMappingRoutes } from './mapping-routes.js';
+import { ANALYST_ROUTES, principalOf } from './principal.js';
+import { stripUrlCredentials } from './url-credentials.js';
 
 export interface AdminDeps {
   readonly config: Config;
@@ -47,49 +54,79 @@ export interface RunningAdmin {
   close(): Promise<void>;
 }
 
-function tokenMatches(header: string | undefined, token: string): boolean {
-  const given = Buffer.from(header?.replace(/^Bearer\s+/i, '') ?? '');
-  const want = Buffer.from(token);
-  return given.length === want.length && timingSafeEqual(given, want);
-}
-
-async function check(name: string, probe: () => Promise<unknown>): Promise<[string, string]> {
+/** A readiness check, bounded in time; its message never carries URL credentials. */
+async function check(
+  name: string,
+  timeoutMs: number,
+  probe: () => Promise<unknown>,
+): Promise<[string, string]> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`no answer within ${timeoutMs} ms`)), timeoutMs);
+  });
   try {
-    await probe();
+    await Promise.race([probe(), timeout]);
     return [name, 'ok'];
   } catch (err) {
-    return [name, (err as Error).message];
+    return [name, stripUrlCredentials((err as Error).message)];
+  } finally {
+    clearTimeout(timer);
   }
 }
 
+/** Fastify's own refusals (body too large, not JSON, …) in our taxonomy. */
+function requestError(err: unknown, maxBodyBytes: number): PipelineError | undefined {
+  const e = err as { statusCode?: unknown; code?: unknown; message?: unknown };
+  if (e.code === 'FST_ERR_CTP_BODY_TOO_LARGE' || e.statusCode === 413)
+    return new PipelineError(
+      'PayloadTooLarge',
+      `the request body exceeds ADMIN_MAX_BODY_BYTES (${maxBodyBytes} bytes)`,
+      { stage: 'admin', cause: err },
+    );
+  if (typeof e.statusCode === 'number' && e.statusCode >= 400 && e.statusCode < 500)
+    return new PipelineError('InvalidArgument', String(e.message), { stage: 'admin', cause: err });
+  return undefined;
+}
+
 export function buildAdmin(deps: AdminDeps): FastifyInstance {
-  const app = Fastify({ logger: false });
-  const token = deps.config.admin.token;
-  const open = deps.config.admin.auth === 'none';
+  const maxBodyBytes = deps.config.admin.maxBodyBytes;
+  const app = Fastify({ logger: false, bodyLimit: maxBodyBytes });
   app.addHook('onRequest', async (req, reply) => {
+    const path = req.url.split('?')[0] ?? '';
     // Only liveness is public: readiness detail and metrics describe the system.
-    if (req.url.split('?')[0] === '/healthz' || open) return;
-    if (token === undefined || !tokenMatches(req.headers.authorization, token)) {
-      const { status, body } = httpAnswer(
-        new PipelineError('NotAuthorized', 'a valid bearer token is required', { stage: 'admin' }),
-      );
-      await reply.code(status).send(body);
-    }
-  });
-  app.setErrorHandler(async (err, _req, reply) => {
-    const { status, body } = httpAnswer(err);
+    if (path === '/healthz') return;
+    const principal = principalOf(deps.config, req.headers.authorization);
+    if (principal === 'admin' || (principal === 'analyst' && ANALYST_ROUTES.has(path))) return;
+    const { status, body } = httpAnswer(
+      new PipelineError(
+        'NotAuthorized',
+        principal === 'analyst'
+          ? 'the analyst token opens POST /api/analytics/query only'
+          : 'a valid bearer token is required',
+        { stage: 'admin' },
+      ),
+    );
     await reply.code(status).send(body);
   });
+  app.setErrorHandler(async (err, _req, reply) => {
+    const { status, body } = httpAnswer(requestError(err, maxBodyBytes) ?? err);
+    await reply.code(status).send(body);
+  });
+  const timeoutMs = deps.config.admin.readyTimeoutMs;
   app.get('/healthz', () => Promise.resolve({ status: 'ok' }));
   app.get('/readyz', async (_req, reply) => {
+    // Each check is bounded: a slow dependency reports a timeout, never holds the probe.
+    // (Analysts' queries run on a connection of their own: ClickHouse's ping never waits for one.)
     const checks = Object.fromEntries(
       await Promise.all([
-        check('redis', () => deps.redis.ping()),
-        check('fhir', () => deps.fhir.capabilities()),
-        ...(deps.analyticsStore ? [check('clickhouse', () => deps.analyticsStore!.ping())] : []),
+        check('redis', timeoutMs, () => deps.redis.ping()),
+        check('fhir', timeoutMs, () => deps.fhir.capabilities()),
+        ...(deps.analyticsStore
+          ? [check('clickhouse', timeoutMs, () => deps.analyticsStore!.ping())]
+          : []),
         ...(deps.templatesVersion
           ? [
-              check('templates', () => {
+              check('templates', timeoutMs, () => {
                 const version = deps.templatesVersion?.();
                 return version === undefined
                   ? Promise.reject(new Error('no valid mapping templates loaded'))

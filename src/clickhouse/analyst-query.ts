@@ -1,25 +1,39 @@
 /**
- * Analysts' SQL through the admin API, made read-only by the engine's own parser.
- * PURE (the store runs `EXPLAIN AST` and passes the lines in).
+ * Analysts' SQL, second line of defence: a check on the engine's own parse of
+ * exactly the text it will run. PURE: the store asks the engine for two views of
+ * the analyst's text, unchanged — its canonical one-line rendering
+ * (`formatQuerySingleLine`, the text passed as a bound parameter, so nothing of
+ * it runs; more than one statement is a syntax error there) and its syntax tree
+ * (`EXPLAIN AST <text>`, which executes nothing) — and passes them here. The
+ * same text then runs as the analyst. Nothing is stripped from it and nothing
+ * appended: limits are the engine's, set outside the text (security.md
+ * "Analyst SQL").
  *
- * In embedded mode the engine lives in the pipeline process with its files, so
- * "read-only" must mean more than "starts with SELECT". The engine setting
- * `readonly = 1` refuses writes and table functions — but a SETTINGS clause in a
- * subquery can switch it off again, and `INTO OUTFILE` writes files regardless
- * (both checked on chdb 26.7). So a statement runs only when its syntax tree, as
- * the engine parses it (EXPLAIN AST, which executes nothing):
- *  - is one statement of a reading kind (SELECT, SHOW, DESCRIBE, EXISTS, EXPLAIN);
- *  - has no SETTINGS anywhere, no INTO OUTFILE and no FORMAT (the API sets those);
- *  - reads no table function but the generators below, calls no `file()`;
- * and then it runs with `readonly = 1`, a time limit and a row limit appended.
+ * The first line is the engine's access control: a read-only connection or user
+ * with limits a query cannot raise and no source grants. This check adds what the
+ * engine does not enforce everywhere (each checked on chdb 26.7, see
+ * test/integration/analyst-sandbox.test.ts):
+ *  - SETTINGS anywhere: a subquery's SETTINGS lifts `readonly` even on a
+ *    read-only connection or under a settings profile;
+ *  - INTO OUTFILE: the embedded engine's client side writes the file, read-only or not;
+ *  - FORMAT: the API sets the format;
+ *  - tables outside the pipeline's database (system.*, INFORMATION_SCHEMA): the
+ *    embedded engine has one user for every connection, so no grant scopes it;
+ *  - table functions other than row generators, and the functions that read
+ *    host files (the scalar `file()` ignores the FILE grant on the embedded
+ *    engine), dictionaries, other tables or the server's configuration.
  */
 import { PipelineError } from '../errors.js';
 
 export interface AnalystQueryLimits {
-  /** max_execution_time, seconds: in embedded mode a query holds the engine's one session. */
+  /** max_execution_time, seconds; past it the query is stopped (QueryTimeout). */
   readonly timeoutSeconds: number;
-  /** max_result_rows: larger results are refused, not truncated. */
+  /** max_result_rows: a larger result is refused, not truncated. */
   readonly maxResultRows: number;
+  /** max_result_bytes (uncompressed): a larger result is refused. */
+  readonly maxResultBytes: number;
+  /** max_memory_usage of one query, bytes. */
+  readonly maxMemoryBytes: number;
 }
 
 export interface AstNode {
@@ -30,63 +44,82 @@ export interface AstNode {
   readonly children: AstNode[];
 }
 
-/** A table name: identifiers, optionally quoted, optionally db-qualified. */
-const NAME = String.raw`(?:\w+|\x60[^\x60]+\x60|"[^"]+")(?:\.(?:\w+|\x60[^\x60]+\x60|"[^"]+"))?`;
-/** Reading statements other than SELECT, as plain as they come. */
-const SIMPLE_STATEMENTS = [
-  new RegExp(
-    String.raw`^SHOW\s+(?:TABLES|DATABASES)(?:\s+(?:FROM|IN)\s+${NAME})?(?:\s+(?:NOT\s+)?I?LIKE\s+'[^'\\]*')?$`,
-    'i',
-  ),
-  new RegExp(String.raw`^SHOW\s+CREATE\s+(?:TABLE|VIEW)\s+${NAME}$`, 'i'),
-  new RegExp(String.raw`^SHOW\s+COLUMNS\s+(?:FROM|IN)\s+${NAME}$`, 'i'),
-  new RegExp(String.raw`^(?:DESCRIBE|DESC)(?:\s+TABLE)?\s+${NAME}$`, 'i'),
-  new RegExp(String.raw`^EXISTS(?:\s+(?:TABLE|VIEW))?\s+${NAME}$`, 'i'),
-];
-const EXPLAIN_PREFIX =
-  /^EXPLAIN(?:\s+(?:AST|SYNTAX|PLAN|PIPELINE|ESTIMATE|QUERY\s+TREE))?\s+(?=SELECT\b|WITH\b|\()/i;
-const SELECT_START = /^(?:SELECT|WITH)\b|^\(/i;
-const LEADING_COMMENTS = /^(?:\s+|--[^\n]*(?:\n|$)|\/\*[\s\S]*?\*\/)*/;
+/** What the engine made of the analyst's text. */
+export interface AnalystStatementViews {
+  /** formatQuerySingleLine of the text: the engine's canonical rendering. */
+  readonly formatted: string;
+  /** EXPLAIN AST of the text, parsed (parseExplainAst). */
+  readonly tree: AstNode;
+  /** The pipeline's database: the only one analysts may name. */
+  readonly database: string;
+}
 
-/** How a statement is checked: its SELECT part by syntax tree, or by pattern alone. */
-export type AnalystStatement =
-  | { readonly kind: 'select'; readonly body: string; readonly select: string }
-  | { readonly kind: 'simple'; readonly body: string };
-
-/** Table functions that only generate rows. Everything else (file, url, s3, remote, …) reads outside the database. */
+/** Table functions that only generate rows and that a read-only connection runs. */
 const GENERATOR_TABLE_FUNCTIONS = new Set([
   'numbers',
   'numbers_mt',
-  'zeros',
-  'zeros_mt',
-  'generate_series',
   'generateseries',
+  'generate_series',
   'values',
 ]);
 
-/** Scalar functions that read the host's files. */
-const FORBIDDEN_FUNCTIONS = new Set(['file']);
+/**
+ * Functions refused wherever they appear (compared in lower case): they read host
+ * files, dictionaries or other tables, write the server log, or describe the
+ * server (system.functions descriptions, ClickHouse 26.7).
+ */
+const FORBIDDEN_FUNCTIONS = new Set([
+  'file',
+  'joinget',
+  'joingetornull',
+  'hascolumnintable',
+  'catboostevaluate',
+  'getserversetting',
+  'getmergetreesetting',
+  'getmacro',
+  'showcertificate',
+  'logtrace',
+  'filesystemavailable',
+  'filesystemcapacity',
+  'filesystemunreserved',
+  'addresstoline',
+  'addresstolinewithinlines',
+  'addresstosymbol',
+  'demangle',
+]);
+/** Families: dictGet*, dictHas, dictIsIn, …; naiveBayesClassifier*; ai* (calls out to model providers). */
+const FORBIDDEN_FUNCTION_PREFIXES = ['dict', 'naivebayes'];
+const AI_FUNCTION = /^ai[A-Z]/;
+
+/** The right-hand side of these names a table when it is an identifier. */
+const IN_FUNCTIONS = new Set([
+  'in',
+  'notin',
+  'globalin',
+  'globalnotin',
+  'nullin',
+  'notnullin',
+  'globalnullin',
+  'globalnotnullin',
+]);
+
+const EXPLAIN_KINDS = new Set([
+  'EXPLAIN',
+  'EXPLAIN AST',
+  'EXPLAIN SYNTAX',
+  'EXPLAIN QUERY TREE',
+  'EXPLAIN PLAN',
+  'EXPLAIN PIPELINE',
+  'EXPLAIN ESTIMATE',
+]);
+
+/** A plain name; analysts' tables and CTEs need nothing else, and a plain name is never ambiguous. */
+const PLAIN = '[A-Za-z_][A-Za-z0-9_]*';
+/** A string literal as formatQuery renders it. */
+const LITERAL = String.raw`'(?:[^'\\]|\\.)*'`;
 
 function refuse(message: string): PipelineError {
   return new PipelineError('QueryRefused', message, { stage: 'admin' });
-}
-
-/** The statement (trailing semicolons dropped) and what must be checked of it. */
-export function analystStatement(sql: string): AnalystStatement {
-  const body = sql.trim().replace(/(\s*;)+\s*$/, '');
-  if (body === '') throw refuse('the query is empty');
-  // Conservative: a ';' inside a string literal is refused too (the engine runs several statements).
-  if (body.includes(';')) throw refuse('only one statement is allowed (found ";")');
-  // Leading comments (a label such as `-- query: …`) do not change what the statement is.
-  const text = body.replace(LEADING_COMMENTS, '');
-  if (SIMPLE_STATEMENTS.some((re) => re.test(text))) return { kind: 'simple', body };
-  const select = text.replace(EXPLAIN_PREFIX, '');
-  if (!SELECT_START.test(select)) {
-    throw refuse(
-      'only reading statements are allowed: SELECT / WITH, EXPLAIN of a SELECT, SHOW TABLES, SHOW CREATE, DESCRIBE, EXISTS',
-    );
-  }
-  return { kind: 'select', body, select };
 }
 
 /** EXPLAIN AST output (one node per line, indented by depth) → tree. */
@@ -108,40 +141,115 @@ export function parseExplainAst(lines: readonly string[]): AstNode {
 }
 
 function functionName(node: AstNode): string {
-  return (node.detail.split(/\s+/)[0] ?? '').toLowerCase();
+  return node.detail.split(/\s+/)[0] ?? '';
 }
 
-function checkNode(node: AstNode, parent: AstNode | undefined): void {
-  if (node.kind === 'Set') throw refuse('SETTINGS are not allowed: the API sets them');
-  if (node.kind === 'Function') {
-    const name = functionName(node);
-    if (parent?.kind === 'TableExpression' && !GENERATOR_TABLE_FUNCTIONS.has(name)) {
-      throw refuse(
-        `table function ${name}() is not allowed: read the pipeline's tables (or numbers(), values())`,
-      );
-    }
-    if (FORBIDDEN_FUNCTIONS.has(name)) throw refuse(`function ${name}() is not allowed`);
-  }
-  for (const child of node.children) checkNode(child, node);
-}
-
-/** Throws QueryRefused unless the tree is one SELECT within the rules (see the header). */
-export function checkAnalystAst(root: AstNode): void {
-  if (root.kind !== 'SelectWithUnionQuery')
-    throw refuse(`only SELECT is allowed here, not ${root.kind}`);
-  for (const child of root.children) {
-    // Top-level extras (INTO OUTFILE 'path', FORMAT x, SETTINGS) sit beside the select list.
-    if (child.kind !== 'ExpressionList')
-      throw refuse('INTO OUTFILE, FORMAT and SETTINGS are not allowed: the API sets them');
-  }
-  checkNode(root, undefined);
-}
-
-/** The SETTINGS clause appended to every analyst statement; readonly last, so nothing follows it. */
-export function analystSettings(limits: AnalystQueryLimits): string {
+function forbiddenFunction(name: string): boolean {
+  const lower = name.toLowerCase();
   return (
-    `SETTINGS max_execution_time = ${Math.max(1, Math.trunc(limits.timeoutSeconds))}, ` +
-    `max_result_rows = ${Math.max(1, Math.trunc(limits.maxResultRows))}, ` +
-    `result_overflow_mode = 'throw', readonly = 1`
+    FORBIDDEN_FUNCTIONS.has(lower) ||
+    FORBIDDEN_FUNCTION_PREFIXES.some((p) => lower.startsWith(p)) ||
+    AI_FUNCTION.test(name)
+  );
+}
+
+/**
+ * A table reference as EXPLAIN AST prints it ("t", "db.t", then " (alias x)"):
+ * a plain name (the connection's database is the pipeline's) or one qualified
+ * with the pipeline's database, with a plain alias. Anything else — system.*,
+ * another database, a quoted name or alias with dots, spaces or brackets — is
+ * refused: EXPLAIN AST prints names unquoted, so only plain ones are unambiguous
+ * (`foo (alias x.y)` could be table foo, or table `y)` of database `foo (alias x`).
+ */
+function checkTableName(detail: string, database: string): void {
+  const m = new RegExp(`^(?:(${PLAIN})\\.)?(${PLAIN})(?: \\(alias ${PLAIN}\\))?$`).exec(detail);
+  if (!m || (m[1] !== undefined && m[1] !== database)) {
+    const shown = detail.replace(/ \(alias .*\)$/, '');
+    throw refuse(
+      `table ${shown} is not allowed: read the tables of the pipeline's database (${database}) by plain name`,
+    );
+  }
+}
+
+function checkNode(node: AstNode, parent: AstNode | undefined, database: string): void {
+  switch (node.kind) {
+    case 'Set':
+      throw refuse('SETTINGS are not allowed: the engine sets the limits');
+    case 'SelectWithUnionQuery':
+      // Beside the list of selects sit only the query's own extras: INTO OUTFILE 'path', FORMAT x.
+      if (node.children.some((c) => c.kind !== 'ExpressionList'))
+        throw refuse('INTO OUTFILE, FORMAT and SETTINGS are not allowed: the API sets the format');
+      break;
+    case 'TableIdentifier':
+      checkTableName(node.detail, database);
+      break;
+    case 'Function': {
+      const name = functionName(node);
+      if (parent?.kind === 'TableExpression' && !GENERATOR_TABLE_FUNCTIONS.has(name.toLowerCase()))
+        throw refuse(
+          `table function ${name}() is not allowed: read the pipeline's tables (or numbers(), values())`,
+        );
+      if (forbiddenFunction(name)) throw refuse(`function ${name}() is not allowed`);
+      if (IN_FUNCTIONS.has(name.toLowerCase())) {
+        // `x IN db.t` reads a table: the same rule as FROM.
+        const rhs = node.children[0]?.children[1];
+        if (rhs?.kind === 'Identifier') checkTableName(rhs.detail, database);
+      }
+      break;
+    }
+    default:
+      break;
+  }
+  for (const child of node.children) checkNode(child, node, database);
+}
+
+/** The patterns a SHOW / EXISTS statement may have, on the engine's canonical rendering. */
+function showPatterns(database: string): RegExp[] {
+  const db = database;
+  const like = `(?: (?:NOT )?I?LIKE ${LITERAL})?`;
+  return [
+    new RegExp(`^SHOW TABLES(?: FROM ${db})?${like}$`),
+    new RegExp(`^SHOW DATABASES${like}$`),
+    new RegExp(`^SHOW COLUMNS FROM ${PLAIN}(?: FROM ${db})?$`),
+    new RegExp(`^SHOW CREATE (?:TABLE|VIEW) (?:${db}\\.)?${PLAIN}$`),
+    new RegExp(`^EXISTS (?:TABLE|VIEW) (?:${db}\\.)?${PLAIN}$`),
+  ];
+}
+
+const SHOW_KINDS = new Set([
+  'ShowTables',
+  'ShowColumns',
+  'ShowCreateTableQuery',
+  'ExistsTableQuery',
+]);
+
+/**
+ * Throws QueryRefused unless the statement only reads the pipeline's database:
+ * a SELECT (or WITH, UNION), EXPLAIN of one, DESCRIBE, or a plain SHOW TABLES,
+ * SHOW DATABASES, SHOW COLUMNS, SHOW CREATE or EXISTS (see the header).
+ */
+export function checkAnalystStatement(views: AnalystStatementViews): void {
+  const { tree, database } = views;
+  const formatted = views.formatted.trim();
+  if (tree.kind === 'SelectWithUnionQuery') return checkNode(tree, undefined, database);
+  if (tree.kind === 'Explain') {
+    const [query, ...extra] = tree.children;
+    if (!EXPLAIN_KINDS.has(tree.detail) || query?.kind !== 'SelectWithUnionQuery' || extra.length)
+      throw refuse('only EXPLAIN [AST|SYNTAX|QUERY TREE|PLAN|PIPELINE|ESTIMATE] of a SELECT');
+    return checkNode(query, tree, database);
+  }
+  if (tree.kind === 'DescribeQuery') {
+    if (tree.children.length !== 1 || tree.children[0]!.kind !== 'TableExpression')
+      throw refuse('DESCRIBE takes one table');
+    return checkNode(tree, undefined, database);
+  }
+  if (SHOW_KINDS.has(tree.kind)) {
+    if (showPatterns(database).some((re) => re.test(formatted))) return;
+    throw refuse(
+      `only plain SHOW TABLES, SHOW DATABASES, SHOW COLUMNS, SHOW CREATE and EXISTS of the pipeline's database (${database})`,
+    );
+  }
+  throw refuse(
+    'only reading statements are allowed: SELECT / WITH, EXPLAIN of a SELECT, DESCRIBE, SHOW TABLES, SHOW CREATE, EXISTS',
   );
 }

@@ -7,6 +7,11 @@
  * dedupes, and a backfill after a wipe restores the same rows.
  *
  * device_messages is not restored: raw MQTT messages are not in FHIR.
+ *
+ * Cancellation: `signal` is checked before every page and should also end the
+ * page source's request in flight (observation-pages.ts takes it); a cancelled
+ * backfill returns its summary so far with `cancelled: true`. Pages already
+ * written stay (they are the same rows a full backfill writes).
  */
 import type { Observation } from 'fhir/r4.js';
 import type { ObservationEnvelope } from '../queues.js';
@@ -20,6 +25,8 @@ export interface BackfillOptions {
   readonly onPage?: (progress: BackfillSummary) => void;
   /** The clock for the summary's duration (tests pass a fixed one). */
   readonly now?: () => number;
+  /** Stops the backfill between pages (and, passed to the page source, within one). */
+  readonly signal?: AbortSignal;
 }
 
 export interface BackfillSummary {
@@ -29,6 +36,8 @@ export interface BackfillSummary {
   readonly firstUpdated?: string;
   readonly lastUpdated?: string;
   readonly seconds: number;
+  /** Set when the backfill stopped because it was asked to (signal). */
+  readonly cancelled?: true;
 }
 
 /** A stored resource as the mirror's input; its own meta says everything flatten needs. */
@@ -57,23 +66,45 @@ export async function backfillMirror(
   await store.migrate();
   if (options.wipe) await store.wipeObservations();
   let summary: BackfillSummary = { pages: 0, observations: 0, seconds: 0 };
-  for await (const page of pages) {
-    // committedAt stands in only for a resource without meta.lastUpdated.
-    await store.insertObservations(page.map(envelopeOf), now());
-    const first = page[0]?.meta?.lastUpdated;
-    const last = page[page.length - 1]?.meta?.lastUpdated;
-    summary = {
-      pages: summary.pages + 1,
-      observations: summary.observations + page.length,
-      ...((summary.firstUpdated ?? first) !== undefined
-        ? { firstUpdated: summary.firstUpdated ?? first }
-        : {}),
-      ...((last ?? summary.lastUpdated) !== undefined
-        ? { lastUpdated: last ?? summary.lastUpdated }
-        : {}),
-      seconds: (now() - started) / 1000,
-    };
-    options.onPage?.(summary);
+  const stopped = () => ({
+    ...summary,
+    seconds: (now() - started) / 1000,
+    cancelled: true as const,
+  });
+  if (options.signal?.aborted) return stopped();
+  try {
+    for await (const page of pages) {
+      if (options.signal?.aborted) return stopped();
+      summary = await writePage(page, store, summary, now, started);
+      options.onPage?.(summary);
+    }
+  } catch (err) {
+    // The page source ends its request with the signal: that is the cancellation, not a failure.
+    if (options.signal?.aborted) return stopped();
+    throw err;
   }
   return { ...summary, seconds: (now() - started) / 1000 };
+}
+
+/** Writes one page like the live mirror; the summary after it. */
+async function writePage(
+  page: readonly Observation[],
+  store: AnalyticsStore,
+  summary: BackfillSummary,
+  now: () => number,
+  started: number,
+): Promise<BackfillSummary> {
+  // committedAt stands in only for a resource without meta.lastUpdated.
+  await store.insertObservations(page.map(envelopeOf), now());
+  const first = page[0]?.meta?.lastUpdated;
+  const last = page[page.length - 1]?.meta?.lastUpdated;
+  const firstUpdated = summary.firstUpdated ?? first;
+  const lastUpdated = last ?? summary.lastUpdated;
+  return {
+    pages: summary.pages + 1,
+    observations: summary.observations + page.length,
+    ...(firstUpdated !== undefined ? { firstUpdated } : {}),
+    ...(lastUpdated !== undefined ? { lastUpdated } : {}),
+    seconds: (now() - started) / 1000,
+  };
 }

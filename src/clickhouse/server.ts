@@ -7,16 +7,27 @@
  * code from the server) never reached the engine: connection refused, reset,
  * DNS, timeout → ClickHouseUnavailable.
  *
- * The main client names our database, so analysts' unqualified table names
- * resolve there; a server refuses every request naming a database that does not
- * exist yet, so createDatabase uses a short-lived client without one.
+ * The main client (the writer account) names our database; a server refuses
+ * every request naming a database that does not exist yet, so createDatabase
+ * uses a short-lived client without one.
+ *
+ * Analysts' SQL goes through a client of its own, logged in as the analyst user
+ * (CLICKHOUSE_ANALYST_USER): read-only, SELECT on the pipeline's database only,
+ * no source grants, limits from its settings profile that a query cannot raise
+ * (deploy/clickhouse/users.d/analyst.xml). It sends the analyst's text unchanged
+ * as the request body and no settings but the output format (`default_format`, a
+ * parameter the HTTP interface reads apart from the query), so a read-only user
+ * may run it; the server stops a query at max_execution_time, and the client gives
+ * up 10 s later (QueryTimeout either way).
  */
 import {
   ClickHouseLogLevel,
   createClient,
   type ClickHouseClient,
   type ClickHouseSettings,
+  type DataFormat,
 } from '@clickhouse/client';
+import { PipelineError } from '../errors.js';
 import { assertDatabaseName } from './schema.js';
 import {
   engineError,
@@ -32,7 +43,16 @@ export interface ServerConnection {
   readonly username: string;
   readonly password: string;
   readonly database: string;
+  /** The analysts' account, and their time limit (the request ends 10 s after it). */
+  readonly analyst: {
+    readonly username: string;
+    readonly password: string;
+    readonly timeoutSeconds: number;
+  };
 }
+
+/** Margin of the analysts' request timeout over the server's max_execution_time. */
+const ANALYST_TIMEOUT_MARGIN_MS = 10_000;
 
 // Both engines answer alike: 64-bit integers as JSON strings (the server default, made explicit).
 const SETTINGS: ClickHouseSettings = { output_format_json_quote_64bit_integers: 1 };
@@ -43,7 +63,14 @@ const defaultFactory: ServerClientFactory = (o) =>
     username: o.username,
     password: o.password,
     ...(o.database === undefined ? {} : { database: o.database }),
-    clickhouse_settings: SETTINGS,
+    // A read-only user may change no setting: the analysts' client sends none
+    // (their profile sets the same JSON quoting), and no compression, which is a setting too.
+    ...(o.analyst
+      ? {
+          request_timeout: o.analyst.requestTimeoutMs,
+          compression: { request: false, response: false },
+        }
+      : { clickhouse_settings: SETTINGS }),
     // Its default logger prints plain text to the console; every failure reaches our
     // caller as a PipelineError instead, logged once as JSON there.
     log: { level: ClickHouseLogLevel.OFF },
@@ -52,6 +79,12 @@ const defaultFactory: ServerClientFactory = (o) =>
 function wrap(err: unknown, op: EngineOperation) {
   const code = (err as { code?: unknown }).code;
   const numeric = typeof code === 'string' && /^\d+$/.test(code) ? Number(code) : undefined;
+  // The client's own request timeout: the analyst's query outlived its limit.
+  if (op === 'analyst' && numeric === undefined && /^Timeout error/.test((err as Error).message))
+    return new PipelineError('QueryTimeout', 'the query ran past its time limit', {
+      cause: err,
+      stage: 'admin',
+    });
   return engineError(err, op, numeric, numeric !== undefined);
 }
 
@@ -69,7 +102,19 @@ export function openServerDriver(
   factory: ServerClientFactory = defaultFactory,
 ): Promise<ClickHouseDriver> {
   assertDatabaseName(conn.database);
-  const client: ClickHouseClient = factory({ ...conn });
+  const { analyst: analystAccount, ...writer } = conn;
+  const client: ClickHouseClient = factory({ ...writer });
+  let analystClient: ClickHouseClient | undefined;
+  const analyst = () =>
+    (analystClient ??= factory({
+      url: conn.url,
+      username: analystAccount.username,
+      password: analystAccount.password,
+      database: conn.database,
+      analyst: {
+        requestTimeoutMs: analystAccount.timeoutSeconds * 1000 + ANALYST_TIMEOUT_MARGIN_MS,
+      },
+    }));
 
   const guard = async <T>(op: EngineOperation, fn: () => Promise<T>): Promise<T> => {
     try {
@@ -81,7 +126,7 @@ export function openServerDriver(
 
   const driver: ClickHouseDriver = {
     async createDatabase(name) {
-      const bootstrap = factory({ ...conn, database: undefined });
+      const bootstrap = factory({ ...writer, database: undefined });
       try {
         await guard('write', () =>
           bootstrap.command({
@@ -103,17 +148,37 @@ export function openServerDriver(
         return readAll(res.stream);
       });
     },
-    explainAst(sql: string) {
-      // The format as a setting (HTTP default_format): a FORMAT clause would join the explained statement.
-      return guard('read', async () => {
-        const res = await client.exec({
-          query: `EXPLAIN AST ${sql}`,
-          clickhouse_settings: { ...SETTINGS, default_format: 'JSONEachRow' },
-        });
-        return parseJsonEachRow<{ explain: string }>(await readAll(res.stream)).map(
-          (r) => r.explain,
-        );
-      });
+    analyst: {
+      format: (sql) =>
+        guard('analyst', async () => {
+          // Our own statement; the analyst's text travels as a bound parameter (param_sql).
+          const res = await analyst().query({
+            query: 'SELECT formatQuerySingleLine({sql:String}) AS f',
+            query_params: { sql },
+            format: 'JSONEachRow',
+          });
+          return (await res.json<{ f: string }>())[0]?.f ?? '';
+        }),
+      explainAst: (sql) =>
+        // The format as HTTP default_format: a FORMAT clause would join the explained statement.
+        guard('analyst', async () => {
+          const res = await analyst().exec({
+            query: `EXPLAIN AST ${sql}`,
+            clickhouse_settings: { default_format: 'JSONEachRow' },
+          });
+          return parseJsonEachRow<{ explain: string }>(await readAll(res.stream)).map(
+            (r) => r.explain,
+          );
+        }),
+      query: (sql, format) =>
+        guard('analyst', async () => {
+          const res = await analyst().exec({
+            query: sql,
+            // Any format name the server knows; clickhouse-js types only those it parses.
+            clickhouse_settings: { default_format: format as DataFormat },
+          });
+          return readAll(res.stream);
+        }),
     },
     async insertRows(table, rows) {
       if (rows.length === 0) return;
@@ -131,7 +196,10 @@ export function openServerDriver(
       const result = await guard('ping', () => client.ping({ select: true }));
       if (!result.success) throw wrap(result.error, 'ping');
     },
-    close: () => client.close(),
+    async close() {
+      await analystClient?.close();
+      await client.close();
+    },
   };
   return Promise.resolve(driver);
 }

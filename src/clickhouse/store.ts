@@ -8,22 +8,26 @@
  *
  * Errors: every failure is a PipelineError. Unreachable / IO / overload →
  * ClickHouseUnavailable (retryable); an analyst query the engine rejects →
- * QueryRefused with the engine's message; an insert or DDL the engine rejects →
- * Internal (stage analytics) without the engine's message, which may quote row
- * data (the engine error stays on `cause`).
+ * QueryRefused with the engine's message, one stopped by its time limit →
+ * QueryTimeout; an insert or DDL the engine rejects → Internal (stage analytics)
+ * without the engine's message, which may quote row data (the engine error stays
+ * on `cause`).
+ *
+ * Analysts' SQL runs on the engine's analyst side (`ClickHouseDriver.analyst`): a
+ * read-only connection of its own (embedded) or the analyst user (server), with
+ * limits the engine sets outside the query text, after the guard
+ * (analyst-query.ts) has checked the engine's own parse of exactly that text.
  *
  * 64-bit integers come back as JSON strings on both engines (as a server does by
  * default), so `count()` reads as "1": convert with Number() where it is safe.
  */
 import type { ClickHouseClient } from '@clickhouse/client';
-import type { Config } from '../config.js';
-import { PipelineError } from '../errors.js';
+import { SETTINGS, type Config } from '../config.js';
+import { PipelineError, toPipelineError } from '../errors.js';
 import type { Logger } from '../logger.js';
 import type { MessageOutcome, ObservationEnvelope } from '../queues.js';
 import {
-  analystSettings,
-  analystStatement,
-  checkAnalystAst,
+  checkAnalystStatement,
   parseExplainAst,
   type AnalystQueryLimits,
 } from './analyst-query.js';
@@ -49,12 +53,24 @@ import {
 
 export type QueryFormat = 'JSONEachRow' | 'JSON' | 'CSV' | 'TSV' | 'PrettyCompact';
 type ClickHouseSettings = Config['clickhouse'];
-/** The connection settings, and optionally retention and query limits (defaults: keep all, 30 s). */
+/** The connection settings, and optionally retention, the analyst account and limits (config.ts defaults). */
 export type ClickHouseConfig = Pick<
   ClickHouseSettings,
   'url' | 'user' | 'password' | 'database' | 'dataPath'
 > &
-  Partial<Pick<ClickHouseSettings, 'retentionDays' | 'rollupRetentionDays' | 'queryTimeoutS'>>;
+  Partial<
+    Pick<
+      ClickHouseSettings,
+      | 'retentionDays'
+      | 'rollupRetentionDays'
+      | 'queryTimeoutS'
+      | 'analystUser'
+      | 'analystPassword'
+      | 'analystMaxMemoryBytes'
+      | 'analystMaxResultRows'
+      | 'analystMaxResultBytes'
+    >
+  >;
 
 export interface AnalyticsStore {
   /**
@@ -76,8 +92,10 @@ export interface AnalyticsStore {
   query(sql: string, format?: QueryFormat): Promise<string>;
   queryRows<T>(sql: string): Promise<T[]>;
   /**
-   * An analyst's SQL: one reading statement, checked on the engine's syntax tree
-   * and run read-only with time and row limits (analyst-query.ts). QueryRefused otherwise.
+   * An analyst's SQL: one reading statement of the pipeline's database, checked
+   * on the engine's parse of exactly this text (analyst-query.ts), then run as the
+   * analyst — read-only, with the engine's limits (security.md "Analyst SQL").
+   * QueryRefused or QueryTimeout otherwise.
    */
   analystQuery(sql: string, format?: QueryFormat): Promise<string>;
   /** Empties the tables that derive from FHIR (before a rebuild by backfill); device_messages stays. */
@@ -96,27 +114,46 @@ export interface ClickHouseDriver {
   createDatabase(database: string): Promise<void>;
   /** A statement without result rows (DDL, INSERT … VALUES). */
   command(sql: string): Promise<void>;
-  /** A query answered as text in `format`; engine rejections are QueryRefused. */
+  /** Our own query answered as text in `format`; engine rejections are QueryRefused. */
   query(sql: string, format: QueryFormat): Promise<string>;
-  /**
-   * `EXPLAIN AST <sql>`: the engine's syntax tree, one node per line, executing
-   * nothing. The output format is set apart from the SQL, which stays as given
-   * (a FORMAT clause appended to it would become part of the tree).
-   */
-  explainAst(sql: string): Promise<string[]>;
+  /** The analysts' side of the engine, opened on first use. */
+  readonly analyst: AnalystDriver;
   /** JSONEachRow insert of `rows` (column names as keys) into `table` (db-qualified). */
   insertRows(table: string, rows: readonly object[]): Promise<void>;
   ping(): Promise<void>;
   close(): Promise<void>;
 }
 
-/** Builds a server client; tests inject one over chdb/connection. */
+/**
+ * The analysts' side of an engine: their own read-only connection (embedded) or
+ * the analyst user (server). Every call takes the analyst's text unchanged; the
+ * output format goes apart from it. Engine errors are QueryRefused or QueryTimeout.
+ */
+export interface AnalystDriver {
+  /**
+   * The engine's one-line rendering of `sql` (formatQuerySingleLine), with `sql`
+   * a bound parameter: nothing of it runs, and more than one statement is a
+   * syntax error.
+   */
+  format(sql: string): Promise<string>;
+  /** `EXPLAIN AST <sql>`: the engine's syntax tree, one node per line; executes nothing. */
+  explainAst(sql: string): Promise<string[]>;
+  /** Runs exactly `sql` as the analyst, answered as text in `format`. */
+  query(sql: string, format: QueryFormat): Promise<string>;
+}
+
+/** Builds a server client; tests inject one over chdb. */
 export type ServerClientFactory = (options: {
   readonly url: string;
   readonly username: string;
   readonly password: string;
   /** undefined: the server's default database (used to create ours). */
   readonly database: string | undefined;
+  /**
+   * The analysts' client: sends no settings of its own (a read-only user may
+   * change none), no compression, and ends a request after `requestTimeoutMs`.
+   */
+  readonly analyst?: { readonly requestTimeoutMs: number };
 }) => ClickHouseClient;
 
 export interface AnalyticsStoreOptions {
@@ -124,13 +161,19 @@ export interface AnalyticsStoreOptions {
   readonly insertBatchRows?: number;
   /** TTLs applied by migrate (default: keep everything). */
   readonly retention?: RetentionOptions;
-  /** Limits of analystQuery (default 30 s, 1 000 000 rows). */
+  /** Limits of analystQuery on the embedded engine (default: config.ts defaults). */
   readonly analystLimits?: AnalystQueryLimits;
   /** Server mode only: how to build the @clickhouse/client (default createClient). */
   readonly serverClientFactory?: ServerClientFactory;
 }
 
-export type EngineOperation = 'read' | 'write' | 'ping';
+/** 'analyst': an analyst's query, whose failures are the analyst's (QueryRefused, QueryTimeout). */
+export type EngineOperation = 'read' | 'write' | 'ping' | 'analyst';
+
+/** TIMEOUT_EXCEEDED: max_execution_time stopped the query. */
+const TIMEOUT_EXCEEDED = 159;
+/** MEMORY_LIMIT_EXCEEDED: for an analyst's query, its own limit (max_memory_usage). */
+const MEMORY_LIMIT_EXCEEDED = 241;
 
 /**
  * ClickHouse error codes meaning "the engine cannot serve now", not "this SQL is
@@ -160,6 +203,12 @@ export function engineError(
   const message = err instanceof Error ? err.message : String(err);
   const name = errorName(message);
   const details = { operation: op, clickhouseCode, clickhouseError: name };
+  if (op === 'analyst' && reachedEngine) {
+    if (clickhouseCode === TIMEOUT_EXCEEDED)
+      return new PipelineError('QueryTimeout', message, { cause: err, details, stage: 'admin' });
+    if (clickhouseCode === MEMORY_LIMIT_EXCEEDED || !UNAVAILABLE_CODES.has(clickhouseCode ?? 0))
+      return new PipelineError('QueryRefused', message, { cause: err, details, stage: 'admin' });
+  }
   const unavailable =
     op === 'ping' ||
     !reachedEngine ||
@@ -170,12 +219,31 @@ export function engineError(
       details,
     });
   }
-  if (op === 'read') return new PipelineError('QueryRefused', message, { cause: err, details });
+  if (op === 'read' || op === 'analyst')
+    return new PipelineError('QueryRefused', message, { cause: err, details });
   const what = clickhouseCode === undefined ? 'an error' : `code ${clickhouseCode} ${name ?? ''}`;
   return new PipelineError('Internal', `ClickHouse refused a write with ${what}`.trimEnd(), {
     cause: err,
     details,
     stage: 'analytics',
+  });
+}
+
+/**
+ * The engine's refusal to parse an analyst's text, without the wrapper query it
+ * was parsed in (formatQuerySingleLine): what the analyst wrote is what failed.
+ */
+function parseRefusal(err: unknown): PipelineError {
+  const e = toPipelineError(err);
+  if (e.code !== 'QueryRefused') return e;
+  const text = e.message.replace(/\s*: In scope SELECT formatQuerySingleLine[\s\S]*$/, '');
+  const message = /Multi-statements are not allowed/.test(text)
+    ? `only one statement is allowed: ${text}`
+    : `the query does not parse: ${text}`;
+  return new PipelineError('QueryRefused', message, {
+    cause: e,
+    details: e.details,
+    stage: 'admin',
   });
 }
 
@@ -203,7 +271,6 @@ export function storeOverDriver(
   assertDatabaseName(database);
   const batchRows = options.insertBatchRows ?? 10_000;
   const retention = options.retention ?? { rawDays: 0, rollupDays: 0 };
-  const limits = options.analystLimits ?? { timeoutSeconds: 30, maxResultRows: 1_000_000 };
   const log = logger?.child({ component: 'clickhouse' });
   let pending: Promise<ClickHouseDriver> | undefined;
   let closed = false;
@@ -291,13 +358,18 @@ export function storeOverDriver(
     },
 
     async analystQuery(sql, format = 'JSONEachRow') {
-      const statement = analystStatement(sql);
-      const d = await driver();
-      if (statement.kind === 'select') {
-        // EXPLAIN AST parses and executes nothing: the tree decides before anything runs.
-        checkAnalystAst(parseExplainAst(await d.explainAst(statement.select)));
-      }
-      return d.query(`${statement.body}\n${analystSettings(limits)}`, format);
+      if (sql.trim() === '')
+        throw new PipelineError('QueryRefused', 'the query is empty', { stage: 'admin' });
+      const analyst = (await driver()).analyst;
+      // 1. one statement, by the engine's parser (the text a bound parameter: nothing runs);
+      // 2. its syntax tree, EXPLAIN AST of exactly this text (executes nothing);
+      // 3. the guard decides on both; 4. exactly this text runs, as the analyst.
+      const formatted = await analyst.format(sql).catch((err: unknown) => {
+        throw parseRefusal(err);
+      });
+      const tree = parseExplainAst(await analyst.explainAst(sql));
+      checkAnalystStatement({ formatted, tree, database });
+      return analyst.query(sql, format);
     },
 
     async execute(sql) {
@@ -347,18 +419,40 @@ export function createAnalyticsStore(
   options: AnalyticsStoreOptions = {},
 ): AnalyticsStore {
   const url = config.url;
+  const setting = <K extends keyof ClickHouseSettings>(key: K): ClickHouseSettings[K] =>
+    (config as Partial<ClickHouseSettings>)[key] ??
+    (SETTINGS.clickhouse[key].default as ClickHouseSettings[K]);
+  const limits: AnalystQueryLimits = options.analystLimits ?? {
+    timeoutSeconds: setting('queryTimeoutS'),
+    maxResultRows: setting('analystMaxResultRows'),
+    maxResultBytes: setting('analystMaxResultBytes'),
+    maxMemoryBytes: setting('analystMaxMemoryBytes'),
+  };
   const open =
     url === undefined
       ? async () =>
-          (await import('./embedded.js')).openEmbeddedDriver(config.dataPath, config.database)
+          (await import('./embedded.js')).openEmbeddedDriver(
+            config.dataPath,
+            config.database,
+            limits,
+          )
       : async () =>
           (await import('./server.js')).openServerDriver(
-            { url, username: config.user, password: config.password, database: config.database },
+            {
+              url,
+              username: config.user,
+              password: config.password,
+              database: config.database,
+              analyst: {
+                username: setting('analystUser'),
+                password: setting('analystPassword'),
+                timeoutSeconds: limits.timeoutSeconds,
+              },
+            },
             options.serverClientFactory,
           );
   return storeOverDriver(open, config.database, logger, {
     retention: { rawDays: config.retentionDays ?? 0, rollupDays: config.rollupRetentionDays ?? 0 },
-    analystLimits: { timeoutSeconds: config.queryTimeoutS ?? 30, maxResultRows: 1_000_000 },
     ...options,
   });
 }

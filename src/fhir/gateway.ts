@@ -56,11 +56,15 @@ export interface FhirGateway {
   /** A resource's versions, newest first (first page). */
   history<T extends Resource>(type: string, id: string, count?: number): Promise<T[]>;
   /** One page of a search: the resources of that type in it. */
-  search<T extends Resource>(type: string, params: Readonly<Record<string, string>>): Promise<T[]>;
-  /** Every page of a search, following the server's `next` links (search.html#paging). */
+  search<T extends Resource>(type: string, params: SearchParams): Promise<T[]>;
+  /**
+   * Every page of a search, following the server's `next` links
+   * (search.html#paging); with `signal`, an abort ends the request in flight.
+   */
   searchPages<T extends Resource>(
     type: string,
-    params: Readonly<Record<string, string>>,
+    params: SearchParams,
+    options?: { readonly signal?: AbortSignal },
   ): AsyncGenerator<T[]>;
   /** PUT {type}/{id}: create or update, optionally only if the stored version is `ifMatch`. */
   update<T extends Resource>(
@@ -81,6 +85,9 @@ export interface FhirGateway {
   capabilities(): Promise<void>;
 }
 
+/** Search parameters; a repeated parameter ANDs its values (search.html#combining). */
+export type SearchParams = Readonly<Record<string, string | readonly string[]>>;
+
 /** W/"3" → "3" */
 export function versionFromEtag(etag: string | null | undefined): string | undefined {
   return etag?.match(/"([^"]+)"/)?.[1];
@@ -99,14 +106,17 @@ export function createFhirGateway(options: FhirGatewayOptions): FhirGateway {
     method: 'GET' | 'PUT' | 'POST',
     path: string,
     what: string,
-    init: { body?: unknown; headers?: Record<string, string> } = {},
+    init: { body?: unknown; headers?: Record<string, string>; signal?: AbortSignal } = {},
   ): Promise<Answer> {
     const url = /^https?:\/\//.test(path) ? path : `${base}/${path}`;
     let res: Response;
     try {
       res = await fetch(url, {
         method,
-        signal: AbortSignal.timeout(options.timeoutMs),
+        signal:
+          init.signal === undefined
+            ? AbortSignal.timeout(options.timeoutMs)
+            : AbortSignal.any([init.signal, AbortSignal.timeout(options.timeoutMs)]),
         headers: {
           accept: 'application/fhir+json',
           'cache-control': 'no-cache',
@@ -138,8 +148,12 @@ export function createFhirGateway(options: FhirGatewayOptions): FhirGateway {
     throw statusError(a.status, what, a.body, a.headers.get('retry-after'));
   };
 
-  const query = (params: Readonly<Record<string, string>>) =>
-    new URLSearchParams(params).toString();
+  const query = (params: SearchParams) => {
+    const q = new URLSearchParams();
+    for (const [k, v] of Object.entries(params))
+      for (const one of typeof v === 'string' ? [v] : v) q.append(k, one);
+    return q.toString();
+  };
 
   function resourcesOf<T extends Resource>(bundle: unknown, type: string): T[] {
     return ((bundle as Bundle | undefined)?.entry ?? []).flatMap((e) =>
@@ -212,18 +226,22 @@ export function createFhirGateway(options: FhirGatewayOptions): FhirGateway {
       return resourcesOf<T>(a.body, type);
     },
 
-    async search<T extends Resource>(type: string, params: Readonly<Record<string, string>>) {
+    async search<T extends Resource>(type: string, params: SearchParams) {
       const what = `search ${type}`;
       const a = await send('GET', `${type}?${query(params)}`, what);
       if (a.status < 200 || a.status >= 300) return fail(a, what);
       return resourcesOf<T>(a.body, type);
     },
 
-    async *searchPages<T extends Resource>(type: string, params: Readonly<Record<string, string>>) {
+    async *searchPages<T extends Resource>(
+      type: string,
+      params: SearchParams,
+      opts: { signal?: AbortSignal } = {},
+    ) {
       const what = `search ${type}`;
       let next: string | undefined = `${type}?${query(params)}`;
       while (next !== undefined) {
-        const a = await send('GET', next, what);
+        const a = await send('GET', next, what, opts.signal ? { signal: opts.signal } : {});
         if (a.status < 200 || a.status >= 300) fail(a, what);
         const page = resourcesOf<T>(a.body, type);
         if (page.length > 0) yield page;

@@ -213,7 +213,21 @@ describe('vital signs published over MQTT', () => {
   });
 
   it('keeps one Observation and one ClickHouse row when the same message is published twice', async () => {
-    const mirroredBefore = await mirroredRows();
+    // The counter moves after a batch's device_messages, once its rows are already
+    // readable: let the earlier tests' batches finish counting before taking it.
+    const mirroredBefore = await waitFor(
+      async () => ({
+        pending: await h.pipeline.queues.analytics.getJobCountByTypes(
+          'active',
+          'waiting',
+          'delayed',
+        ),
+        rows: await mirroredRows(),
+      }),
+      (s) => s.pending === 0,
+      10_000,
+      'earlier mirror batches counted',
+    ).then((s) => s.rows);
     const message = { timestamp: minute(2), heartRate: 64 };
     await publish(client, `devices/${deviceId}/telemetry`, message);
     await publish(client, `devices/${deviceId}/telemetry`, message);

@@ -98,7 +98,7 @@ afterAll(async () => {
   await deadLetters.close();
   redis.disconnect();
   for (const t of targets.all) if (t.enabled) await t.dropDatabase?.().catch(() => undefined);
-  targets.cleanup();
+  await targets.cleanup();
 });
 
 for (const target of targets.all) {

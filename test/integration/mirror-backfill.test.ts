@@ -110,12 +110,13 @@ describe('the ClickHouse mirror of a running pipeline', () => {
           message_id: string;
         }>(
           `SELECT outcome, error_code, error_stage, observation_count, message_id
-           FROM device_messages FINAL WHERE patient_id = '${patientId}' ORDER BY received_at`,
+           FROM device_messages FINAL WHERE mqtt_device_id = '${deviceId}' ORDER BY received_at`,
         ),
       (r) => r.length === 5,
       30_000,
       'five messages in device_messages',
     );
+    // (The message that is not JSON names no patient: nobody was attributed.)
     expect(
       messages.map((m) => [m.outcome, m.error_code, m.error_stage, Number(m.observation_count)]),
     ).toEqual([
@@ -237,7 +238,7 @@ describe('the ClickHouse mirror of a running pipeline', () => {
       await rm(dir, { recursive: true, force: true });
     }
     // The harness's engine is owned: the command says how to reach the owner.
-    const owned = await run(process.execPath, ['bin/iomt.mjs', 'mirror', 'backfill'], {
+    const owned = await run(process.execPath, ['bin/iomt.mjs', 'mirror', 'backfill', '--all'], {
       env: {
         ...process.env,
         CHDB_PATH: h.pipeline.config.clickhouse.dataPath,
@@ -249,8 +250,46 @@ describe('the ClickHouse mirror of a running pipeline', () => {
       () => undefined,
       (e: unknown) => e as { code: number; stderr: string },
     );
-    expect(owned?.code).toBe(1);
+    expect(owned?.code).toBe(3); // a service is unavailable (docs/cli.md)
     expect(owned?.stderr).toMatch(/iomt: ClickHouseUnavailable: .*CHDB_PATH.*--admin-url/s);
+  });
+
+  it('needs an explicit range: a bare backfill is refused, by the CLI and by the API', async () => {
+    const bare = await run(
+      process.execPath,
+      [
+        'bin/iomt.mjs',
+        'mirror',
+        'backfill',
+        '--admin-url',
+        `http://127.0.0.1:${h.pipeline.admin!.port}`,
+      ],
+      { env: { ...process.env, ADMIN_TOKEN: HARNESS_ADMIN_TOKEN }, timeout: 60_000 },
+    ).then(
+      () => undefined,
+      (e: unknown) => e as { code: number; stderr: string },
+    );
+    expect(bare?.code).toBe(2); // invalid input (docs/cli.md)
+    expect(bare?.stderr).toMatch(/name the range to backfill: --since <date>.*--all/);
+    for (const body of [
+      '{}',
+      '{"wipe":true}',
+      '{"all":false}',
+      '{"since":"2026-01-02","until":"2026-01-01"}',
+    ]) {
+      const res = await fetch(`http://127.0.0.1:${h.pipeline.admin!.port}/api/analytics/backfill`, {
+        method: 'POST',
+        headers: {
+          'content-type': 'application/json',
+          authorization: `Bearer ${HARNESS_ADMIN_TOKEN}`,
+        },
+        body,
+      });
+      expect(res.status, body).toBe(400);
+      expect(((await res.json()) as { error: { code: string } }).error.code, body).toBe(
+        'InvalidArgument',
+      );
+    }
   });
 
   it('refuses a backfill without the admin token', async () => {

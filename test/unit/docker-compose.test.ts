@@ -427,6 +427,60 @@ describe('deploy/clickhouse/users.d/analyst.xml', () => {
   });
 });
 
+describe('the analyst account of the pipeline (analyst SQL over the admin API)', () => {
+  const users = child(chConfig, 'users');
+  const analyst = child(users, 'analyst');
+  const profile = child(child(chConfig, 'profiles'), child(analyst, 'profile')?.text ?? '');
+  const constraints = child(profile, 'constraints');
+
+  it('logs the pipeline in as the analyst user, with the password the server reads', () => {
+    expect(pipelineEnv['CLICKHOUSE_ANALYST_USER']).toBe('analyst');
+    const fromEnv = child(analyst, 'password')?.attrs['from_env'] ?? '';
+    const serverValue = env(services[clickhouseService!]!)[fromEnv];
+    expect(serverValue).toBeTruthy();
+    expect(pipelineEnv['CLICKHOUSE_ANALYST_PASSWORD']).toBe(serverValue);
+    // Never the writer account.
+    expect(pipelineEnv['CLICKHOUSE_ANALYST_USER']).not.toBe(pipelineEnv['CLICKHOUSE_USER']);
+  });
+
+  it('fixes every limit of the profile: a query can raise none of them', () => {
+    expect(child(profile, 'readonly')?.text).toBe('1');
+    for (const limit of [
+      'max_memory_usage',
+      'max_result_rows',
+      'max_result_bytes',
+      'result_overflow_mode',
+      'timeout_overflow_mode',
+    ]) {
+      expect(child(profile, limit)?.text, `${limit} is set`).toBeTruthy();
+      expect(child(child(constraints, limit), 'const'), `${limit} is const`).toBeDefined();
+    }
+    expect(Number(child(profile, 'max_memory_usage')?.text)).toBeGreaterThan(0);
+    const time = child(constraints, 'max_execution_time');
+    expect(Number(child(time, 'max')?.text)).toBeGreaterThanOrEqual(
+      Number(child(profile, 'max_execution_time')?.text),
+    );
+  });
+
+  it('grants no source (FILE, URL, REMOTE, S3, …): SELECT on the pipeline database only', () => {
+    const grants = (child(analyst, 'grants')?.children ?? []).map((q) => q.text);
+    expect(grants.every((g) => /^GRANT SELECT ON \w+\.\*$/.test(g))).toBe(true);
+  });
+
+  it('mounts the server access control that closes system.* to users without a grant', () => {
+    const ch = services[clickhouseService!]!;
+    const mount = bindMounts(ch).find((m) => m.source.endsWith('access-control.xml'));
+    expect(mount?.target).toBe('/etc/clickhouse-server/config.d/access-control.xml');
+    const acl = child(
+      child(parseXml(read(mount!.source)), 'clickhouse'),
+      'access_control_improvements',
+    );
+    expect(child(acl, 'select_from_system_db_requires_grant')?.text).toBe('true');
+    expect(child(acl, 'select_from_information_schema_requires_grant')?.text).toBe('true');
+    expect(child(acl, 'settings_constraints_replace_previous')?.text).toBe('true');
+  });
+});
+
 describe('Grafana provisioning', () => {
   const grafana = services['grafana']!;
 

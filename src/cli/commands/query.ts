@@ -1,6 +1,10 @@
-/** `iomt query`: analysts' read-only SQL through the admin API. */
+/**
+ * `iomt query`: analysts' read-only SQL through the admin API, with ANALYST_TOKEN
+ * when set (it opens this endpoint only), else ADMIN_TOKEN.
+ */
 import { Option } from '@commander-js/extra-typings';
 import { loadConfig } from '../../config.js';
+import { answerError, fetchAdmin } from '../admin-answer.js';
 import { fail, type Program } from '../common.js';
 
 export function register(program: Program): void {
@@ -22,19 +26,17 @@ export function register(program: Program): void {
         const config = loadConfig();
         const base = opts.adminUrl ?? `http://127.0.0.1:${config.admin.port}`;
         const format = { table: 'PrettyCompact', csv: 'CSV', json: 'JSONEachRow' }[opts.format];
-        const res = await fetch(`${base}/api/analytics/query`, {
+        const token = config.admin.analystToken ?? config.admin.token;
+        const res = await fetchAdmin(`${base}/api/analytics/query`, {
           method: 'POST',
           headers: {
             'content-type': 'application/json',
-            ...(config.admin.token ? { authorization: `Bearer ${config.admin.token}` } : {}),
+            ...(token ? { authorization: `Bearer ${token}` } : {}),
           },
           body: JSON.stringify({ sql, format }),
         });
         const text = await res.text();
-        if (!res.ok) {
-          const err = (JSON.parse(text) as { error?: { code: string; message: string } }).error;
-          throw new Error(err ? `${err.code}: ${err.message}` : `HTTP ${res.status}`);
-        }
+        if (!res.ok) throw answerError(res.status, text);
         process.stdout.write(text.endsWith('\n') ? text : `${text}\n`);
       } catch (err) {
         fail(err);
