@@ -511,6 +511,12 @@ export const SETTINGS = {
       int(100, 3600000),
       'Longest wait between two retries of a job, milliseconds (backoff doubles from 0.5 s).',
     ),
+    maxTransientRetries: setting(
+      'WORKER_MAX_TRANSIENT_RETRIES',
+      200,
+      int(1, 100000),
+      'Rounds a job reschedules what failed transiently (FHIR or ClickHouse down) before dead-lettering it with the transient code for replay; with the backoff capped at WORKER_RETRY_MAX_DELAY_MS, 200 rounds last about 3 hours.',
+    ),
     stages: setting(
       'WORKER_STAGES',
       STAGES as readonly WorkerStage[],

@@ -262,7 +262,22 @@ export const ERROR_CODES = {
     http: 503,
     message: 'The admin API did not answer',
   },
-  Internal: { stage: 'admin', retryable: true, http: 500, message: 'Unexpected internal error' },
+  ClickHouseRejected: {
+    stage: 'analytics',
+    retryable: false,
+    http: 500,
+    message: 'ClickHouse refused a write',
+  },
+  NotServedHere: {
+    stage: 'admin',
+    retryable: false,
+    http: 404,
+    message: 'This process does not serve that endpoint',
+  },
+  // Not retried: an unexpected error is a bug in one item, not a passing fault. The
+  // item is dead-lettered on its own and can be replayed once the bug is fixed;
+  // faults of the infrastructure map to their own, retryable codes.
+  Internal: { stage: 'admin', retryable: false, http: 500, message: 'Unexpected internal error' },
 } as const satisfies Record<string, CodeSpec>;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

@@ -16,6 +16,34 @@ export const QUEUE = {
 
 export type QueueName = (typeof QUEUE)[keyof typeof QUEUE];
 
+/** The stages a worker runs, each the consumer of one queue (WORKER_STAGES). */
+export const STAGE_QUEUE = {
+  normalize: QUEUE.ingest,
+  fhir: QUEUE.fhir,
+  analytics: QUEUE.analytics,
+} as const;
+
+export type StageName = keyof typeof STAGE_QUEUE;
+
+/**
+ * Job ids and dead-letter keys: deterministic, so that a job retried after a
+ * crash adds the same next jobs and dead letters again, and BullMQ keeps one of
+ * each (BullMQ refuses ids containing ":", its key separator).
+ */
+export const JOB_ID = {
+  /** The FHIR job a normalize job makes of `messageIds` (several if it retries a remainder). */
+  fhirOf: (ingestJobId: string, digest: string) => `n-${ingestJobId}-${digest}`,
+  /** The analytics job a FHIR job makes of what it committed and settled. */
+  analyticsOf: (fhirJobId: string, digest: string) => `f-${fhirJobId}-${digest}`,
+  /** Message outcomes a job settled on its own. */
+  outcomesOf: (stage: StageName, jobId: string, digest: string) => `m-${stage}-${jobId}-${digest}`,
+} as const;
+
+/** A dead letter's key from its parts (stage, job, item): stable across retries of the job. */
+export function deadLetterKey(...parts: readonly string[]): string {
+  return parts.join('_').replaceAll(':', '_');
+}
+
 /** One MQTT PUBLISH as received, before any interpretation. */
 export interface TelemetryMessage {
   /** Unique per message (broker id + sequence); names the message in logs and dead letters. */
@@ -31,7 +59,15 @@ export interface TelemetryMessage {
   readonly encoding: 'utf8' | 'base64';
 }
 
-export interface IngestJobData {
+/**
+ * Times a job's remainder was rescheduled after transient failures of some of
+ * its entries (its own count: BullMQ's attempts are left for whole-job crashes).
+ */
+export interface Retried {
+  readonly transientRetries?: number;
+}
+
+export interface IngestJobData extends Retried {
   readonly traceId: string;
   readonly messages: readonly TelemetryMessage[];
 }
@@ -95,7 +131,7 @@ export interface MessageOutcome {
   readonly decidedAt: number;
 }
 
-export interface FhirJobData {
+export interface FhirJobData extends Retried {
   readonly traceId: string;
   /** Patients the Observations reference (Create mode; empty in the Lookup modes). */
   readonly patients: readonly PatientRef[];
@@ -114,7 +150,7 @@ export interface FhirJobData {
   readonly associations?: readonly string[];
 }
 
-export interface AnalyticsJobData {
+export interface AnalyticsJobData extends Retried {
   readonly traceId: string;
   /** FHIR commit time, epoch milliseconds. */
   readonly committedAt: number;
@@ -139,4 +175,9 @@ export interface DeadLetterJobData {
   readonly observation?: ObservationEnvelope;
   /** Or the devices whose association history could not be written to FHIR. */
   readonly associations?: readonly string[];
+  /**
+   * With an Observation: its message's outcome as it stood before the failure, so
+   * that a replay that succeeds settles the message (device_messages) again.
+   */
+  readonly outcome?: MessageOutcome;
 }

@@ -1,13 +1,30 @@
 /**
- * ClickHouse mirror (queue "analytics"). Inserts the committed Observations in
- * one batch; ReplacingMergeTree keyed on the Observation id makes a replayed
- * job harmless. ClickHouse down → the job retries; FHIR writes go on meanwhile.
+ * The analytics stage (queue "analytics"): the ClickHouse mirror. Each
+ * Observation is flattened on its own, so one that cannot be (a bad date, a
+ * malformed SampledData) is dead-lettered alone and its message's outcome says
+ * so (stage analytics); the rest are inserted in one batch. A batch the engine
+ * refuses (ClickHouseRejected) is split in halves until the refused
+ * Observations stand alone. ReplacingMergeTree keyed on the Observation id makes
+ * a replayed job harmless. ClickHouse down → the whole job is the retry
+ * remainder; FHIR writes go on meanwhile.
  */
-import type { Job } from 'bullmq';
-import type { AnalyticsStore } from '../src/clickhouse/index.js';
+import {
+  flattenObservation,
+  type AnalyticsStore,
+  type FlattenedObservation,
+} from '../src/clickhouse/index.js';
+import { toPipelineError, type PipelineError } from '../src/errors.js';
 import type { Logger } from '../src/logger.js';
 import type { Metrics } from '../src/metrics.js';
-import type { AnalyticsJobData } from '../src/queues.js';
+import {
+  deadLetterKey,
+  QUEUE,
+  type AnalyticsJobData,
+  type MessageOutcome,
+  type ObservationEnvelope,
+} from '../src/queues.js';
+import type { DeadLetterInput } from './dead-letter.js';
+import { result, type Stage, type StageJob } from './stage.js';
 
 export interface AnalyticsMirrorDeps {
   readonly store: AnalyticsStore;
@@ -15,9 +32,12 @@ export interface AnalyticsMirrorDeps {
   readonly metrics?: Metrics;
 }
 
-export function createAnalyticsProcessor(
-  deps: AnalyticsMirrorDeps,
-): (job: Job<AnalyticsJobData>) => Promise<void> {
+interface Flat {
+  readonly env: ObservationEnvelope;
+  readonly flat: FlattenedObservation;
+}
+
+export function createAnalyticsStage(deps: AnalyticsMirrorDeps): Stage<AnalyticsJobData> {
   // ClickHouse may be down when the process starts: the schema is applied before
   // the first insert that finds it up (migrations are idempotent).
   let schema: Promise<void> | undefined;
@@ -26,18 +46,126 @@ export function createAnalyticsProcessor(
       schema = undefined;
       throw err;
     }));
-  return async function process(job) {
-    const { observations, committedAt, traceId } = job.data;
-    await ensureSchema();
-    await deps.store.insertObservations(observations, committedAt);
-    // device_messages: the fates of the messages (a later verdict replaces an earlier one).
-    await deps.store.insertMessages(job.data.messages ?? []);
-    // device_associations: a device's whole history, versioned (the latest wins).
-    await deps.store.insertAssociations(job.data.associations ?? []);
-    deps.metrics?.analyticsRows.inc(observations.length);
-    deps.log.debug(
-      { event: 'mirrored', traceId, jobId: job.id, rows: observations.length },
-      'batch mirrored',
-    );
+
+  function deadEnvelope(
+    job: StageJob<AnalyticsJobData>,
+    env: ObservationEnvelope,
+    error: PipelineError,
+  ): DeadLetterInput {
+    const outcome = job.data.messages?.find((m) => m.message.id === env.provenance.messageId);
+    return {
+      traceId: job.data.traceId,
+      error,
+      deviceId: env.provenance.deviceId,
+      observation: env,
+      ...(outcome ? { outcome } : {}),
+      key: deadLetterKey('analytics', job.id, env.observation.id ?? env.provenance.messageId),
+    };
+  }
+
+  /** The messages of refused Observations: dead-lettered at this stage, the later verdict. */
+  function settle(
+    messages: readonly MessageOutcome[],
+    dead: readonly DeadLetterInput[],
+    at: number,
+  ): MessageOutcome[] {
+    const refused = new Map<string, PipelineError>();
+    for (const d of dead) {
+      const id = d.observation?.provenance.messageId;
+      if (id !== undefined && !refused.has(id)) refused.set(id, d.error);
+    }
+    const out = messages.map((m) => {
+      const e = refused.get(m.message.id);
+      return e
+        ? {
+            ...m,
+            outcome: 'dead_lettered' as const,
+            errorCode: e.code,
+            errorStage: e.stage,
+            decidedAt: at,
+          }
+        : m;
+    });
+    // A refused Observation whose message this job does not carry still gets its verdict.
+    for (const d of dead) {
+      const o = d.outcome;
+      if (o && !messages.some((m) => m.message.id === o.message.id))
+        out.push({
+          ...o,
+          outcome: 'dead_lettered',
+          errorCode: d.error.code,
+          errorStage: d.error.stage,
+          decidedAt: at,
+        });
+    }
+    return out;
+  }
+
+  /** Inserts, isolating what the engine refuses by halving; returns the refused ones. */
+  async function insertIsolated(
+    flats: readonly Flat[],
+  ): Promise<{ flat: Flat; error: PipelineError }[]> {
+    if (flats.length === 0) return [];
+    try {
+      await deps.store.insertFlattened(flats.map((f) => f.flat));
+      return [];
+    } catch (err) {
+      const e = toPipelineError(err);
+      if (e.retryable) throw e;
+      if (flats.length === 1) return [{ flat: flats[0]!, error: e }];
+      const half = Math.ceil(flats.length / 2);
+      return [
+        ...(await insertIsolated(flats.slice(0, half))),
+        ...(await insertIsolated(flats.slice(half))),
+      ];
+    }
+  }
+
+  return {
+    name: 'analytics',
+    queue: QUEUE.analytics,
+
+    wholeJobFailure(job, error) {
+      const dead = job.data.observations.map((env) => deadEnvelope(job, env, error));
+      return result({
+        deadLetters: dead,
+        outcomes: settle(job.data.messages ?? [], dead, Date.now()),
+      });
+    },
+
+    async run(job) {
+      const { observations, committedAt, traceId } = job.data;
+      const dead: DeadLetterInput[] = [];
+      const flats: Flat[] = [];
+      let inserted: number;
+      for (const env of observations) {
+        try {
+          flats.push({ env, flat: flattenObservation(env, committedAt) });
+        } catch (err) {
+          dead.push(deadEnvelope(job, env, toPipelineError(err)));
+        }
+      }
+      try {
+        await ensureSchema();
+        const refused = await insertIsolated(flats);
+        for (const r of refused) dead.push(deadEnvelope(job, r.flat.env, r.error));
+        inserted = flats.length - refused.length;
+        // device_messages: the fates of the messages (a later verdict replaces an earlier one).
+        await deps.store.insertMessages(settle(job.data.messages ?? [], dead, Date.now()));
+        // device_associations: a device's whole history, versioned (the latest wins).
+        await deps.store.insertAssociations(job.data.associations ?? []);
+      } catch (err) {
+        const e = toPipelineError(err);
+        if (!e.retryable) throw e;
+        // ClickHouse cannot be reached: the whole job, later (inserts are idempotent).
+        return result({ retry: { data: job.data, error: e } });
+      }
+      deps.metrics?.analyticsRows.inc(inserted);
+      deps.log.debug(
+        { event: 'mirrored', traceId, jobId: job.id, rows: flats.length, refused: dead.length },
+        'batch mirrored',
+      );
+      return result({ deadLetters: dead });
+    },
   };
 }

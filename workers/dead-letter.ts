@@ -5,7 +5,12 @@
 import type { Queue } from 'bullmq';
 import type { PipelineError } from '../src/errors.js';
 import type { Metrics } from '../src/metrics.js';
-import type { DeadLetterJobData, ObservationEnvelope, TelemetryMessage } from '../src/queues.js';
+import type {
+  DeadLetterJobData,
+  MessageOutcome,
+  ObservationEnvelope,
+  TelemetryMessage,
+} from '../src/queues.js';
 
 export interface DeadLetterInput {
   readonly traceId: string;
@@ -15,6 +20,8 @@ export interface DeadLetterInput {
   readonly observation?: ObservationEnvelope;
   /** Or the devices whose association history could not be written to FHIR. */
   readonly associations?: readonly string[];
+  /** With an Observation: its message's outcome before the failure (a replay settles it). */
+  readonly outcome?: MessageOutcome;
   /** Stable per failure, so a retried job does not write the same dead letter twice. */
   readonly key: string;
 }
@@ -38,6 +45,7 @@ export async function deadLetter(
         ...(d.message ? { message: d.message } : {}),
         ...(d.observation ? { observation: d.observation } : {}),
         ...(d.associations ? { associations: d.associations } : {}),
+        ...(d.outcome ? { outcome: d.outcome } : {}),
       },
       // BullMQ refuses custom job ids containing ":" (its key separator).
       opts: { jobId: d.key.replaceAll(':', '_') },

@@ -1,35 +1,40 @@
 /**
- * FHIR writer (queue "fhir" → "analytics"). Writes the Devices the job names
+ * The FHIR stage (queue "fhir" → "analytics"). Writes the Devices the job names
  * from their association history (Device.patient, DeviceUseStatements:
  * fhir/associations.ts) and ensures the Patients exist (created only where
  * allowed), then writes Observations as batch Bundles of idempotent PUTs and
- * reads every entry's outcome: accepted → "analytics", rejected → dead letter,
- * transient → the job retries (re-PUTting an accepted Observation changes
- * nothing). An Observation whose Patient is missing and may not be created is
- * dead-lettered alone (PatientNotFound). Jobs that carry `associations` have
- * FHIR follow those devices' histories.
+ * decides per entry (the runner, runner.ts, writes the decisions):
+ *  - accepted → the stored version goes to the "analytics" job, with the
+ *    outcomes of the messages now settled;
+ *  - refused (FhirRejected, PatientNotFound…) → a dead letter with the
+ *    Observation and its message's outcome, so a replay can settle it;
+ *  - transient (network, 429/5xx, conflicts) → the retry remainder: only those
+ *    entries are written again (re-PUTting an accepted one changes nothing).
+ * Jobs that carry `associations` have FHIR follow those devices' histories.
  */
-import type { Job, Queue } from 'bullmq';
+import { createHash } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
 import type { Config } from '../src/config.js';
 import { toPipelineError, type PipelineError } from '../src/errors.js';
 import type { AssociationSync } from '../src/fhir/associations.js';
 import type { FhirGateway } from '../src/fhir/gateway.js';
+import { createObservationMerger } from '../src/fhir/merge.js';
 import type { FhirStore } from '../src/fhir/store.js';
 import type { Logger } from '../src/logger.js';
 import type { Metrics } from '../src/metrics.js';
-import type {
-  AnalyticsJobData,
-  DeadLetterJobData,
-  FhirJobData,
-  ObservationEnvelope,
+import {
+  deadLetterKey,
+  JOB_ID,
+  QUEUE,
+  type FhirJobData,
+  type MessageOutcome,
+  type ObservationEnvelope,
 } from '../src/queues.js';
-import { createHash } from 'node:crypto';
-import { deadLetter, type DeadLetterInput } from './dead-letter.js';
-import { writeIsolated } from './fhir-batch.js';
-import { createObservationMerger } from '../src/fhir/merge.js';
-import { writeChunk } from './windowing.js';
 import { messagesDigest, settleMessages, storedVersions } from './analytics-handoff.js';
+import type { DeadLetterInput } from './dead-letter.js';
+import { writeIsolated } from './fhir-batch.js';
+import { result, type NextJob, type Stage, type StageJob } from './stage.js';
+import { writeChunk } from './windowing.js';
 
 export interface FhirWriterDeps {
   readonly config: Config;
@@ -38,8 +43,6 @@ export interface FhirWriterDeps {
   readonly fhir: FhirGateway;
   /** Writes a device's FHIR Device and DeviceUseStatements from its history. */
   readonly associationSync: AssociationSync;
-  readonly analyticsQueue: Queue<AnalyticsJobData> | undefined;
-  readonly deadLetterQueue: Queue<DeadLetterJobData>;
   readonly log: Logger;
   readonly metrics?: Metrics;
 }
@@ -64,39 +67,66 @@ function idsDigest(envs: readonly ObservationEnvelope[]): string {
   return h.digest('hex').slice(0, 16);
 }
 
-export function createFhirWriterProcessor(
-  deps: FhirWriterDeps,
-): (job: Job<FhirJobData>) => Promise<void> {
+function patientOf(env: ObservationEnvelope): string {
+  return env.observation.subject?.reference?.replace(/^Patient\//, '') ?? '';
+}
+
+/** An Observation refused for good, kept with its message's outcome (for a replay to settle). */
+function deadObservation(
+  job: StageJob<FhirJobData>,
+  env: ObservationEnvelope,
+  error: PipelineError,
+): DeadLetterInput {
+  const outcome = job.data.messages?.find((m) => m.message.id === env.provenance.messageId);
+  return {
+    traceId: job.data.traceId,
+    error,
+    deviceId: env.provenance.deviceId,
+    observation: env,
+    ...(outcome ? { outcome } : {}),
+    key: deadLetterKey('fhir', job.id, env.observation.id ?? env.provenance.messageId),
+  };
+}
+
+function deadSync(job: StageJob<FhirJobData>, deviceId: string, error: PipelineError) {
+  return {
+    traceId: job.data.traceId,
+    error,
+    deviceId,
+    associations: [deviceId],
+    key: deadLetterKey('fhir', job.id, 'associations', deviceId),
+  };
+}
+
+export function createFhirWriterStage(deps: FhirWriterDeps): Stage<FhirJobData> {
   // Grouped Observations (windows, correlation ids) are merged into the stored one.
   const merger = createObservationMerger(deps.fhir);
   // Devices whose FHIR Device this process has written from their history; a
   // change of association reaches FHIR through its own sync job, not through this.
   const devicesWritten = new LRUCache<string, true>({ max: 100_000 });
 
-  /** Association syncs the job asks for: a permanent failure is kept as a dead letter. */
-  async function syncAssociations(job: Job<FhirJobData>, deviceIds: readonly string[]) {
+  /** Association syncs: written, or refused for good (dead letters); a transient failure throws. */
+  async function syncAll(job: StageJob<FhirJobData>): Promise<DeadLetterInput[]> {
     const dead: DeadLetterInput[] = [];
-    for (const deviceId of deviceIds) {
+    const wanted = [
+      ...(job.data.associations ?? []),
+      ...(job.data.devices ?? []).filter((d) => !devicesWritten.has(d)),
+    ];
+    for (const deviceId of new Set(wanted)) {
       try {
         await deps.associationSync.sync(deviceId);
         devicesWritten.set(deviceId, true);
       } catch (err) {
         const e = toPipelineError(err);
         if (e.retryable) throw e;
-        dead.push({
-          traceId: job.data.traceId,
-          error: e,
-          deviceId,
-          associations: [deviceId],
-          key: `${job.id ?? job.data.traceId}:associations:${deviceId}`,
-        });
+        dead.push(deadSync(job, deviceId, e));
       }
     }
-    await deadLetter(deps.deadLetterQueue, dead, deps.metrics);
+    return dead;
   }
 
-  /** Patients that may not be created and are missing: their Observations are dead-lettered. */
-  async function ensurePatients(job: Job<FhirJobData>): Promise<Map<string, PipelineError>> {
+  /** Patients that are missing and may not be created (their Observations are refused). */
+  async function refusedPatients(job: StageJob<FhirJobData>): Promise<Map<string, PipelineError>> {
     const refused = new Map<string, PipelineError>();
     for (const p of job.data.patients ?? []) {
       try {
@@ -110,112 +140,139 @@ export function createFhirWriterProcessor(
     return refused;
   }
 
-  return async function process(job) {
-    const { traceId } = job.data;
-    const log = deps.log.child({ traceId, jobId: job.id });
-    if (job.data.associations?.length) await syncAssociations(job, job.data.associations);
-    await syncAssociations(
-      job,
-      (job.data.devices ?? []).filter((d) => !devicesWritten.has(d)),
-    );
-    const refusedPatients = await ensurePatients(job);
+  return {
+    name: 'fhir',
+    queue: QUEUE.fhir,
 
-    const committed: ObservationEnvelope[] = [];
-    const reread = new Set<string>(); // ids whose stored version we do not have (see storedVersions)
-    const dead: DeadLetterInput[] = [];
-    const retry: ObservationEnvelope[] = [];
-    let transient: PipelineError | undefined;
-    const observations: ObservationEnvelope[] = [];
-    for (const env of job.data.observations) {
-      const patientId = env.observation.subject?.reference?.replace(/^Patient\//, '') ?? '';
-      const refused = refusedPatients.get(patientId);
-      if (refused) {
-        dead.push({
-          traceId,
-          error: refused,
-          deviceId: env.provenance.deviceId,
-          observation: env,
-          key: `${job.id ?? traceId}:${env.observation.id ?? patientId}`,
-        });
-      } else observations.push(env);
-    }
-    const size = deps.config.fhir.batchSize;
-    for (let i = 0; i < observations.length; i += size) {
-      const chunk = observations.slice(i, i + size);
-      const outcomes = await writeChunk(chunk, (o) => writeIsolated(deps.store, o), merger);
-      outcomes.forEach((outcome, j) => {
-        const env = chunk[j];
-        if (!env) return;
-        if (outcome.ok) {
-          deps.metrics?.fhirResources.inc({ outcome: savedOutcome(outcome) });
-          // A merge stores more than it brought; the representation is what the server stored.
-          const written = outcome.written ?? outcome.resource ?? env.observation;
-          // A no-change answer echoes the request; a merge result lacks the server's meta.
-          if (outcome.unchanged || written.meta?.lastUpdated === undefined)
-            reread.add(env.observation.id ?? '');
-          const meta = {
-            ...written.meta,
-            ...(outcome.versionId ? { versionId: outcome.versionId } : {}),
-          };
-          committed.push({ ...env, observation: { ...written, meta } });
-        } else if (outcome.error.retryable) {
-          transient ??= outcome.error;
-          retry.push(env);
-        } else {
-          dead.push({
-            traceId,
-            error: outcome.error,
-            deviceId: env.provenance.deviceId,
-            observation: env,
-            key: `${job.id ?? traceId}:${env.observation.id ?? j}`,
-          });
+    wholeJobFailure(job, error) {
+      const dead = [
+        ...(job.data.associations ?? []).map((d) => deadSync(job, d, error)),
+        ...job.data.observations.map((env) => deadObservation(job, env, error)),
+      ];
+      const { settled } = settleMessages(
+        job.data.messages ?? [],
+        { committed: [], dead, retry: [] },
+        Date.now(),
+      );
+      return result({ deadLetters: dead, outcomes: settled });
+    },
+
+    async run(job) {
+      const { traceId } = job.data;
+      const log = deps.log.child({ traceId, jobId: job.id });
+      const dead: DeadLetterInput[] = [];
+      let refused: Map<string, PipelineError>;
+      try {
+        dead.push(...(await syncAll(job)));
+        refused = await refusedPatients(job);
+      } catch (err) {
+        // The server cannot be reached for what must come first: all of it, later.
+        const e = toPipelineError(err);
+        if (!e.retryable) throw e;
+        return result({ retry: { data: job.data, error: e } });
+      }
+
+      const committed: ObservationEnvelope[] = [];
+      const reread = new Set<string>(); // ids whose stored version we do not have (see storedVersions)
+      const retry: ObservationEnvelope[] = [];
+      let transient: PipelineError | undefined;
+      const writable: ObservationEnvelope[] = [];
+      for (const env of job.data.observations) {
+        const error = refused.get(patientOf(env));
+        if (error) dead.push(deadObservation(job, env, error));
+        else writable.push(env);
+      }
+      const size = deps.config.fhir.batchSize;
+      for (let i = 0; i < writable.length; i += size) {
+        const chunk = writable.slice(i, i + size);
+        let outcomes;
+        try {
+          outcomes = await writeChunk(chunk, (o) => writeIsolated(deps.store, o), merger);
+        } catch (err) {
+          // The whole request failed transiently: the chunk is tried again later.
+          const e = toPipelineError(err);
+          if (!e.retryable) throw e;
+          transient ??= e;
+          retry.push(...chunk);
+          continue;
         }
-      });
-    }
-    await deadLetter(deps.deadLetterQueue, dead, deps.metrics);
-    const committedAt = Date.now();
-    for (const env of committed) {
-      deps.metrics?.endToEndSeconds.observe((committedAt - env.provenance.receivedAt) / 1000);
-      const effective = effectiveMs(env);
-      if (effective !== undefined)
-        deps.metrics?.deviceToFhirSeconds.observe(Math.max(0, committedAt - effective) / 1000);
-    }
-    // The mirror gets the stored versions and the fates of the messages now settled.
-    const { settled, pending } = settleMessages(
-      job.data.messages ?? [],
-      { committed, dead, retry },
-      Date.now(),
-    );
-    if ((committed.length > 0 || settled.length > 0) && deps.analyticsQueue) {
-      const stored = await storedVersions(deps.store, committed, reread);
-      // Committed entries go on now, even when neighbours must be retried. The job
-      // id names this exact set: a crash-and-retry re-adding the same set is a
-      // no-op, a different set (after a partial retry) is a new job.
-      await deps.analyticsQueue.add(
-        'batch',
-        { traceId, committedAt, observations: stored, messages: settled },
-        { jobId: `f-${job.id ?? traceId}-${idsDigest(committed)}${messagesDigest(settled)}` },
+        outcomes.forEach((outcome, j) => {
+          const env = chunk[j];
+          if (!env) return;
+          if (outcome.ok) {
+            deps.metrics?.fhirResources.inc({ outcome: savedOutcome(outcome) });
+            // A merge stores more than it brought; the representation is what the server stored.
+            const written = outcome.written ?? outcome.resource ?? env.observation;
+            // A no-change answer echoes the request; a merge result lacks the server's meta.
+            if (outcome.unchanged || written.meta?.lastUpdated === undefined)
+              reread.add(env.observation.id ?? '');
+            const meta = {
+              ...written.meta,
+              ...(outcome.versionId ? { versionId: outcome.versionId } : {}),
+            };
+            committed.push({ ...env, observation: { ...written, meta } });
+          } else if (outcome.error.retryable) {
+            transient ??= outcome.error;
+            retry.push(env);
+          } else {
+            dead.push(deadObservation(job, env, outcome.error));
+          }
+        });
+      }
+      const committedAt = Date.now();
+      for (const env of committed) {
+        deps.metrics?.endToEndSeconds.observe((committedAt - env.provenance.receivedAt) / 1000);
+        const effective = effectiveMs(env);
+        if (effective !== undefined)
+          deps.metrics?.deviceToFhirSeconds.observe(Math.max(0, committedAt - effective) / 1000);
+      }
+      // The mirror gets the stored versions and the fates of the messages now settled.
+      const { settled, pending } = settleMessages(
+        job.data.messages ?? [],
+        { committed, dead, retry },
+        committedAt,
       );
-    }
-    if (transient) {
-      log.warn(
+      const next: NextJob[] = [];
+      if (committed.length > 0 || settled.length > 0) {
+        const stored = await storedVersions(deps.store, committed, reread);
+        // Committed entries go on now, even when neighbours are retried. The job id
+        // names this exact set: a repeat of it is a no-op, another set a new job.
+        next.push({
+          queue: 'analytics',
+          name: 'batch',
+          jobId: JOB_ID.analyticsOf(job.id, `${idsDigest(committed)}${messagesDigest(settled)}`),
+          data: { traceId, committedAt, observations: stored, messages: settled },
+        });
+      }
+      log.debug(
         {
-          event: 'fhir-retry',
-          code: transient.code,
-          reason: transient.message,
-          retrying: retry.length,
+          event: 'fhir-written',
           committed: committed.length,
+          rejected: dead.length,
+          retrying: retry.length,
         },
-        'some entries failed transiently; retrying those',
+        'batch written',
       );
-      // The retry carries only the transient failures: what is committed or
-      // dead-lettered is done (both idempotent if a crash repeats them).
-      await job.updateData({ ...job.data, observations: retry, messages: pending });
-      throw transient;
-    }
-    log.debug(
-      { event: 'fhir-written', committed: committed.length, rejected: dead.length },
-      'batch written',
-    );
+      const remainder: MessageOutcome[] = pending;
+      return result({
+        next,
+        deadLetters: dead,
+        ...(transient
+          ? {
+              retry: {
+                // Only the transient failures: what is committed or dead-lettered is done.
+                data: {
+                  ...job.data,
+                  associations: [],
+                  devices: [],
+                  observations: retry,
+                  messages: remainder,
+                },
+                error: transient,
+              },
+            }
+          : {}),
+      });
+    },
   };
 }

@@ -1,33 +1,35 @@
 /**
- * The worker role: BullMQ consumers for the stages this process runs. Every
- * stage is an independent consumer of its queue, so more copies scale it out.
- * A job that exhausts its retries is moved to the dead-letter queue whole.
+ * The worker role: one BullMQ consumer per stage this process runs (WORKER_STAGES).
+ * Each stage decides (stage.ts); one runner per stage applies the decisions
+ * (runner.ts). Every stage is an independent consumer of its queue, so more
+ * copies scale it out.
+ *
+ *   queue      stage                       next
+ *   ingest     normalize (normalize.ts)    fhir, dead letters, outcomes
+ *   fhir       fhir (fhir-writer.ts)       analytics, dead letters
+ *   analytics  analytics (analytics-mirror.ts)  dead letters
  */
-import { Worker, type Job, type Processor } from 'bullmq';
+import { Worker, type Job } from 'bullmq';
 import type { Redis } from 'ioredis';
 import type { AnalyticsStore } from '../src/clickhouse/index.js';
 import type { Config } from '../src/config.js';
 import type { AssociationStore } from '../src/devices/association-store.js';
 import type { DeviceRegistry } from '../src/devices/registry.js';
-import { queueDecision, toPipelineError, type PipelineError } from '../src/errors.js';
+import { toPipelineError } from '../src/errors.js';
 import { createAssociationSync } from '../src/fhir/associations.js';
-import { createIdentityService } from '../src/fhir/identity.js';
 import type { FhirGateway } from '../src/fhir/gateway.js';
+import { createIdentityService } from '../src/fhir/identity.js';
 import type { FhirStore } from '../src/fhir/store.js';
 import type { Logger } from '../src/logger.js';
 import type { MappingSet } from '../src/mapping/index.js';
 import type { Metrics } from '../src/metrics.js';
 import { backoffDelay, type Queues } from '../src/queue-runtime.js';
-import {
-  QUEUE,
-  type AnalyticsJobData,
-  type FhirJobData,
-  type IngestJobData,
-} from '../src/queues.js';
-import { createAnalyticsProcessor } from './analytics-mirror.js';
-import { deadLetter } from './dead-letter.js';
-import { createFhirWriterProcessor } from './fhir-writer.js';
-import { createNormalizeProcessor } from './normalize.js';
+import type { Retried } from '../src/queues.js';
+import { createAnalyticsStage } from './analytics-mirror.js';
+import { createFhirWriterStage } from './fhir-writer.js';
+import { createNormalizeStage } from './normalize.js';
+import { createRunner } from './runner.js';
+import type { Stage } from './stage.js';
 
 export interface WorkerDeps {
   readonly config: Config;
@@ -50,12 +52,6 @@ export interface WorkerDeps {
 /** Stalls before BullMQ gives a job up as failed: high, because a stall is a crash, not bad data. */
 const MAX_STALLS = 1000;
 
-const STAGE_OF_QUEUE: Readonly<Record<string, string>> = {
-  [QUEUE.ingest]: 'normalize',
-  [QUEUE.fhir]: 'fhir',
-  [QUEUE.analytics]: 'analytics',
-};
-
 export interface RunningWorkers {
   readonly workers: readonly Worker[];
   close(): Promise<void>;
@@ -66,74 +62,17 @@ export function startWorkers(deps: WorkerDeps): RunningWorkers {
   const stages = new Set(config.worker.stages);
   const workers: Worker[] = [];
 
-  /** Everything a job held, as dead letters: nothing is dropped when a stage gives up. */
-  function deadLettersOf(name: string, job: Job, error: PipelineError) {
-    if (name === QUEUE.ingest) {
-      const data = job.data as IngestJobData;
-      return data.messages.map((message) => ({
-        traceId: data.traceId,
-        error,
-        deviceId: message.deviceId,
-        message,
-        key: `${job.id}:${message.id}`,
-      }));
-    }
-    const data = job.data as FhirJobData | AnalyticsJobData;
-    const associations =
-      name === QUEUE.fhir && (data as FhirJobData).associations?.length
-        ? [
-            {
-              traceId: data.traceId,
-              error,
-              deviceId: (data as FhirJobData).associations![0]!,
-              associations: (data as FhirJobData).associations!,
-              key: `${name}:${job.id}:associations`,
-            },
-          ]
-        : [];
-    return [
-      ...associations,
-      ...data.observations.map((observation) => ({
-        traceId: data.traceId,
-        error,
-        deviceId: observation.provenance.deviceId,
-        observation,
-        key: `${name}:${job.id}:${observation.observation.id ?? ''}`,
-      })),
-    ];
-  }
-
-  function run<T>(name: string, processor: Processor<T>): void {
-    // A permanent failure of a whole job is not retried: its content goes to the
-    // dead-letter queue at once and the job completes (queueDecision decides).
-    const guarded: Processor<T> = async (job, token) => {
-      const started = performance.now();
-      try {
-        return (await processor(job, token)) as unknown;
-      } catch (err) {
-        const decision = queueDecision(err);
-        if (decision.action === 'retry') throw err;
-        const e = toPipelineError(err);
-        log.warn(
-          {
-            event: 'job-dead-lettered',
-            queue: name,
-            jobId: job.id,
-            code: e.code,
-            reason: e.message,
-          },
-          'job dead-lettered',
-        );
-        await deadLetter(queues.deadLetter, deadLettersOf(name, job as Job, e), deps.metrics);
-        return undefined;
-      } finally {
-        deps.metrics?.stageSeconds.observe(
-          { stage: STAGE_OF_QUEUE[name] ?? name },
-          (performance.now() - started) / 1000,
-        );
-      }
-    };
-    const worker = new Worker<T>(name, guarded, {
+  function run<T extends Retried>(stage: Stage<T>): void {
+    const runner = createRunner(stage, {
+      fhir: queues.fhir,
+      analytics: queues.analytics,
+      deadLetter: queues.deadLetter,
+      log,
+      ...(deps.metrics ? { metrics: deps.metrics } : {}),
+      retryCapMs: config.worker.retryCapMs,
+      maxTransientRetries: config.worker.maxTransientRetries,
+    });
+    const worker = new Worker<T>(stage.queue, (job: Job<T>, token) => runner.process(job, token), {
       connection: deps.connection,
       prefix: config.redis.prefix,
       concurrency: config.worker.concurrency,
@@ -150,20 +89,26 @@ export function startWorkers(deps: WorkerDeps): RunningWorkers {
       },
     });
     worker.on('stalled', (jobId: string) => {
-      deps.metrics?.jobsStalled.inc({ queue: name });
-      log.warn({ event: 'job-stalled', queue: name, jobId }, 'job taken back from a dead worker');
+      deps.metrics?.jobsStalled.inc({ queue: stage.queue });
+      log.warn(
+        { event: 'job-stalled', queue: stage.queue, jobId },
+        'job taken back from a dead worker',
+      );
     });
     worker.on('error', (err) =>
-      log.error({ event: 'worker-error', queue: name, err }, 'worker error'),
+      log.error({ event: 'worker-error', queue: stage.queue, err }, 'worker error'),
     );
     worker.on('failed', (job: Job<T> | undefined, err: Error) => {
       if (!job) return;
       const e = toPipelineError(err);
+      // The runner dead-letters a job's content on its last attempt itself; a job
+      // that fails here for good could not even do that (Redis gone): it stays in
+      // the failed set (WORKER_... removeOnFail: 14 days) for an operator.
       const final = job.attemptsMade >= (job.opts.attempts ?? 1);
       log.warn(
         {
           event: 'job-failed',
-          queue: name,
+          queue: stage.queue,
           jobId: job.id,
           attempt: job.attemptsMade,
           final,
@@ -172,22 +117,18 @@ export function startWorkers(deps: WorkerDeps): RunningWorkers {
         },
         'job failed',
       );
-      deps.metrics?.errors.inc({ code: e.code, stage: e.stage });
-      if (final) {
-        // Out of retries: keep everything the job held, for replay.
-        deadLetter(queues.deadLetter, deadLettersOf(name, job as Job, e)).catch((dlqErr: unknown) =>
-          log.error({ event: 'dead-letter-failed', err: dlqErr }, 'could not dead-letter'),
-        );
-      }
+      deps.metrics?.errors.inc({ code: e.code, stage: stage.name });
     });
     workers.push(worker);
   }
 
   if (stages.has('normalize')) {
     run(
-      QUEUE.ingest,
-      createNormalizeProcessor({
-        ...deps,
+      createNormalizeStage({
+        config,
+        mappings: deps.mappings,
+        log,
+        ...(deps.metrics ? { metrics: deps.metrics } : {}),
         // MedTech's identity modes (IDENTITY_RESOLUTION): associations + Create, or FHIR Lookup.
         identity: createIdentityService({
           mode: config.fhir.identityResolution,
@@ -197,18 +138,17 @@ export function startWorkers(deps: WorkerDeps): RunningWorkers {
           associations: deps.associations,
           registry: deps.registry,
         }),
-        fhirQueue: queues.fhir,
-        deadLetterQueue: queues.deadLetter,
-        analyticsQueue: queues.analytics,
       }),
     );
   }
   if (stages.has('fhir')) {
     run(
-      QUEUE.fhir,
-      createFhirWriterProcessor({
-        ...deps,
+      createFhirWriterStage({
+        config,
         store: deps.fhirStore,
+        fhir: deps.fhir,
+        log,
+        ...(deps.metrics ? { metrics: deps.metrics } : {}),
         associationSync: createAssociationSync({
           fhir: deps.fhir,
           patients: deps.fhirStore,
@@ -216,14 +156,18 @@ export function startWorkers(deps: WorkerDeps): RunningWorkers {
           deviceIdentifierSystem: config.fhir.deviceIdentifierSystem,
           createPatients: config.fhir.createPatients,
         }),
-        analyticsQueue: queues.analytics,
-        deadLetterQueue: queues.deadLetter,
       }),
     );
   }
   if (stages.has('analytics')) {
     if (!deps.analyticsStore) throw new Error('the analytics stage needs an analytics store');
-    run(QUEUE.analytics, createAnalyticsProcessor({ ...deps, store: deps.analyticsStore }));
+    run(
+      createAnalyticsStage({
+        store: deps.analyticsStore,
+        log,
+        ...(deps.metrics ? { metrics: deps.metrics } : {}),
+      }),
+    );
   }
   log.info({ event: 'workers-started', stages: [...stages] }, 'workers started');
 

@@ -48,9 +48,8 @@ const FHIR_DATE = /^\d{4}(-\d{2}(-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2
 function storeOf(deps: AnalyticsRoutesDeps): AnalyticsStore {
   if (!deps.analyticsStore) {
     throw new PipelineError(
-      'QueryRefused',
+      'NotServedHere',
       'this process does not own the analytics store (run the worker role with the analytics stage)',
-      { stage: 'admin' },
     );
   }
   return deps.analyticsStore;

@@ -98,7 +98,10 @@ function actorOf(req: FastifyRequest, body: Body): Actor {
 
 function lifecycleOf(deps: MappingRoutesDeps): MappingLifecycle {
   if (!deps.mappingLifecycle)
-    throw new PipelineError('Internal', 'the template lifecycle is not available in this process');
+    throw new PipelineError(
+      'NotServedHere',
+      'the template lifecycle is not available in this process',
+    );
   return deps.mappingLifecycle;
 }
 

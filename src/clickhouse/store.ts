@@ -33,6 +33,7 @@ import {
 } from './analyst-query.js';
 import {
   flattenObservation,
+  type FlattenedObservation,
   type ComponentRow,
   type ObservationRow,
   type SampleRow,
@@ -84,6 +85,8 @@ export interface AnalyticsStore {
    * Observations dedupes (ReplacingMergeTree) and leaves the rollups as they were.
    */
   insertObservations(envelopes: readonly ObservationEnvelope[], committedAt: number): Promise<void>;
+  /** The same for Observations flattened already (flatten.ts: the mirror isolates bad ones first). */
+  insertFlattened(flattened: readonly FlattenedObservation[]): Promise<void>;
   /** device_messages rows; a later outcome of the same message replaces an earlier one. */
   insertMessages(outcomes: readonly MessageOutcome[]): Promise<void>;
   /** device_associations rows (associations.ts): the latest history version wins. */
@@ -222,11 +225,15 @@ export function engineError(
   if (op === 'read' || op === 'analyst')
     return new PipelineError('QueryRefused', message, { cause: err, details });
   const what = clickhouseCode === undefined ? 'an error' : `code ${clickhouseCode} ${name ?? ''}`;
-  return new PipelineError('Internal', `ClickHouse refused a write with ${what}`.trimEnd(), {
-    cause: err,
-    details,
-    stage: 'analytics',
-  });
+  return new PipelineError(
+    'ClickHouseRejected',
+    `ClickHouse refused a write with ${what}`.trimEnd(),
+    {
+      cause: err,
+      details,
+      stage: 'analytics',
+    },
+  );
 }
 
 /**
@@ -305,13 +312,16 @@ export function storeOverDriver(
     },
 
     async insertObservations(envelopes, committedAt) {
-      if (envelopes.length === 0) return;
       // Flatten everything first: a bad Observation fails the batch before any write.
+      await this.insertFlattened(envelopes.map((env) => flattenObservation(env, committedAt)));
+    },
+
+    async insertFlattened(flattened) {
+      if (flattened.length === 0) return;
       const observations: ObservationRow[] = [];
       const components: ComponentRow[] = [];
       const samples: SampleRow[] = [];
-      for (const env of envelopes) {
-        const flat = flattenObservation(env, committedAt);
+      for (const flat of flattened) {
         observations.push(flat.observation);
         components.push(...flat.components);
         samples.push(...flat.samples);

@@ -28,7 +28,12 @@ import type { AssociationReader } from '../devices/association-store.js';
 import { PipelineError, type ErrorCode, type Stage } from '../errors.js';
 import { patientRefs } from '../fhir/associations.js';
 import type { Queues } from '../queue-runtime.js';
-import type { DeadLetterJobData, ObservationEnvelope, PatientRef } from '../queues.js';
+import type {
+  DeadLetterJobData,
+  MessageOutcome,
+  ObservationEnvelope,
+  PatientRef,
+} from '../queues.js';
 
 export interface DeadLetterFilter {
   readonly code?: string;
@@ -115,6 +120,16 @@ function effectiveRange(o: Observation): [number, number] | undefined {
   if (Number.isNaN(start)) return undefined;
   const end = Date.parse(o.effectivePeriod?.end ?? '');
   return [start, Number.isNaN(end) ? start : end];
+}
+
+/** The messages' outcomes the dead letters kept, once per message. */
+function outcomesOf(jobs: readonly Job<DeadLetterJobData>[]): MessageOutcome[] {
+  const byMessage = new Map<string, MessageOutcome>();
+  for (const j of jobs) {
+    const o = j.data.outcome;
+    if (o && !byMessage.has(o.message.id)) byMessage.set(o.message.id, o);
+  }
+  return [...byMessage.values()];
 }
 
 function readingDevice(env: ObservationEnvelope): string {
@@ -210,7 +225,8 @@ export class DeadLetterStore {
       const { patients, devices } = fhirChecked.subjects(observations);
       await this.#queues.fhir.add(
         'replay',
-        { traceId: randomUUID(), patients, devices, observations },
+        // With their messages' outcomes: a write that succeeds now settles them again.
+        { traceId: randomUUID(), patients, devices, observations, messages: outcomesOf(part) },
         { jobId: `replay-${randomUUID()}` },
       );
       await Promise.all(part.map((j) => j.remove()));
@@ -238,6 +254,8 @@ export class DeadLetterStore {
           traceId: randomUUID(),
           committedAt: Date.now(),
           observations: part.map((j) => j.data.observation!),
+          // The outcome they had before the mirror refused them, decided anew now.
+          messages: outcomesOf(part).map((o) => ({ ...o, decidedAt: Date.now() })),
         },
         { jobId: `replay-${randomUUID()}` },
       );

@@ -74,7 +74,7 @@ describe(`randomized attribution (seed ${SEED})`, () => {
 
   it(
     'charts 1,000 readings, each once, on the patient of its device time',
-    { timeout: 600_000 },
+    { timeout: 1_200_000 },
     async () => {
       const T = Date.now();
       const step = (what: string) =>
@@ -214,7 +214,7 @@ describe(`randomized attribution (seed ${SEED})`, () => {
       await waitFor(
         async () => (await store.list({ code: 'NoPatientAssociated' })).length,
         (n) => n >= inGap,
-        120_000,
+        300_000,
         `${inGap} readings of the gap held`,
       );
       step('gap readings held');
@@ -247,7 +247,7 @@ describe(`randomized attribution (seed ${SEED})`, () => {
         const inClickHouse = await waitFor(
           () => chartedInClickHouse(h.pipeline.analyticsStore!, d.id),
           (c) => c.length >= READINGS_PER_DEVICE,
-          120_000,
+          300_000,
           `the readings of ${d.id} in ClickHouse`,
         );
         expect(misattributed(expected, inClickHouse)).toEqual([]);

@@ -29,7 +29,8 @@ describe('iomt broker on a busy port', () => {
         () => ({ code: 0, stderr: '' }),
         (err: { code: number; stderr: string }) => ({ code: err.code, stderr: err.stderr }),
       );
-      expect(result.code).toBe(1);
+      // Exit code 2: the configuration is what must change (docs/cli.md).
+      expect(result.code).toBe(2);
       const lines = result.stderr.trim().split('\n');
       expect(lines).toHaveLength(1);
       expect(lines[0]).toBe(

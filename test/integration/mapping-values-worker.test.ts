@@ -15,7 +15,8 @@ import { loadMappings, type MappingSet } from '../../src/mapping/index.js';
 import { createMetrics } from '../../src/metrics.js';
 import { createQueues, createRedis } from '../../src/queue-runtime.js';
 import type { TelemetryMessage } from '../../src/queues.js';
-import { createNormalizeProcessor } from '../../workers/normalize.js';
+import { createNormalizeStage } from '../../workers/normalize.js';
+import { createRunner } from '../../workers/runner.js';
 import { uniqueId } from '../support/harness.js';
 
 const redis = createRedis(process.env.REDIS_URL ?? 'redis://127.0.0.1:6379');
@@ -82,24 +83,29 @@ function message(id: string, body: unknown, receivedAt: number): TelemetryMessag
 async function run(env: Record<string, string>, jobId: string, messages: TelemetryMessage[]) {
   const metrics = createMetrics({ defaultMetrics: false });
   const config = loadConfig({ ...env, QUEUE_PREFIX: prefix });
-  const process = createNormalizeProcessor({
-    config,
-    identity,
-    mappings: () => mappings,
-    fhirQueue: queues.fhir,
-    deadLetterQueue: queues.deadLetter,
-    log: createLogger('silent'),
-    metrics,
-  });
-  // A real ingest job (not taken by any worker here): the processor reads its id and data.
+  const log = createLogger('silent');
+  const runner = createRunner(
+    createNormalizeStage({ config, identity, mappings: () => mappings, log, metrics }),
+    {
+      fhir: queues.fhir,
+      analytics: queues.analytics,
+      deadLetter: queues.deadLetter,
+      log,
+      metrics,
+      retryCapMs: config.worker.retryCapMs,
+      maxTransientRetries: config.worker.maxTransientRetries,
+    },
+  );
+  // A real ingest job (not taken by any worker here): the runner reads its id and data.
   const job = await queues.ingest.add('batch', { traceId: jobId, messages }, { jobId });
-  await process(job);
+  await runner.process(job);
   const counted = (await metrics.readingsImplausible.get()).values.map((v) => [
     v.labels.type,
     v.labels.code,
     v.value,
   ]);
-  return { counted, fhir: await queues.fhir.getJob(`n-${jobId}`) };
+  const made = await queues.fhir.getJobs(['waiting', 'delayed', 'prioritized']);
+  return { counted, fhir: made.find((j) => j.id?.startsWith(`n-${jobId}-`)) };
 }
 
 describe('normalize worker: plausibility and units', () => {

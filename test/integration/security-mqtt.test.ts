@@ -169,7 +169,9 @@ describe('passwords and topics', () => {
     expect(letters.map((l) => [l.code, l.reason]).sort()).toEqual([
       [
         'DeviceSpoofing',
-        expect.stringMatching(/names a patient the device was not associated with/),
+        expect.stringMatching(
+          /names a patient the device was not associated with at the reading time/,
+        ),
       ],
       ['DeviceSpoofing', expect.stringMatching(/names another device/)],
     ]);
