@@ -25,14 +25,15 @@ redis_up() {
   ' "$1"
 }
 
-# ensure_node_modules → installs the locked dependencies when node_modules is
-# missing or older than the lock file. Not `npm ci`: chdb lists optional
-# per-platform packages that the registry does not serve (darwin, linux-arm64),
-# so npm ci's lock check refuses; `npm install` installs exactly the locked
-# versions and leaves package-lock.json unchanged (checked in CI).
+# ensure_node_modules → installs the locked dependencies (`npm ci`) when
+# node_modules is missing or older than the lock file. chdb lists optional
+# per-platform packages the registry does not serve (darwin-*, linux-arm64);
+# package-lock.json carries an entry for each (version, os, cpu, optional; no
+# tarball), which npm 11's ci requires and which every platform but theirs
+# skips. scripts/check-packaging.sh proves npm ci on npm 10 as well.
 ensure_node_modules() {
   if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
-    echo "== installing npm dependencies (chdb is large: the first time takes a while)"
-    npm install --no-audit --no-fund
+    echo "== installing npm dependencies (npm ci; chdb is large: the first time takes a while)"
+    npm ci --no-audit --no-fund
   fi
 }

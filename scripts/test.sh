@@ -2,7 +2,9 @@
 # `npm test`: typecheck, type-aware lint, then every test (unit, integration,
 # end to end). Integration tests use the Redis at REDIS_URL (default
 # 127.0.0.1:6379) and start a HAPI FHIR server themselves (H2, port
-# HAPI_TEST_PORT=8091) unless FHIR_TEST_URL points at one.
+# HAPI_TEST_PORT=8091) unless FHIR_TEST_URL points at one. The HAPI
+# compose-settings test needs PostgreSQL at PGHOST:PGPORT (127.0.0.1:5432, user
+# postgres, trust auth); the observability test starts Debian's Prometheus.
 # Extra arguments go to vitest, e.g. `npm test -- --project unit`.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -10,7 +12,8 @@ source scripts/lib.sh
 
 # Tools the integration tests call; .ci/run installs them with apt-get.
 missing=()
-for tool in java:openjdk-17-jdk-headless mvn:maven curl:curl mosquitto_pub:mosquitto-clients openssl:openssl; do
+for tool in java:openjdk-17-jdk-headless mvn:maven curl:curl mosquitto_pub:mosquitto-clients openssl:openssl \
+  psql:postgresql-client prometheus:prometheus promtool:prometheus; do
   command -v "${tool%%:*}" >/dev/null || missing+=("${tool#*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -558,6 +558,20 @@ export const SETTINGS = {
       'token: the admin role needs ADMIN_TOKEN; none: no token at all (development only).',
     ),
   },
+  metrics: {
+    host: setting(
+      'METRICS_HOST',
+      '127.0.0.1',
+      str,
+      'Address of the observability server (METRICS_PORT).',
+    ),
+    port: setting(
+      'METRICS_PORT',
+      undefined as number | undefined,
+      optionalInt(0, 65535),
+      "Observability server of this process, whatever its roles: /metrics, /healthz and /readyz, with the admin API's token rule (unset = none; the admin role serves them on ADMIN_PORT too; 0 picks a free port).",
+    ),
+  },
   log: {
     level: setting(
       'LOG_LEVEL',

@@ -1,19 +1,28 @@
 /**
  * Prometheus metrics, one registry per process (passed down, never global).
- * Names and labels are documented in docs/operations.md.
+ * Names and labels are documented in docs/operations.md. Node.js process
+ * metrics keep prom-client's standard names (`process_*`, `nodejs_*`), which
+ * stock dashboards and alerts expect.
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { readBuildInfo, type BuildInfo } from './build-info.js';
 
 /** Job counts by queue and state, read from Redis when /metrics is scraped. */
 export type QueueDepthSource = () => Promise<Record<string, Record<string, number>>>;
 
-export function createMetrics(options: { defaultMetrics?: boolean } = {}) {
+export function createMetrics(options: { defaultMetrics?: boolean; buildInfo?: BuildInfo } = {}) {
   const registry = new Registry();
   let queueDepths: QueueDepthSource | undefined;
-  if (options.defaultMetrics ?? true)
-    collectDefaultMetrics({ register: registry, prefix: 'iomt_process_' });
+  if (options.defaultMetrics ?? true) collectDefaultMetrics({ register: registry });
+  const build = options.buildInfo ?? readBuildInfo();
   const metrics = {
     registry,
+    buildInfo: new Gauge({
+      name: 'iomt_build_info',
+      help: 'Always 1; the labels say what this process runs: package version, git commit ("unknown" when not known), Node.js version',
+      labelNames: ['version', 'commit', 'node_version'] as const,
+      registers: [registry],
+    }),
     messagesReceived: new Counter({
       name: 'iomt_messages_received_total',
       help: 'MQTT messages accepted by the broker, by QoS',
@@ -203,6 +212,10 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}) {
       queueDepths = source;
     },
   };
+  metrics.buildInfo.set(
+    { version: build.version, commit: build.commit, node_version: build.node },
+    1,
+  );
   return metrics;
 }
 

@@ -28,6 +28,7 @@ import {
   MappingLifecycle,
 } from './mapping/lifecycle/index.js';
 import { createMetrics, type Metrics } from './metrics.js';
+import { readinessProbes, startRoleServer, type RunningRoleServer } from './observability/index.js';
 import {
   backlogJobs,
   createQueues,
@@ -59,6 +60,8 @@ export interface Pipeline {
   readonly workers: RunningWorkers | undefined;
   /** Template activation (following the fleet's active version) in a process running workers. */
   readonly templates: TemplateActivation | undefined;
+  /** /metrics, /healthz and /readyz on METRICS_PORT (whatever the roles), when it is set. */
+  readonly observability: RunningRoleServer | undefined;
   close(): Promise<void>;
 }
 
@@ -79,13 +82,13 @@ export async function startPipeline(
   log: Logger,
 ): Promise<Pipeline> {
   if (
-    roles.includes('admin') &&
+    (roles.includes('admin') || config.metrics.port !== undefined) &&
     config.admin.auth === 'token' &&
     config.admin.token === undefined
   ) {
     throw new PipelineError(
       'ConfigInvalid',
-      'ADMIN_TOKEN is not set: the admin API (metrics, queries) needs a bearer token. ' +
+      'ADMIN_TOKEN is not set: the admin API and the metrics endpoints (METRICS_PORT) need a bearer token. ' +
         'Set ADMIN_TOKEN (e.g. openssl rand -hex 32), or ADMIN_AUTH=none on a development machine.',
     );
   }
@@ -114,6 +117,7 @@ export async function startPipeline(
   let broker: RunningBroker | undefined;
   let admin: RunningAdmin | undefined;
   let templates: TemplateActivation | undefined;
+  let observability: RunningRoleServer | undefined;
   // SUBSCRIBE holds a connection of its own (the template version channel).
   const templatesRedis =
     roles.includes('worker') && config.mappings.reload !== 'off'
@@ -133,6 +137,8 @@ export async function startPipeline(
   });
   const close = async () => {
     // Intake first (no new messages), then workers (finish jobs), then stores and Redis.
+    // The observability server goes first: a process shutting down is not ready.
+    await observability?.close();
     await broker?.close();
     await admin?.close();
     await workers?.close();
@@ -227,6 +233,25 @@ export async function startPipeline(
           : {}),
         ...(templates ? { templatesStatus: () => templates!.status() } : {}),
       });
+    if (config.metrics.port !== undefined)
+      observability = await startRoleServer({
+        config,
+        log,
+        metrics,
+        port: config.metrics.port,
+        // What this process needs: a broker only Redis (devices are accepted while
+        // FHIR is down); workers and the admin API also FHIR, the analytics store
+        // they own, and a worker its active templates.
+        probes: readinessProbes({
+          redis,
+          fhir: roles.some((r) => r !== 'broker') ? fhir : undefined,
+          analyticsStore,
+          templatesVersion: roles.includes('worker')
+            ? () => templates?.current().version ?? templatesVersion
+            : undefined,
+        }),
+        ...(templates ? { detail: () => ({ templates: templates!.status() }) } : {}),
+      });
   } catch (err) {
     await close().catch(() => undefined);
     throw err;
@@ -246,6 +271,7 @@ export async function startPipeline(
     admin,
     workers,
     templates,
+    observability,
     close,
   };
 }

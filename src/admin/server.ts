@@ -22,11 +22,11 @@ import type { Logger } from '../logger.js';
 import type { Metrics } from '../metrics.js';
 import type { DeviceService } from '../devices/index.js';
 import type { MappingLifecycle } from '../mapping/lifecycle/index.js';
+import { checkReadiness, readinessProbes } from '../observability/index.js';
 import { registerAnalyticsRoutes } from './analytics-routes.js';
 import { registerDeviceRoutes } from './device-routes.js';
 import { registerMappingRoutes } from './mapping-routes.js';
 import { ANALYST_ROUTES, principalOf } from './principal.js';
-import { stripUrlCredentials } from './url-credentials.js';
 
 export interface AdminDeps {
   readonly config: Config;
@@ -52,26 +52,6 @@ export interface RunningAdmin {
   readonly app: FastifyInstance;
   readonly port: number;
   close(): Promise<void>;
-}
-
-/** A readiness check, bounded in time; its message never carries URL credentials. */
-async function check(
-  name: string,
-  timeoutMs: number,
-  probe: () => Promise<unknown>,
-): Promise<[string, string]> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`no answer within ${timeoutMs} ms`)), timeoutMs);
-  });
-  try {
-    await Promise.race([probe(), timeout]);
-    return [name, 'ok'];
-  } catch (err) {
-    return [name, stripUrlCredentials((err as Error).message)];
-  } finally {
-    clearTimeout(timer);
-  }
 }
 
 /** Fastify's own refusals (body too large, not JSON, …) in our taxonomy. */
@@ -112,31 +92,15 @@ export function buildAdmin(deps: AdminDeps): FastifyInstance {
     const { status, body } = httpAnswer(requestError(err, maxBodyBytes) ?? err);
     await reply.code(status).send(body);
   });
-  const timeoutMs = deps.config.admin.readyTimeoutMs;
   app.get('/healthz', () => Promise.resolve({ status: 'ok' }));
   app.get('/readyz', async (_req, reply) => {
-    // Each check is bounded: a slow dependency reports a timeout, never holds the probe.
-    // (Analysts' queries run on a connection of their own: ClickHouse's ping never waits for one.)
-    const checks = Object.fromEntries(
-      await Promise.all([
-        check('redis', timeoutMs, () => deps.redis.ping()),
-        check('fhir', timeoutMs, () => deps.fhir.capabilities()),
-        ...(deps.analyticsStore
-          ? [check('clickhouse', timeoutMs, () => deps.analyticsStore!.ping())]
-          : []),
-        ...(deps.templatesVersion
-          ? [
-              check('templates', timeoutMs, () => {
-                const version = deps.templatesVersion?.();
-                return version === undefined
-                  ? Promise.reject(new Error('no valid mapping templates loaded'))
-                  : Promise.resolve(version);
-              }),
-            ]
-          : []),
-      ]),
+    // Each probe is bounded (ADMIN_READY_TIMEOUT_MS): a slow dependency reports a
+    // timeout, never holds the answer. (Analysts' queries run on a connection of
+    // their own: ClickHouse's ping never waits for one.)
+    const { ready, checks } = await checkReadiness(
+      readinessProbes(deps),
+      deps.config.admin.readyTimeoutMs,
     );
-    const ready = Object.values(checks).every((v) => v === 'ok');
     await reply.code(ready ? 200 : 503).send({
       status: ready ? 'ready' : 'not-ready',
       checks,

@@ -14,8 +14,8 @@
  *   iomt --version
  * Exit codes are the same for every command (common.ts, docs/cli.md).
  */
-import { readFileSync } from 'node:fs';
 import { Command, CommanderError } from '@commander-js/extra-typings';
+import { packageVersion } from '../build-info.js';
 import { loadConfig } from '../config.js';
 import { connectRedis, EXIT, fail } from './common.js';
 import { register as registerDevices } from './commands/devices.js';
@@ -26,22 +26,6 @@ import { register as registerMirror } from './commands/mirror.js';
 import { register as registerQuery } from './commands/query.js';
 import { register as registerRoles } from './commands/roles.js';
 import { register as registerSimulate } from './commands/simulate.js';
-
-/** The package version, from the package.json above this file (source or dist/). */
-function packageVersion(): string {
-  for (const up of ['../../package.json', '../../../package.json']) {
-    try {
-      const pkg = JSON.parse(readFileSync(new URL(up, import.meta.url), 'utf8')) as {
-        name?: string;
-        version?: string;
-      };
-      if (pkg.name === 'iomt-pipeline' && pkg.version) return pkg.version;
-    } catch {
-      // not there: try one level up
-    }
-  }
-  return 'unknown';
-}
 
 /** Commands that work on Redis: when it does not answer, one line and exit 3 before they start. */
 const NEEDS_REDIS = new Set(['devices', 'gateways', 'dlq']);
