@@ -133,10 +133,10 @@ describe('POST /api/analytics/query', () => {
 
   it('tells a process without the analytics store apart', async () => {
     const res = await post(adminOnly, { sql: 'SELECT 1' });
-    expect(res.status).toBe(400);
-    expect(((await res.json()) as { error: { message: string } }).error.message).toMatch(
-      /does not own the analytics store/,
-    );
+    expect(res.status).toBe(404);
+    const body = (await res.json()) as { error: { code: string; message: string } };
+    expect(body.error.code).toBe('NotServedHere');
+    expect(body.error.message).toMatch(/does not own the analytics store/);
   });
 });
 

@@ -41,6 +41,7 @@ const PIPELINE_SERVICES = ['pipeline-broker', 'pipeline-worker', 'pipeline-admin
 /** Every secret the stack needs; none may have a default. */
 const SECRETS = [
   'ADMIN_TOKEN',
+  'ANALYST_TOKEN',
   'CLICKHOUSE_PASSWORD',
   'CLICKHOUSE_ANALYST_PASSWORD',
   'POSTGRES_PASSWORD',
