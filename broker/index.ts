@@ -1,15 +1,18 @@
 /**
- * The MQTT broker role: aedes with our hooks. Every connection first passes the
- * frame guard (no packet over the size limit is buffered), then a PUBLISH
- * meets, in order:
- *   1. authenticate      — address limit, client certificate, or username/secret
- *   2. checkPublish      — authenticated, own telemetry topic only, size limit
- *   3. throttle          — per-device token bucket: over the rate, the PUBACK waits
- *   4. backpressure      — backlog over the high-water mark: the PUBACK waits
- *   5. durable enqueue   — group commit into "ingest"; aedes sends the QoS 1
- *                          PUBACK only after this callback (MQTT-4.3.2-2 allows
- *                          us to hold it until the message is ours)
- *   and authorizeSubscribe — own topic tree only.
+ * The MQTT broker role: aedes with our hooks. Every connection first passes
+ * the socket gate (idle sockets per address) and the frame guard (no packet
+ * over the size limit is buffered); then
+ *   CONNECT meets   preConnect    — protocol level (MQTT 5 refusals logged and counted)
+ *                   authenticate  — budgets reserved first, then certificate or
+ *                                   secret (bounded pool), then the client id
+ *   PUBLISH meets   1. checkPublish  — authenticated, own telemetry topic only, size limit
+ *                   2. throttle      — per-device token bucket: over the rate, the PUBACK waits
+ *                   3. durable enqueue — group commit into "ingest", paced by
+ *                      backpressure over the high-water mark; aedes sends the
+ *                      QoS 1 PUBACK (QoS 2 PUBREC) only after this callback
+ *                      (MQTT-4.3.2-2 lets us hold it until the message is ours)
+ *   SUBSCRIBE meets authorizeSubscribe — own topic tree, never telemetry (SUBACK 0x80)
+ * Sessions live in a bounded store (session-store.ts, client-ids.ts).
  * Stateless beside Redis: run more copies behind a TCP load balancer.
  */
 import { isUtf8 } from 'node:buffer';
@@ -19,20 +22,38 @@ import type { Duplex } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Aedes, type AedesOptions, type Client } from 'aedes';
 import type { Redis } from 'ioredis';
+import {
+  RateLimiterMemory,
+  RateLimiterRedis,
+  type RateLimiterAbstract,
+} from 'rate-limiter-flexible';
 import type { Config } from '../src/config.js';
 import type { DeviceRegistry } from '../src/devices/registry.js';
 import type { ErrorCode } from '../src/errors.js';
 import type { Logger } from '../src/logger.js';
 import type { Metrics } from '../src/metrics.js';
 import type { TelemetryMessage } from '../src/queues.js';
-import { createAuthenticate, deviceOf } from './authenticate.js';
-import { checkPublish, createAuthorizeSubscribe } from './authorize.js';
+import { createAuthenticate, deviceOf, refusedAtConnect } from './authenticate.js';
+import {
+  authorizeForward,
+  checkPublish,
+  createAuthorizeSubscribe,
+  forgetSubscriptions,
+  subscribeRefusal,
+} from './authorize.js';
 import { Backpressure } from './backpressure.js';
+import { ClientIds } from './client-ids.js';
+import { ConnectBudgets } from './connect-budgets.js';
 import { guardFrames } from './frame-guard.js';
 import { IngestBatcher, type JobSink } from './ingest-batcher.js';
 import { startListeners, type Listener } from './listeners.js';
+import { FLOOD_LOG_INTERVAL_MS, LogOnce } from './log-once.js';
+import { alreadyReported, createPreConnect, peerOf } from './pre-connect.js';
+import { DeviceThrottle } from './rate-limits.js';
+import { SecretCheckPool } from './secret-check-pool.js';
+import { SessionStore } from './session-store.js';
 import { startRevocation, type RunningRevocation } from './revocation.js';
-import { DeviceThrottle, FailedAuthLimiter } from './rate-limits.js';
+import { normalizeAddress, SocketGate } from './socket-gate.js';
 
 export { IngestBatcher } from './ingest-batcher.js';
 export { telemetryTopic } from './authorize.js';
@@ -42,8 +63,13 @@ export interface BrokerOptions {
   readonly registry: DeviceRegistry;
   /** The "ingest" queue (or anything that stores a job durably). */
   readonly ingest: JobSink;
-  /** Reads the backlog for backpressure (jobs); without it the broker never pauses. */
+  /** Reads the backlog for backpressure (jobs); without it the broker never meters. */
   readonly backlog?: () => Promise<number>;
+  /**
+   * Redis for the CONNECT budgets, shared by every broker; without it each
+   * broker counts on its own (in memory).
+   */
+  readonly redis?: Redis;
   readonly log: Logger;
   readonly metrics?: Metrics;
   /**
@@ -60,6 +86,10 @@ export interface RunningBroker {
   readonly wsPort: number | undefined;
   readonly aedes: Aedes;
   readonly backpressure: Backpressure | undefined;
+  /** The bounded session store (tests read what it holds). */
+  readonly sessions: SessionStore;
+  /** Sockets of `address` accepted and not yet authenticated. */
+  idleSockets(address: string): number;
   close(): Promise<void>;
 }
 
@@ -74,11 +104,49 @@ const REFUSAL_CODE: Readonly<Record<string, ErrorCode>> = {
 /** Room in a PUBLISH for the fixed header's rest: topic, packet id (MQTT 3.1.1 §3.3.2). */
 const FRAME_OVERHEAD_BYTES = 1024;
 
+/** The CONNECT budgets' counters: in Redis when given, else in this process. */
+function budgetLimiters(config: Config, redis: Redis | undefined) {
+  const m = config.mqtt;
+  const make = (name: string, points: number, durationS: number): RateLimiterAbstract =>
+    redis
+      ? new RateLimiterRedis({
+          storeClient: redis,
+          keyPrefix: `${config.redis.prefix}:mqtt:${name}`,
+          points,
+          duration: durationS,
+          // Redis down: the reads wait and retry like the registry's (ioredis
+          // maxRetriesPerRequest), then the CONNECT is refused with CONNACK 3.
+        })
+      : new RateLimiterMemory({ keyPrefix: name, points, duration: durationS });
+  return {
+    addressFailures: make(
+      'auth-failures',
+      m.authMaxFailures,
+      Math.max(1, Math.ceil(m.authFailureWindowMs / 1000)),
+    ),
+    deviceAttempts: make('device-connects', m.deviceConnectRate, 60),
+  };
+}
+
 export async function startBroker(options: BrokerOptions): Promise<RunningBroker> {
   const { config, registry, log, metrics } = options;
+  const m = config.mqtt;
   const brokerId = randomBytes(4).toString('hex');
   let seq = 0;
-  const batcher = new IngestBatcher({
+
+  const backpressure = options.backlog
+    ? new Backpressure({
+        high: m.backlogHigh,
+        low: m.backlogLow,
+        pollMs: m.backlogPollMs,
+        maxWaitMs: m.backlogMaxWaitMs,
+        backlog: options.backlog,
+        log,
+        ...(metrics ? { metrics } : {}),
+        onOpen: () => batcher.kick(),
+      })
+    : undefined;
+  const batcher: IngestBatcher = new IngestBatcher({
     // Each stored job also counts toward the backlog until the next poll.
     sink: {
       add: async (name, data) => {
@@ -87,34 +155,72 @@ export async function startBroker(options: BrokerOptions): Promise<RunningBroker
         return job;
       },
     },
-    maxMessages: config.mqtt.batchMaxMessages,
+    maxMessages: m.batchMaxMessages,
+    ...(backpressure ? { gate: backpressure } : {}),
   });
-  const throttle = new DeviceThrottle({
-    ratePerSecond: config.mqtt.deviceMaxRate,
-    burst: config.mqtt.deviceBurst,
+  const throttle = new DeviceThrottle({ ratePerSecond: m.deviceMaxRate, burst: m.deviceBurst });
+
+  const sessions = new SessionStore({
+    maxQueued: m.sessionMaxQueued,
+    maxQueuedBytes: m.sessionMaxQueuedBytes,
+    allowSubscription: (client, topic) =>
+      subscribeRefusal(deviceOf(client)?.deviceId, topic) === undefined,
+    onNotQueued: () => metrics?.sessionMessagesNotQueued.inc(),
   });
-  const pruneTimer = setInterval(() => throttle.prune(Date.now()), 60_000).unref();
-  const limiter = new FailedAuthLimiter({
-    maxFailures: config.mqtt.authMaxFailures,
-    windowMs: config.mqtt.authFailureWindowMs,
+  const clientIds = new ClientIds({
+    maxPerDevice: m.maxSessionsPerDevice,
+    expiryMs: m.sessionExpiryMs,
   });
-  const backpressure = options.backlog
-    ? new Backpressure({
-        high: config.mqtt.backlogHigh,
-        low: config.mqtt.backlogLow,
-        pollMs: config.mqtt.backlogPollMs,
-        backlog: options.backlog,
-        log,
-        ...(metrics ? { metrics } : {}),
-      })
-    : undefined;
+  const dropSessions = (ids: readonly string[], why: 'evicted' | 'expired') => {
+    for (const id of ids) {
+      metrics?.sessionsDropped.inc({ reason: why });
+      log.info(
+        { event: 'session-dropped', clientId: id, reason: why },
+        'persistent session deleted',
+      );
+      sessions
+        .dropSession(id)
+        .catch((err: unknown) =>
+          log.warn(
+            { event: 'session-drop-failed', clientId: id, err },
+            'could not delete a session',
+          ),
+        );
+    }
+  };
+  const timers = [
+    setInterval(() => throttle.prune(Date.now()), 60_000).unref(),
+    setInterval(
+      () => dropSessions(clientIds.expire(Date.now()), 'expired'),
+      Math.min(60_000, m.sessionExpiryMs),
+    ).unref(),
+  ];
+
+  const socketLogged = new LogOnce();
+  const gate = new SocketGate({
+    maxIdlePerAddress: m.maxIdleSocketsPerAddress,
+    onRefused: (address) => {
+      metrics?.connectionsRefused.inc({ reason: 'too-many-idle-sockets' });
+      if (!socketLogged.first(address)) return;
+      log.warn(
+        {
+          event: 'connect-refused',
+          code: 'RateLimited',
+          reason: 'too-many-idle-sockets',
+          address,
+          limit: m.maxIdleSocketsPerAddress,
+        },
+        `socket closed: too many unauthenticated sockets from one address (logged once per ${FLOOD_LOG_INTERVAL_MS / 1000} s, counted always)`,
+      );
+    },
+  });
 
   const authorizePublish: NonNullable<AedesOptions['authorizePublish']> = (
     client,
     packet,
     done,
   ) => {
-    const verdict = checkPublish(client, packet, config.mqtt.maxPayloadBytes);
+    const verdict = checkPublish(client, packet, m.maxPayloadBytes);
     if (!verdict.ok) {
       metrics?.messagesRefused.inc({ reason: verdict.reason });
       log.warn(
@@ -131,6 +237,8 @@ export async function startBroker(options: BrokerOptions): Promise<RunningBroker
       done(new Error(`publish refused: ${verdict.reason}`));
       return;
     }
+    // Retained telemetry is ignored, not kept: the message is ingested like any other.
+    if (packet.retain) packet.retain = false;
     const payload =
       typeof packet.payload === 'string' ? Buffer.from(packet.payload) : packet.payload;
     const utf8 = isUtf8(payload);
@@ -151,7 +259,7 @@ export async function startBroker(options: BrokerOptions): Promise<RunningBroker
       { event: 'received', messageId: message.id, deviceId: message.deviceId, qos: packet.qos },
       'message received',
     );
-    admit(verdict.deviceId)
+    throttled(verdict.deviceId)
       .then(() => batcher.enqueue(message))
       .then(
         () => done(null),
@@ -166,35 +274,85 @@ export async function startBroker(options: BrokerOptions): Promise<RunningBroker
       );
   };
 
-  /** Steps 3 and 4: wait for the device's rate, then for the backlog. */
-  async function admit(deviceId: string): Promise<void> {
+  /** Step 2: wait for the device's rate. */
+  async function throttled(deviceId: string): Promise<void> {
     const wait = throttle.take(deviceId, Date.now());
     if (wait > 0) {
       metrics?.messagesThrottled.inc();
       await sleep(wait);
     }
-    if (backpressure) await backpressure.admit();
   }
 
   const aedes = await Aedes.createBroker({
     id: `iomt-${brokerId}`,
-    authenticate: createAuthenticate({ registry, limiter, log, ...(metrics ? { metrics } : {}) }),
+    persistence: sessions,
+    connectTimeout: m.connectTimeoutMs,
+    preConnect: createPreConnect(log, metrics),
+    authenticate: createAuthenticate({
+      registry,
+      budgets: new ConnectBudgets({
+        ...budgetLimiters(config, options.redis),
+        knownDeviceMs: m.authKnownDeviceMs,
+      }),
+      pool: new SecretCheckPool({
+        concurrency: m.authConcurrency,
+        maxPendingPerAddress: m.authMaxPendingPerAddress,
+        maxPending: m.authMaxPending,
+        maxWaitMs: m.authMaxWaitMs,
+      }),
+      clientIds,
+      onAccepted: (client) => {
+        const { address, port } = peerOf(client);
+        gate.authenticated(address, port);
+      },
+      dropSessions: (ids) => dropSessions(ids, 'evicted'),
+      log,
+      ...(metrics ? { metrics } : {}),
+    }),
     authorizePublish,
-    authorizeSubscribe: createAuthorizeSubscribe(log),
+    authorizeSubscribe: createAuthorizeSubscribe({
+      maxSubscriptions: m.sessionMaxSubscriptions,
+      log,
+      ...(metrics ? { metrics } : {}),
+    }),
+    authorizeForward,
   });
+  aedes.on('unsubscribe', (topics: string[], client: Client) =>
+    forgetSubscriptions(client, topics),
+  );
   aedes.on('clientDisconnect', (client) =>
     log.debug({ event: 'disconnected', clientId: client.id }, 'client disconnected'),
   );
   // Protocol violations aedes itself refuses (wildcards in a PUBLISH topic,
-  // malformed packets, keepalive timeouts): the connection is closed.
-  aedes.on('clientError', (client, err) =>
+  // malformed packets, keepalive timeouts): the connection is closed. A refused
+  // CONNECT was logged already, by authenticate or preConnect.
+  aedes.on('clientError', (client, err) => {
+    if (refusedAtConnect(client) || alreadyReported(client)) return;
     log.warn(
       { event: 'client-error', deviceId: deviceOf(client)?.deviceId ?? null, reason: err.message },
       'connection closed on a protocol error',
-    ),
-  );
+    );
+  });
+  // Errors before a client id is known: an unparseable CONNECT, no CONNECT in
+  // time. Counted always, logged once per address and 10 s (slowloris floods).
+  const protocolErrorsLogged = new LogOnce();
+  aedes.on('connectionError', (client, err) => {
+    if (alreadyReported(client)) return;
+    metrics?.connectionsRefused.inc({ reason: 'protocol-error' });
+    if (!protocolErrorsLogged.first(peerOf(client).address)) return;
+    log.warn(
+      {
+        event: 'connect-refused',
+        code: 'NotAuthorized',
+        reason: 'protocol-error',
+        detail: err.message,
+        address: peerOf(client).address,
+      },
+      'connection closed before CONNECT completed',
+    );
+  });
 
-  const maxFrame = config.mqtt.maxPayloadBytes + FRAME_OVERHEAD_BYTES;
+  const maxFrame = m.maxPayloadBytes + FRAME_OVERHEAD_BYTES;
   const handle = (stream: Duplex, req?: IncomingMessage) => {
     guardFrames(stream, maxFrame, (violation) => {
       metrics?.messagesRefused.inc({ reason: violation });
@@ -206,8 +364,9 @@ export async function startBroker(options: BrokerOptions): Promise<RunningBroker
           code: 'PayloadTooLarge',
           deviceId: deviceOf(client)?.deviceId ?? null,
           reason: violation,
-          address:
+          address: normalizeAddress(
             (stream as { remoteAddress?: string }).remoteAddress ?? req?.socket.remoteAddress,
+          ),
           limit: maxFrame,
         },
         'packet refused before buffering',
@@ -217,15 +376,23 @@ export async function startBroker(options: BrokerOptions): Promise<RunningBroker
   };
   let listeners: Listener[];
   try {
-    listeners = await startListeners(config, handle, maxFrame, log, (reason, address) => {
-      metrics?.connectionsRefused.inc({ reason: 'tls-handshake-failed' });
-      log.warn(
-        { event: 'connect-refused', reason: 'tls-handshake-failed', detail: reason, address },
-        'TLS handshake refused',
-      );
+    listeners = await startListeners(config, handle, maxFrame, log, {
+      admitSocket: (socket) => gate.admit(socket),
+      onTlsError: (reason, address) => {
+        metrics?.connectionsRefused.inc({ reason: 'tls-handshake-failed' });
+        log.warn(
+          {
+            event: 'connect-refused',
+            reason: 'tls-handshake-failed',
+            detail: reason,
+            address: normalizeAddress(address),
+          },
+          'TLS handshake refused',
+        );
+      },
     });
   } catch (err) {
-    clearInterval(pruneTimer);
+    for (const t of timers) clearInterval(t);
     await new Promise<void>((resolve) => aedes.close(() => resolve()));
     throw err;
   }
@@ -250,11 +417,13 @@ export async function startBroker(options: BrokerOptions): Promise<RunningBroker
     wsPort: portOf('ws'),
     aedes,
     backpressure,
+    sessions,
+    idleSockets: (address) => gate.idle(address),
     async close() {
-      // Stop accepting connections first, then let held and enqueued messages
-      // reach Redis (their PUBACKs go out), then close client sessions.
+      // Stop accepting connections first, then let waiting and enqueued
+      // messages reach Redis (their PUBACKs go out), then close client sessions.
       const closed = Promise.all(listeners.map((l) => l.close()));
-      clearInterval(pruneTimer);
+      for (const t of timers) clearInterval(t);
       await revocation?.close();
       backpressure?.stop();
       await batcher.drain();

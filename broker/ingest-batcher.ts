@@ -7,10 +7,15 @@
  *
  * Contract: enqueue(message) → resolves when durable, rejects (QueueUnavailable)
  * when Redis refused the write; the caller then withholds the PUBACK.
+ *
+ * An admission gate (backpressure.ts) may ask a job write to wait: the
+ * messages keep gathering meanwhile, so the job, when it goes, takes them all
+ * (up to maxMessages).
  */
 import { randomUUID } from 'node:crypto';
 import { PipelineError } from '../src/errors.js';
 import type { IngestJobData, TelemetryMessage } from '../src/queues.js';
+import type { AdmissionGate } from './backpressure.js';
 
 /** The one thing the batcher needs from a queue: store a job durably. */
 export interface JobSink {
@@ -23,10 +28,15 @@ export interface IngestBatcherOptions {
   readonly maxMessages: number;
   /** Jobs being written at once; more overlap round trips, fewer make bigger batches. */
   readonly maxInFlight?: number;
+  /** Asked before each job write (backpressure); absent: jobs go at once. */
+  readonly gate?: AdmissionGate;
+  readonly now?: () => number;
 }
 
 interface Pending {
   readonly message: TelemetryMessage;
+  /** When it arrived (for the gate's wait bound). */
+  readonly at: number;
   readonly resolve: () => void;
   readonly reject: (err: Error) => void;
 }
@@ -35,15 +45,20 @@ export class IngestBatcher {
   readonly #sink: JobSink;
   readonly #maxMessages: number;
   readonly #maxInFlight: number;
+  readonly #gate: AdmissionGate | undefined;
+  readonly #now: () => number;
   #pending: Pending[] = [];
   #inFlight = 0;
   #scheduled = false;
+  #gateTimer: NodeJS.Timeout | undefined;
   #idleWaiters: (() => void)[] = [];
 
   constructor(options: IngestBatcherOptions) {
     this.#sink = options.sink;
     this.#maxMessages = options.maxMessages;
     this.#maxInFlight = options.maxInFlight ?? 2;
+    this.#gate = options.gate;
+    this.#now = options.now ?? Date.now;
   }
 
   /** Messages accepted but not yet durable. */
@@ -53,9 +68,16 @@ export class IngestBatcher {
 
   enqueue(message: TelemetryMessage): Promise<void> {
     return new Promise<void>((resolve, reject) => {
-      this.#pending.push({ message, resolve, reject });
+      this.#pending.push({ message, at: this.#now(), resolve, reject });
       this.#schedule();
     });
+  }
+
+  /** Writes waiting messages now if the gate allows (the gate opened). */
+  kick(): void {
+    if (this.#gateTimer) clearTimeout(this.#gateTimer);
+    this.#gateTimer = undefined;
+    this.#flush();
   }
 
   /** Resolves when nothing is pending or in flight (used at shutdown). */
@@ -77,6 +99,15 @@ export class IngestBatcher {
 
   #flush(): void {
     while (this.#pending.length > 0 && this.#inFlight < this.#maxInFlight) {
+      if (this.#gateTimer) return; // already waiting for the gate
+      const wait = this.#gate?.permit(this.#pending[0]!.at) ?? 0;
+      if (wait > 0) {
+        this.#gateTimer = setTimeout(() => {
+          this.#gateTimer = undefined;
+          this.#flush();
+        }, wait);
+        return;
+      }
       const batch = this.#pending.splice(0, this.#maxMessages);
       this.#inFlight++;
       const data: IngestJobData = { traceId: randomUUID(), messages: batch.map((p) => p.message) };

@@ -1,65 +1,10 @@
 /**
- * Two limits that keep one party from starving the others. Pure state (the
- * clock comes in as an argument); the broker decides what to do with a verdict.
- *
- *  - FailedAuthLimiter: per client address, at most `maxFailures` failed
- *    CONNECTs in a fixed window; further CONNECTs from that address are refused
- *    without checking a secret (no scrypt work for a guesser) until the window
- *    ends. A success does not clear the count: a valid device on the same
- *    address must not reset an attacker's budget.
- *  - DeviceThrottle: a token bucket per device (`ratePerSecond` sustained,
- *    `burst` on top). Over the rate, a message is not refused but delayed: the
- *    broker withholds its PUBACK, so the device slows down and nothing is lost.
+ * The per-device PUBLISH rate: a token bucket per device (`ratePerSecond`
+ * sustained, `burst` on top). Over the rate, a message is not refused but
+ * delayed: the broker withholds its PUBACK, so the device slows down and
+ * nothing is lost. Pure state (the clock comes in as an argument). (CONNECT
+ * limits are in connect-budgets.ts.)
  */
-
-export interface FailedAuthLimiterOptions {
-  readonly maxFailures: number;
-  readonly windowMs: number;
-  /** Addresses remembered at most (the oldest are forgotten first). */
-  readonly maxAddresses?: number;
-}
-
-interface FailureWindow {
-  count: number;
-  readonly startedAt: number;
-}
-
-export class FailedAuthLimiter {
-  readonly #opts: Required<FailedAuthLimiterOptions>;
-  readonly #windows = new Map<string, FailureWindow>();
-
-  constructor(options: FailedAuthLimiterOptions) {
-    this.#opts = { maxAddresses: 100_000, ...options };
-  }
-
-  /** True when `address` has used up its failures in the current window. */
-  blocked(address: string, now: number): boolean {
-    const w = this.#current(address, now);
-    return w !== undefined && w.count >= this.#opts.maxFailures;
-  }
-
-  recordFailure(address: string, now: number): void {
-    const w = this.#current(address, now);
-    if (w) {
-      w.count++;
-      return;
-    }
-    if (this.#windows.size >= this.#opts.maxAddresses) {
-      const oldest = this.#windows.keys().next().value;
-      if (oldest !== undefined) this.#windows.delete(oldest);
-    }
-    this.#windows.set(address, { count: 1, startedAt: now });
-  }
-
-  #current(address: string, now: number): FailureWindow | undefined {
-    const w = this.#windows.get(address);
-    if (w && now - w.startedAt >= this.#opts.windowMs) {
-      this.#windows.delete(address);
-      return undefined;
-    }
-    return w;
-  }
-}
 
 export interface DeviceThrottleOptions {
   readonly ratePerSecond: number;

@@ -325,6 +325,27 @@ export function toPipelineError(err: unknown, fallback: ErrorCode = 'Internal'):
   return new PipelineError(fallback, message, { cause: err });
 }
 
+/**
+ * What a library error raised on payload data was, in our words: its code and
+ * position when the library gives them (JSONata: "JSONata error D3030 at
+ * character 8"), else its class. Never its message: library messages quote the
+ * data they choked on (D3030 reads `Unable to cast value to a number:
+ * "MRN-99812"`), and reasons are logged and kept in dead letters.
+ */
+export function foreignErrorKind(err: unknown): string {
+  const e = (typeof err === 'object' && err !== null ? err : {}) as {
+    code?: unknown;
+    position?: unknown;
+  };
+  const code = typeof e.code === 'string' && /^[A-Z]\d{4}$/.test(e.code) ? e.code : undefined;
+  if (code !== undefined) {
+    const at = typeof e.position === 'number' ? ` at character ${e.position}` : '';
+    return `JSONata error ${code}${at}`;
+  }
+  const name = err instanceof Error ? err.name : typeof err;
+  return `the expression failed (${name})`;
+}
+
 export type QueueDecision =
   | { readonly action: 'retry'; readonly delayMs?: number }
   | { readonly action: 'dead-letter'; readonly code: ErrorCode };

@@ -143,6 +143,33 @@ export function createMetrics(options: { defaultMetrics?: boolean; buildInfo?: B
       labelNames: ['reason'] as const,
       registers: [registry],
     }),
+    secretChecks: new Counter({
+      name: 'iomt_secret_checks_total',
+      help: 'Device secret checks (scrypt) the broker ran; refused CONNECTs over a budget cost none',
+      registers: [registry],
+    }),
+    subscriptionsRefused: new Counter({
+      name: 'iomt_subscriptions_refused_total',
+      help: 'SUBSCRIBE filters answered 0x80, by reason',
+      labelNames: ['reason'] as const,
+      registers: [registry],
+    }),
+    sessionsDropped: new Counter({
+      name: 'iomt_sessions_dropped_total',
+      help: 'Persistent sessions deleted by the broker, by reason (evicted by a newer one of the same device, expired)',
+      labelNames: ['reason'] as const,
+      registers: [registry],
+    }),
+    sessionMessagesNotQueued: new Counter({
+      name: 'iomt_session_messages_not_queued_total',
+      help: 'Messages not queued for an offline persistent session because its queue was full',
+      registers: [registry],
+    }),
+    brokerAdmitRate: new Gauge({
+      name: 'iomt_broker_admit_jobs_per_second',
+      help: 'Jobs per second this broker writes while over the high-water mark (the measured drain rate, at least one per BROKER_BACKPRESSURE_MAX_WAIT_MS); 0 when not metering',
+      registers: [registry],
+    }),
     brokerBacklog: new Gauge({
       name: 'iomt_broker_backlog_jobs',
       help: 'Jobs waiting in the ingest and fhir queues, as last read by this broker',
@@ -150,12 +177,12 @@ export function createMetrics(options: { defaultMetrics?: boolean; buildInfo?: B
     }),
     brokerPaused: new Gauge({
       name: 'iomt_broker_paused',
-      help: '1 while this broker has stopped reading from devices (backlog over the high-water mark)',
+      help: '1 while this broker meters PUBLISHes at the drain rate (backlog over the high-water mark)',
       registers: [registry],
     }),
     brokerPauses: new Counter({
       name: 'iomt_broker_pauses_total',
-      help: 'Times this broker stopped reading because the backlog passed the high-water mark',
+      help: 'Times the backlog passed the high-water mark and this broker began metering PUBLISHes',
       registers: [registry],
     }),
     queueJobs: new Gauge({

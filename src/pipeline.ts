@@ -213,6 +213,7 @@ export async function startPipeline(
         registry,
         ingest: queues.ingest,
         backlog: () => backlogJobs(queues),
+        redis,
         log,
         metrics,
         ...(revocationRedis ? { revocationSubscriber: revocationRedis } : {}),

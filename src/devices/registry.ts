@@ -14,7 +14,7 @@
 import { randomBytes } from 'node:crypto';
 import type { Redis } from 'ioredis';
 import { PipelineError } from '../errors.js';
-import { generateSecret, hashSecret, verifySecret } from './secret.js';
+import { generateSecret, hashSecret, verifySecret, verifyUnknown } from './secret.js';
 
 export type DeviceKind = 'device' | 'gateway';
 export type DeviceStatus = 'active' | 'removed';
@@ -94,8 +94,6 @@ function record(deviceId: string, h: Record<string, string>): DeviceRecord | und
 export class DeviceRegistry {
   readonly #redis: Redis;
   readonly #prefix: string;
-  /** A hash no secret matches: an unknown id costs the same scrypt work as a wrong secret. */
-  #dummyHash: Promise<string> | undefined;
 
   constructor(redis: Redis, prefix: string) {
     this.#redis = redis;
@@ -157,7 +155,7 @@ export class DeviceRegistry {
     if (!found || found.status !== 'active' || !h.secretHash) {
       // Unknown, removed or malformed id: do the same work as for a wrong secret,
       // so that the refusal time does not tell which ids exist (docs/security.md).
-      await verifySecret(secret, await (this.#dummyHash ??= hashSecret(generateSecret())));
+      await verifyUnknown(secret);
       return undefined;
     }
     return (await verifySecret(secret, h.secretHash)) ? found : undefined;

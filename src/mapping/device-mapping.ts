@@ -12,7 +12,7 @@
  * Identity is not decided here: a reading carries the device and patient the
  * payload names (or the authenticated device); identity.ts resolves them.
  */
-import { PipelineError } from '../errors.js';
+import { PipelineError, foreignErrorKind } from '../errors.js';
 import type { CompiledDeviceTemplate, CompiledExpression, MappingSet } from './compile.js';
 import type { Bindings } from './expressions.js';
 import type { AbsentCode } from './special-values.js';
@@ -93,14 +93,12 @@ class Evaluation {
     try {
       value = await expr.evaluate(input, this.b);
     } catch (err) {
-      const e = err as { message?: string };
+      // The library's message quotes the payload value it failed on: not in a
+      // reason, not as a (loggable) cause. The code and position say what failed.
       throw new PipelineError(
         'TemplateExpression',
-        `template "${this.t.spec.typeName}" ${field}: ${e.message ?? String(err)}`,
-        {
-          cause: err,
-          details: { template: this.t.spec.typeName, field, file: this.t.file },
-        },
+        `template "${this.t.spec.typeName}" ${field}: ${foreignErrorKind(err)}`,
+        { details: { template: this.t.spec.typeName, field, file: this.t.file } },
       );
     }
     this.options.trace?.({
@@ -283,8 +281,8 @@ export async function mapMessage(
     } catch (err) {
       throw new PipelineError(
         'TemplateExpression',
-        `template "${t.spec.typeName}" typeMatchExpression: ${(err as Error).message}`,
-        { cause: err, details: { template: t.spec.typeName, file: t.file } },
+        `template "${t.spec.typeName}" typeMatchExpression: ${foreignErrorKind(err)}`,
+        { details: { template: t.spec.typeName, file: t.file } },
       );
     }
     const contexts = selected as unknown[];

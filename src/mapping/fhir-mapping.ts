@@ -5,7 +5,7 @@
  * for a JsonataFhir template, everything else its expression builds.
  */
 import type { Extension, Observation, ObservationComponent } from 'fhir/r4.js';
-import { PipelineError } from '../errors.js';
+import { PipelineError, foreignErrorKind } from '../errors.js';
 import type { CompiledFhirTemplate } from './compile.js';
 import type { Bindings } from './expressions.js';
 import { codings, valueFields } from './fhir-values.js';
@@ -239,7 +239,8 @@ export async function buildExpressionObservation(
   try {
     built = await t.observation!.evaluate(m, bindings);
   } catch (err) {
-    fail((err as Error).message ?? String(err), err);
+    // Not the library's message, nor the error as cause: both quote payload values.
+    fail(foreignErrorKind(err));
   }
   if (typeof built !== 'object' || built === null || Array.isArray(built)) {
     fail('observationExpression must produce one object');

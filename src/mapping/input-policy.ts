@@ -6,10 +6,12 @@
  * PipelineError with its own code, so the message is dead-lettered with a
  * reason an operator can act on — naming the setting, never a payload value.
  *
- *  - shape: nesting deeper than INPUT_MAX_JSON_DEPTH or an array longer than
- *    INPUT_MAX_ARRAY_LENGTH → InvalidPayload, found by one linear scan of the
- *    text before JSON.parse (so a 256 KiB "[[[[…" never reaches a recursive
- *    evaluator);
+ *  - text: not one JSON value (JSON.parse would refuse it), nesting deeper
+ *    than INPUT_MAX_JSON_DEPTH, an array longer than INPUT_MAX_ARRAY_LENGTH, or
+ *    an object naming a member twice → InvalidPayload, found by one linear scan
+ *    of the text before JSON.parse (src/json-text.ts; so a 256 KiB "[[[[…"
+ *    never reaches a recursive evaluator, and the reason names a line and
+ *    column, never the text);
  *  - time: a device timestamp more than INPUT_MAX_FUTURE_MS after the broker's
  *    receipt, or more than INPUT_MAX_AGE_MS before it → TimestampOutOfRange;
  *  - values: a reading the FHIR mapping could not turn into a quantity (a
@@ -22,52 +24,37 @@
 import type { Observation } from 'fhir/r4.js';
 import { loadConfig, type Config } from '../config.js';
 import { PipelineError } from '../errors.js';
+import { describeJsonProblem, positionOf, scanJson } from '../json-text.js';
 import type { PlausibilityLimit } from './plausibility.js';
 
 export type InputLimits = Config['input'];
 
-interface Level {
-  readonly array: boolean;
-  elements: number;
-}
-
-/** Throws InvalidPayload when `text` nests too deep or holds too long an array. */
+/**
+ * Throws InvalidPayload when `text` is not one JSON value (what JSON.parse
+ * would refuse), nests too deep, holds too long an array, or names an object
+ * member twice (JSON.parse would keep the last one and drop a reading without
+ * a word). One linear scan (src/json-text.ts); the reason gives the kind and
+ * the line and column, never the text.
+ */
 export function checkJsonShape(text: string, limits: InputLimits): void {
-  const stack: Level[] = [];
-  let inString = false;
-  for (let i = 0; i < text.length; i++) {
-    const c = text.charCodeAt(i);
-    if (inString) {
-      if (c === 0x5c /* \ */) i++;
-      else if (c === 0x22 /* " */) inString = false;
-      continue;
-    }
-    if (c === 0x20 || c === 0x0a || c === 0x0d || c === 0x09) continue;
-    const top = stack[stack.length - 1];
-    // The first value inside an array counts as its first element.
-    if (top?.array && top.elements === 0 && c !== 0x5d /* ] */) top.elements = 1;
-    if (c === 0x22) {
-      inString = true;
-    } else if (c === 0x5b /* [ */ || c === 0x7b /* { */) {
-      stack.push({ array: c === 0x5b, elements: 0 });
-      if (stack.length > limits.maxJsonDepth) {
-        throw new PipelineError(
-          'InvalidPayload',
-          `the payload nests deeper than ${limits.maxJsonDepth} levels (INPUT_MAX_JSON_DEPTH)`,
-        );
-      }
-    } else if (c === 0x5d || c === 0x7d /* } */) {
-      stack.pop();
-    } else if (c === 0x2c /* , */ && top?.array) {
-      top.elements++;
-      if (top.elements > limits.maxArrayLength) {
-        throw new PipelineError(
-          'InvalidPayload',
-          `the payload has an array of more than ${limits.maxArrayLength} elements (INPUT_MAX_ARRAY_LENGTH)`,
-        );
-      }
-    }
-  }
+  const p = scanJson(text, {
+    maxDepth: limits.maxJsonDepth,
+    maxArrayLength: limits.maxArrayLength,
+    uniqueNames: true,
+  });
+  if (!p) return;
+  const where = positionOf(p);
+  const reason =
+    p.kind === 'too-deep'
+      ? `the payload nests deeper than ${limits.maxJsonDepth} levels (INPUT_MAX_JSON_DEPTH) at ${where}`
+      : p.kind === 'array-too-long'
+        ? `the payload has an array of more than ${limits.maxArrayLength} elements (INPUT_MAX_ARRAY_LENGTH) at ${where}`
+        : p.kind === 'duplicate-name'
+          ? `the payload names the same object member twice (the second at ${where}); each name must be unique, or a reading would be dropped`
+          : describeJsonProblem(p);
+  throw new PipelineError('InvalidPayload', reason, {
+    details: { kind: p.kind, line: p.line, column: p.column },
+  });
 }
 
 /** How far apart two instants are, in words an operator reads at a glance. */

@@ -7,6 +7,7 @@
  */
 import type { Observation } from 'fhir/r4.js';
 import { PipelineError } from '../errors.js';
+import { describeJsonProblem, scanJson } from '../json-text.js';
 import type { MappingSet } from './compile.js';
 import { mapMessage, type Reading, type TraceEvent } from './device-mapping.js';
 import type { Bindings } from './expressions.js';
@@ -77,15 +78,22 @@ export interface NormalizeResult {
   readonly implausible: readonly ImplausibleReading[];
 }
 
+/**
+ * The payload as a JSON object or array, or InvalidPayload. JSON.parse's own
+ * message quotes the payload, so it is neither passed on nor kept as `cause`
+ * (a logged cause would print it): the reason names the kind of problem and its
+ * line and column (src/json-text.ts), never the text.
+ */
 export function parsePayload(payload: string): unknown {
   let body: unknown;
   try {
     body = JSON.parse(payload);
-  } catch (err) {
+  } catch {
+    const p = scanJson(payload, { uniqueNames: false });
     throw new PipelineError(
       'InvalidPayload',
-      `the payload is not valid JSON: ${(err as Error).message}`,
-      { cause: err },
+      p ? describeJsonProblem(p) : 'the payload is not valid JSON',
+      p ? { details: { kind: p.kind, line: p.line, column: p.column } } : {},
     );
   }
   if (typeof body !== 'object' || body === null) {

@@ -128,6 +128,11 @@ export const BAD_INPUTS: readonly BadInput[] = [
     outcome: { deadLetter: 'InvalidPayload', reason: /not valid JSON/ },
   },
   {
+    name: 'a member named twice (JSON.parse would keep the last one silently)',
+    payload: (ctx) => `{"timestamp":"${ctx.now}","heartRate":71,"heartRate":171}`,
+    outcome: { deadLetter: 'InvalidPayload', reason: /names the same object member twice/ },
+  },
+  {
     name: 'arrays nested 20 000 deep',
     payload: `${'['.repeat(20_000)}${']'.repeat(20_000)}`,
     outcome: { deadLetter: 'InvalidPayload', reason: /deeper than 32 levels/ },

@@ -1,13 +1,15 @@
 /**
  * The broker's pure limits: the MQTT frame scanner (MQTT 3.1.1 §2.2.3), the
- * failed-CONNECT limit per address, the per-device token bucket, and the two
- * water marks of backpressure.
+ * per-device token bucket, and backpressure: metering over the high-water mark
+ * at the measured drain rate, with a bound on every wait.
  */
 import { PassThrough } from 'node:stream';
 import { describe, expect, it } from 'vitest';
 import { Backpressure } from '../../broker/backpressure.js';
 import { FrameScanner, guardFrames } from '../../broker/frame-guard.js';
-import { DeviceThrottle, FailedAuthLimiter } from '../../broker/rate-limits.js';
+import { IngestBatcher } from '../../broker/ingest-batcher.js';
+import { DeviceThrottle } from '../../broker/rate-limits.js';
+import type { IngestJobData, TelemetryMessage } from '../../src/queues.js';
 import { createLogger } from '../../src/logger.js';
 
 /** A PUBLISH-like packet: type byte, Remaining Length, then `length` bytes. */
@@ -56,27 +58,6 @@ describe('FrameScanner', () => {
   });
 });
 
-describe('FailedAuthLimiter', () => {
-  it('blocks an address after maxFailures within the window, until the window ends', () => {
-    const l = new FailedAuthLimiter({ maxFailures: 3, windowMs: 1000 });
-    for (let i = 0; i < 3; i++) {
-      expect(l.blocked('10.0.0.1', i)).toBe(false);
-      l.recordFailure('10.0.0.1', i);
-    }
-    expect(l.blocked('10.0.0.1', 10)).toBe(true);
-    expect(l.blocked('10.0.0.2', 10)).toBe(false);
-    expect(l.blocked('10.0.0.1', 1000)).toBe(false);
-  });
-
-  it('forgets the oldest address when full', () => {
-    const l = new FailedAuthLimiter({ maxFailures: 1, windowMs: 60_000, maxAddresses: 2 });
-    l.recordFailure('a', 0);
-    l.recordFailure('b', 0);
-    l.recordFailure('c', 0);
-    expect([l.blocked('a', 1), l.blocked('b', 1), l.blocked('c', 1)]).toEqual([false, true, true]);
-  });
-});
-
 describe('DeviceThrottle', () => {
   it('lets the burst through, then spaces messages at the rate', () => {
     const t = new DeviceThrottle({ ratePerSecond: 10, burst: 3 });
@@ -98,48 +79,140 @@ describe('DeviceThrottle', () => {
   });
 });
 
+/** A Backpressure on a hand-moved clock, reading a backlog the test sets. */
+function meteredSetup(options: { high?: number; low?: number; maxWaitMs?: number } = {}) {
+  const clock = { now: 0, backlog: 0 };
+  const bp = new Backpressure({
+    high: options.high ?? 10,
+    low: options.low ?? 4,
+    pollMs: 60_000,
+    maxWaitMs: options.maxWaitMs ?? 5000,
+    backlog: () => Promise.resolve(clock.backlog),
+    log: createLogger('silent'),
+    now: () => clock.now,
+  });
+  return { bp, clock };
+}
+
 describe('Backpressure', () => {
-  it('holds PUBLISHes from the high mark until the backlog is at the low mark', async () => {
-    let backlog = 0;
-    const bp = new Backpressure({
-      high: 10,
-      low: 4,
-      pollMs: 60_000,
-      backlog: () => Promise.resolve(backlog),
-      log: createLogger('silent'),
-    });
+  it('meters from the high mark until the backlog is back at the low mark', async () => {
+    const { bp, clock } = meteredSetup();
     await bp.poll();
-    await bp.admit(); // below the mark: at once
-    backlog = 10;
+    expect(bp.permit(0)).toBe(0); // below the mark: at once
+    clock.backlog = 10;
+    clock.now = 1000;
     await bp.poll();
-    expect(bp.paused).toBe(true);
-    let released = false;
-    const held = bp.admit().then(() => (released = true));
-    backlog = 5; // under the high mark, above the low one: still held
+    expect(bp.metered).toBe(true);
+    clock.backlog = 5; // under the high mark, above the low one: still metered
+    clock.now = 2000;
     await bp.poll();
-    await Promise.resolve();
-    expect(released).toBe(false);
-    expect(bp.held).toBe(1);
-    backlog = 4;
+    expect(bp.metered).toBe(true);
+    clock.backlog = 4;
+    clock.now = 3000;
     await bp.poll();
-    await held;
-    expect(bp.paused).toBe(false);
+    expect(bp.metered).toBe(false);
+    expect(bp.permit(clock.now)).toBe(0);
   });
 
-  it('counts its own writes between polls', async () => {
-    const bp = new Backpressure({
-      high: 3,
-      low: 1,
-      pollMs: 60_000,
-      backlog: () => Promise.resolve(1),
-      log: createLogger('silent'),
-    });
+  it('admits jobs at the measured drain rate over the mark', async () => {
+    const { bp, clock } = meteredSetup({ high: 10, low: 2 });
+    clock.backlog = 30;
+    await bp.poll();
+    // The workers finish 4 jobs per second; this broker adds none.
+    for (let s = 1; s <= 3; s++) {
+      clock.now = s * 1000;
+      clock.backlog -= 4;
+      await bp.poll();
+    }
+    expect(bp.drainRate).toBeCloseTo(4, 5);
+    expect(bp.admitRate).toBeCloseTo(4, 5);
+    // With messages always waiting, jobs go 250 ms apart (the first at once:
+    // a token has built up meanwhile; the bucket holds one job, no burst).
+    const admittedAt: number[] = [];
+    while (admittedAt.length < 5) {
+      const wait = bp.permit(clock.now);
+      if (wait === 0) admittedAt.push(clock.now);
+      else clock.now += wait;
+    }
+    expect(admittedAt.slice(1).map((t, i) => t - admittedAt[i]!)).toEqual([250, 250, 250, 250]);
+  });
+
+  it('never lets a message wait longer than maxWaitMs, even with no worker draining', async () => {
+    const { bp, clock } = meteredSetup({ maxWaitMs: 2000 });
+    clock.backlog = 50;
+    await bp.poll();
+    clock.now = 1000;
+    await bp.poll(); // nothing drained
+    expect(bp.drainRate).toBe(0);
+    expect(bp.admitRate).toBe(0.5); // the floor: one job per maxWaitMs
+    // A message that has already waited 1.5 s goes after 0.5 s more, not 2 s.
+    expect(bp.permit(clock.now - 1500)).toBe(500);
+    clock.now += 500;
+    expect(bp.permit(clock.now - 2000)).toBe(0);
+  });
+
+  it('counts its own writes between polls, as added (not drained) jobs', async () => {
+    const { bp, clock } = meteredSetup({ high: 3, low: 1 });
+    clock.backlog = 1;
     await bp.poll();
     bp.noteJobAdded();
-    expect(bp.paused).toBe(false);
+    expect(bp.metered).toBe(false);
     bp.noteJobAdded();
-    expect(bp.paused).toBe(true);
+    expect(bp.metered).toBe(true);
+    clock.now = 1000;
+    clock.backlog = 2; // 1 + 2 added − 2 now: one job drained in that second
+    await bp.poll();
+    expect(bp.drainRate).toBe(1);
     bp.stop();
-    expect(bp.paused).toBe(false);
+    expect(bp.metered).toBe(false);
+  });
+});
+
+describe('IngestBatcher behind the admission gate', () => {
+  const message = (n: number): TelemetryMessage => ({
+    id: `m${n}`,
+    deviceId: 'd',
+    topic: 'devices/d/telemetry',
+    qos: 1,
+    receivedAt: 0,
+    payload: '{}',
+    encoding: 'utf8',
+  });
+
+  it('holds job writes while the gate says wait, then writes every waiting message in one job', async () => {
+    const jobs: IngestJobData[] = [];
+    let wait = 40;
+    const batcher = new IngestBatcher({
+      sink: { add: (_n, data) => Promise.resolve(jobs.push(data)) },
+      maxMessages: 500,
+      gate: { permit: () => wait },
+    });
+    const acked: number[] = [];
+    const all = Array.from({ length: 5 }, (_, i) =>
+      batcher.enqueue(message(i)).then(() => acked.push(i)),
+    );
+    await new Promise((r) => setTimeout(r, 20));
+    expect(jobs).toHaveLength(0);
+    expect(acked).toEqual([]);
+    wait = 0;
+    await Promise.all(all);
+    expect(jobs).toHaveLength(1);
+    expect(jobs[0]!.messages.map((m) => m.id)).toEqual(['m0', 'm1', 'm2', 'm3', 'm4']);
+  });
+
+  it('writes at once when kicked (the gate opened)', async () => {
+    const jobs: IngestJobData[] = [];
+    let wait = 60_000;
+    const batcher = new IngestBatcher({
+      sink: { add: (_n, data) => Promise.resolve(jobs.push(data)) },
+      maxMessages: 500,
+      gate: { permit: () => wait },
+    });
+    const done = batcher.enqueue(message(1));
+    await new Promise((r) => setTimeout(r, 10));
+    wait = 0;
+    batcher.kick();
+    await done;
+    expect(jobs).toHaveLength(1);
   });
 });

@@ -3,6 +3,7 @@ import { describe, expect, it } from 'vitest';
 import {
   ERROR_CODES,
   PipelineError,
+  foreignErrorKind,
   httpAnswer,
   queueDecision,
   toPipelineError,
@@ -34,6 +35,20 @@ describe('the error taxonomy', () => {
     const e = toPipelineError(cause);
     expect(e.code).toBe('Internal');
     expect(e.cause).toBe(cause);
+  });
+
+  it('names a library error by its code and position, never by its message', () => {
+    const jsonata = {
+      code: 'D3030',
+      position: 8,
+      token: 'number',
+      value: 'MRN-99812',
+      message: 'Unable to cast value to a number: "MRN-99812"',
+    };
+    expect(foreignErrorKind(jsonata)).toBe('JSONata error D3030 at character 8');
+    expect(foreignErrorKind(new TypeError('Cannot read "MRN-99812"'))).toBe(
+      'the expression failed (TypeError)',
+    );
   });
 
   it('answers HTTP errors in one shape', () => {

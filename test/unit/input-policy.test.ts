@@ -45,6 +45,21 @@ describe('checkJsonShape', () => {
   it('refuses an array longer than INPUT_MAX_ARRAY_LENGTH', () => {
     expect(codeOf(() => checkJsonShape(`[${'1,'.repeat(10000)}1]`, limits))).toBe('InvalidPayload');
   });
+
+  it('refuses an object that names a member twice (JSON.parse would keep the last)', () => {
+    expect(codeOf(() => checkJsonShape('{"heartRate":70,"heartRate":71}', limits))).toBe(
+      'InvalidPayload',
+    );
+    expect(() => checkJsonShape('{"heartRate":70,"heartRate":71}', limits)).toThrow(
+      'the payload names the same object member twice (the second at line 1, column 17)',
+    );
+  });
+
+  it('refuses text JSON.parse would refuse, naming the position', () => {
+    expect(() => checkJsonShape('{"mrn": MRN-99812}', limits)).toThrow(
+      'the payload is not valid JSON: an unexpected character at line 1, column 9',
+    );
+  });
 });
 
 describe('checkOccurrenceTimes', () => {
@@ -63,6 +78,22 @@ describe('checkOccurrenceTimes', () => {
     expect(codeOf(() => checkOccurrenceTimes(['2026-10-27T07:59:59Z'], now, limits))).toBe(
       'TimestampOutOfRange',
     );
+  });
+
+  it('says how far off a time is and the rule, never the time itself', () => {
+    const reasonOf = (times: string[]) => {
+      try {
+        checkOccurrenceTimes(times, now, limits);
+      } catch (err) {
+        return (err as PipelineError).message;
+      }
+      return undefined;
+    };
+    const future = reasonOf(['2100-01-01T00:00:00Z']);
+    expect(future).toMatch(/after receipt.*INPUT_MAX_FUTURE_MS/);
+    const past = reasonOf(['2026-11-26T07:00:00Z', '1990-01-01T00:00:00Z']);
+    expect(past).toMatch(/before receipt.*INPUT_MAX_AGE_MS/);
+    for (const reason of [future, past]) expect(reason).not.toMatch(/2100|1990|T00:00/);
   });
 });
 
