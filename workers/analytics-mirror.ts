@@ -17,14 +17,13 @@ import { toPipelineError, type PipelineError } from '../src/errors.js';
 import type { Logger } from '../src/logger.js';
 import type { Metrics } from '../src/metrics.js';
 import {
-  deadLetterKey,
   QUEUE,
   type AnalyticsJobData,
   type MessageOutcome,
   type ObservationEnvelope,
 } from '../src/queues.js';
-import type { DeadLetterInput } from './dead-letter.js';
-import { result, type Stage, type StageJob } from './stage.js';
+import { deadObservation, type DeadLetterInput } from './dead-letter.js';
+import { result, type Stage } from './stage.js';
 
 export interface AnalyticsMirrorDeps {
   readonly store: AnalyticsStore;
@@ -46,22 +45,6 @@ export function createAnalyticsStage(deps: AnalyticsMirrorDeps): Stage<Analytics
       schema = undefined;
       throw err;
     }));
-
-  function deadEnvelope(
-    job: StageJob<AnalyticsJobData>,
-    env: ObservationEnvelope,
-    error: PipelineError,
-  ): DeadLetterInput {
-    const outcome = job.data.messages?.find((m) => m.message.id === env.provenance.messageId);
-    return {
-      traceId: job.data.traceId,
-      error,
-      deviceId: env.provenance.deviceId,
-      observation: env,
-      ...(outcome ? { outcome } : {}),
-      key: deadLetterKey('analytics', job.id, env.observation.id ?? env.provenance.messageId),
-    };
-  }
 
   /** The messages of refused Observations: dead-lettered at this stage, the later verdict. */
   function settle(
@@ -126,7 +109,9 @@ export function createAnalyticsStage(deps: AnalyticsMirrorDeps): Stage<Analytics
     queue: QUEUE.analytics,
 
     wholeJobFailure(job, error) {
-      const dead = job.data.observations.map((env) => deadEnvelope(job, env, error));
+      const dead = job.data.observations.map((env) =>
+        deadObservation('analytics', job, env, error),
+      );
       return result({
         deadLetters: dead,
         outcomes: settle(job.data.messages ?? [], dead, Date.now()),
@@ -142,13 +127,13 @@ export function createAnalyticsStage(deps: AnalyticsMirrorDeps): Stage<Analytics
         try {
           flats.push({ env, flat: flattenObservation(env, committedAt) });
         } catch (err) {
-          dead.push(deadEnvelope(job, env, toPipelineError(err)));
+          dead.push(deadObservation('analytics', job, env, toPipelineError(err)));
         }
       }
       try {
         await ensureSchema();
         const refused = await insertIsolated(flats);
-        for (const r of refused) dead.push(deadEnvelope(job, r.flat.env, r.error));
+        for (const r of refused) dead.push(deadObservation('analytics', job, r.flat.env, r.error));
         inserted = flats.length - refused.length;
         // device_messages: the fates of the messages (a later verdict replaces an earlier one).
         await deps.store.insertMessages(settle(job.data.messages ?? [], dead, Date.now()));

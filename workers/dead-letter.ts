@@ -5,11 +5,12 @@
 import type { Queue } from 'bullmq';
 import type { PipelineError } from '../src/errors.js';
 import type { Metrics } from '../src/metrics.js';
-import type {
-  DeadLetterJobData,
-  MessageOutcome,
-  ObservationEnvelope,
-  TelemetryMessage,
+import {
+  deadLetterKey,
+  type DeadLetterJobData,
+  type MessageOutcome,
+  type ObservationEnvelope,
+  type TelemetryMessage,
 } from '../src/queues.js';
 
 export interface DeadLetterInput {
@@ -52,4 +53,28 @@ export async function deadLetter(
     })),
   );
   for (const d of items) metrics?.errors.inc({ code: d.error.code, stage: d.error.stage });
+}
+
+/**
+ * An Observation that failed for good at `stage`, kept with its message's
+ * outcome as it stood (the job's `messages`), so that a replay can settle it.
+ */
+export function deadObservation(
+  stage: 'fhir' | 'analytics',
+  job: {
+    readonly id: string;
+    readonly data: { readonly traceId: string; readonly messages?: readonly MessageOutcome[] };
+  },
+  env: ObservationEnvelope,
+  error: PipelineError,
+): DeadLetterInput {
+  const outcome = job.data.messages?.find((m) => m.message.id === env.provenance.messageId);
+  return {
+    traceId: job.data.traceId,
+    error,
+    deviceId: env.provenance.deviceId,
+    observation: env,
+    ...(outcome ? { outcome } : {}),
+    key: deadLetterKey(stage, job.id, env.observation.id ?? env.provenance.messageId),
+  };
 }

@@ -31,7 +31,7 @@ import {
   type ObservationEnvelope,
 } from '../src/queues.js';
 import { messagesDigest, settleMessages, storedVersions } from './analytics-handoff.js';
-import type { DeadLetterInput } from './dead-letter.js';
+import { deadObservation, type DeadLetterInput } from './dead-letter.js';
 import { writeIsolated } from './fhir-batch.js';
 import { result, type NextJob, type Stage, type StageJob } from './stage.js';
 import { writeChunk } from './windowing.js';
@@ -69,23 +69,6 @@ function idsDigest(envs: readonly ObservationEnvelope[]): string {
 
 function patientOf(env: ObservationEnvelope): string {
   return env.observation.subject?.reference?.replace(/^Patient\//, '') ?? '';
-}
-
-/** An Observation refused for good, kept with its message's outcome (for a replay to settle). */
-function deadObservation(
-  job: StageJob<FhirJobData>,
-  env: ObservationEnvelope,
-  error: PipelineError,
-): DeadLetterInput {
-  const outcome = job.data.messages?.find((m) => m.message.id === env.provenance.messageId);
-  return {
-    traceId: job.data.traceId,
-    error,
-    deviceId: env.provenance.deviceId,
-    observation: env,
-    ...(outcome ? { outcome } : {}),
-    key: deadLetterKey('fhir', job.id, env.observation.id ?? env.provenance.messageId),
-  };
 }
 
 function deadSync(job: StageJob<FhirJobData>, deviceId: string, error: PipelineError) {
@@ -147,7 +130,7 @@ export function createFhirWriterStage(deps: FhirWriterDeps): Stage<FhirJobData> 
     wholeJobFailure(job, error) {
       const dead = [
         ...(job.data.associations ?? []).map((d) => deadSync(job, d, error)),
-        ...job.data.observations.map((env) => deadObservation(job, env, error)),
+        ...job.data.observations.map((env) => deadObservation('fhir', job, env, error)),
       ];
       const { settled } = settleMessages(
         job.data.messages ?? [],
@@ -179,7 +162,7 @@ export function createFhirWriterStage(deps: FhirWriterDeps): Stage<FhirJobData> 
       const writable: ObservationEnvelope[] = [];
       for (const env of job.data.observations) {
         const error = refused.get(patientOf(env));
-        if (error) dead.push(deadObservation(job, env, error));
+        if (error) dead.push(deadObservation('fhir', job, env, error));
         else writable.push(env);
       }
       const size = deps.config.fhir.batchSize;
@@ -215,7 +198,7 @@ export function createFhirWriterStage(deps: FhirWriterDeps): Stage<FhirJobData> 
             transient ??= outcome.error;
             retry.push(env);
           } else {
-            dead.push(deadObservation(job, env, outcome.error));
+            dead.push(deadObservation('fhir', job, env, outcome.error));
           }
         });
       }

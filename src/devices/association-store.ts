@@ -14,6 +14,7 @@
 import type { Redis } from 'ioredis';
 import { PipelineError } from '../errors.js';
 import type { AssociationDraft, AssociationRecord } from './associations.js';
+import { PrefixedStore } from './prefixed-store.js';
 
 /** Attempts of a WATCHed append before giving up (each one lost a race to another writer). */
 const APPEND_ATTEMPTS = 20;
@@ -27,21 +28,17 @@ function parse(raw: readonly string[]): AssociationRecord[] {
   return raw.map((line) => JSON.parse(line) as AssociationRecord);
 }
 
-export class AssociationStore implements AssociationReader {
-  readonly #redis: Redis;
-  readonly #prefix: string;
-
+export class AssociationStore extends PrefixedStore implements AssociationReader {
   constructor(redis: Redis, prefix: string) {
-    this.#redis = redis;
-    this.#prefix = prefix;
+    super(redis, prefix);
   }
 
   #key(deviceId: string): string {
-    return `${this.#prefix}:assoc:${deviceId}`;
+    return this.key('assoc', deviceId);
   }
 
   async history(deviceId: string): Promise<readonly AssociationRecord[]> {
-    return parse(await this.#redis.lrange(this.#key(deviceId), 0, -1));
+    return parse(await this.redis.lrange(this.#key(deviceId), 0, -1));
   }
 
   async histories(
@@ -50,7 +47,7 @@ export class AssociationStore implements AssociationReader {
     const ids = [...new Set(deviceIds)];
     const out = new Map<string, readonly AssociationRecord[]>();
     if (ids.length === 0) return out;
-    const pipeline = this.#redis.pipeline();
+    const pipeline = this.redis.pipeline();
     for (const id of ids) pipeline.lrange(this.#key(id), 0, -1);
     const results = (await pipeline.exec()) ?? [];
     ids.forEach((id, i) => {
@@ -63,7 +60,7 @@ export class AssociationStore implements AssociationReader {
 
   /** Number of records (the history's version). */
   async length(deviceId: string): Promise<number> {
-    return this.#redis.llen(this.#key(deviceId));
+    return this.redis.llen(this.#key(deviceId));
   }
 
   /**
@@ -77,7 +74,7 @@ export class AssociationStore implements AssociationReader {
   ): Promise<{ record: AssociationRecord; history: readonly AssociationRecord[] }> {
     const key = this.#key(deviceId);
     // WATCH needs its own connection: MULTI/EXEC state is per connection.
-    const conn = this.#redis.duplicate();
+    const conn = this.redis.duplicate();
     try {
       for (let attempt = 0; attempt < APPEND_ATTEMPTS; attempt++) {
         await conn.watch(key);

@@ -14,6 +14,7 @@
 import { randomBytes } from 'node:crypto';
 import type { Redis } from 'ioredis';
 import { PipelineError } from '../errors.js';
+import { PrefixedStore } from './prefixed-store.js';
 import { generateSecret, hashSecret, verifySecret, verifyUnknown } from './secret.js';
 
 export type DeviceKind = 'device' | 'gateway';
@@ -91,21 +92,17 @@ function record(deviceId: string, h: Record<string, string>): DeviceRecord | und
   };
 }
 
-export class DeviceRegistry {
-  readonly #redis: Redis;
-  readonly #prefix: string;
-
+export class DeviceRegistry extends PrefixedStore {
   constructor(redis: Redis, prefix: string) {
-    this.#redis = redis;
-    this.#prefix = prefix;
+    super(redis, prefix);
   }
 
   #key(deviceId: string): string {
-    return `${this.#prefix}:device:${deviceId}`;
+    return this.key('device', deviceId);
   }
 
   get #setKey(): string {
-    return `${this.#prefix}:devices`;
+    return this.key('devices');
   }
 
   /** Registers a new device; refuses (DeviceExists) an id that is registered and active. */
@@ -124,7 +121,7 @@ export class DeviceRegistry {
       createdAt: at,
       updatedAt: at,
     };
-    const created = await this.#redis.eval(
+    const created = await this.redis.eval(
       CREATE_SCRIPT,
       2,
       this.#key(deviceId),
@@ -143,14 +140,12 @@ export class DeviceRegistry {
   }
 
   async get(deviceId: string): Promise<DeviceRecord | undefined> {
-    return record(deviceId, await this.#redis.hgetall(this.#key(deviceId)));
+    return record(deviceId, await this.redis.hgetall(this.#key(deviceId)));
   }
 
   /** The device's record when it is active and the secret matches, else undefined. */
   async authenticate(deviceId: string, secret: string): Promise<DeviceRecord | undefined> {
-    const h = DEVICE_ID_PATTERN.test(deviceId)
-      ? await this.#redis.hgetall(this.#key(deviceId))
-      : {};
+    const h = DEVICE_ID_PATTERN.test(deviceId) ? await this.redis.hgetall(this.#key(deviceId)) : {};
     const found = record(deviceId, h);
     if (!found || found.status !== 'active' || !h.secretHash) {
       // Unknown, removed or malformed id: do the same work as for a wrong secret,
@@ -166,7 +161,7 @@ export class DeviceRegistry {
     deviceId: string,
     secret = generateSecret(),
   ): Promise<{ secret: string; record: DeviceRecord }> {
-    const rotated = await this.#redis.eval(
+    const rotated = await this.redis.eval(
       ROTATE_SCRIPT,
       1,
       this.#key(deviceId),
@@ -184,7 +179,7 @@ export class DeviceRegistry {
     const rec = await this.get(deviceId);
     if (rec?.status !== 'active')
       throw new PipelineError('DeviceNotFound', `device "${deviceId}" is not registered`);
-    await this.#redis.hset(this.#key(deviceId), 'kind', 'gateway');
+    await this.redis.hset(this.#key(deviceId), 'kind', 'gateway');
   }
 
   /**
@@ -194,7 +189,7 @@ export class DeviceRegistry {
   async remove(deviceId: string): Promise<boolean> {
     const rec = await this.get(deviceId);
     if (rec?.status !== 'active') return false;
-    await this.#redis
+    await this.redis
       .multi()
       .hdel(this.#key(deviceId), 'secretHash', 'credentialId')
       .hset(this.#key(deviceId), 'status', 'removed', 'updatedAt', new Date().toISOString())
@@ -206,7 +201,7 @@ export class DeviceRegistry {
   async credentialIds(deviceIds: readonly string[]): Promise<Map<string, string>> {
     const out = new Map<string, string>();
     if (deviceIds.length === 0) return out;
-    const pipeline = this.#redis.pipeline();
+    const pipeline = this.redis.pipeline();
     for (const id of deviceIds) pipeline.hget(this.#key(id), 'credentialId');
     const replies = (await pipeline.exec()) ?? [];
     deviceIds.forEach((id, i) => out.set(id, (replies[i]?.[1] as string | null) ?? ''));
@@ -215,9 +210,9 @@ export class DeviceRegistry {
 
   /** Every registered device (removed ones too, marked), sorted by id. */
   async list(): Promise<DeviceRecord[]> {
-    const ids = (await this.#redis.smembers(this.#setKey)).sort();
+    const ids = (await this.redis.smembers(this.#setKey)).sort();
     if (ids.length === 0) return [];
-    const pipeline = this.#redis.pipeline();
+    const pipeline = this.redis.pipeline();
     for (const id of ids) pipeline.hgetall(this.#key(id));
     const replies = (await pipeline.exec()) ?? [];
     return ids.flatMap((id, i) => {
@@ -233,18 +228,18 @@ export class DeviceRegistry {
    */
   async legacyBindings(): Promise<{ deviceId: string; patientId: string; createdAt: string }[]> {
     const found: { deviceId: string; patientId: string; createdAt: string }[] = [];
-    const head = `${this.#prefix}:device:`;
+    const head = `${this.key('device')}:`;
     let cursor = '0';
     do {
-      const [next, keys] = await this.#redis.scan(cursor, 'MATCH', `${head}*`, 'COUNT', 500);
+      const [next, keys] = await this.redis.scan(cursor, 'MATCH', `${head}*`, 'COUNT', 500);
       cursor = next;
       for (const key of keys) {
         const deviceId = key.slice(head.length);
-        const h = await this.#redis.hgetall(key);
+        const h = await this.redis.hgetall(key);
         if (!h.createdAt) continue;
-        await this.#redis.sadd(this.#setKey, deviceId);
+        await this.redis.sadd(this.#setKey, deviceId);
         if (!h.status) {
-          await this.#redis.hset(key, {
+          await this.redis.hset(key, {
             status: h.secretHash ? 'active' : 'removed',
             kind: h.kind ?? 'device',
             credentialId: h.credentialId ?? newCredentialId(),
@@ -259,6 +254,6 @@ export class DeviceRegistry {
 
   /** Forgets the legacy binding once it is recorded as an association. */
   async dropLegacyBinding(deviceId: string): Promise<void> {
-    await this.#redis.hdel(this.#key(deviceId), 'patientId');
+    await this.redis.hdel(this.#key(deviceId), 'patientId');
   }
 }

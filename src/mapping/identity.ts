@@ -261,6 +261,12 @@ export function createModeIdentity(
       { details: { deviceId: claim.deviceId } },
     );
   }
+  return resolvedIdentity(claim, patientId);
+}
+
+/** The identity of a reading once its patient is known: our Device ids, the gateway's, the encounter. */
+export function resolvedIdentity(claim: IdentityClaim, patientId: string): ResolvedIdentity {
+  const viaGateway = claim.deviceId !== claim.authenticatedDeviceId;
   return {
     patientId,
     deviceResourceId: deviceResourceId(claim.deviceId),

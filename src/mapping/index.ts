@@ -28,6 +28,7 @@ export type { ObservationContext } from './fhir-mapping.js';
 export {
   bindingResolver,
   createModeIdentity,
+  resolvedIdentity,
   deviceResourceId,
   observationId,
   observationIdentifierValue,

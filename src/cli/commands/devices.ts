@@ -9,6 +9,7 @@
  *   remove <id>                                                     credentials gone, history kept
  * Every change records its actor (--actor, default the OS user) and source "cli".
  */
+import type { Command, OptionValues } from '@commander-js/extra-typings';
 import { loadConfig } from '../../config.js';
 import type { DeviceHistory } from '../../devices/index.js';
 import { parseInstant } from '../../dlq/index.js';
@@ -137,68 +138,67 @@ export function register(program: Program): void {
       }
     });
 
-  devices
-    .command('assign')
-    .argument('<deviceId>')
-    .requiredOption('--patient <ref>', 'the Patient (Patient/<id> or <id>)')
-    .option(
-      '--at <time>',
-      'when it takes effect (ISO 8601 with zone, epoch ms, or 15m/2h ago); default now',
-    )
-    .option(
-      '--new-patient',
-      'the Patient does not exist on the FHIR server yet: let the pipeline create it',
-    )
-    .option(
-      '--correction',
-      'it replaces what was recorded for that time (readings already charted do not move)',
-    )
-    .option('--note <text>', 'why, e.g. "barcode scan at bed 12"')
-    .option('--actor <name>', 'who makes the change (default: the OS user)')
-    .description('associate the device with a patient from a time on')
-    .action(async (deviceId, opts) => {
-      try {
-        const h = await withDeviceService(loadConfig(), (d) =>
-          d.assign(deviceId, opts.patient, {
-            ...cliActor(opts.actor),
-            ...(opts.at !== undefined ? { at: parseInstant(opts.at, '--at') } : {}),
-            ...(opts.newPatient ? { newPatient: true } : {}),
-            ...(opts.correction ? { correction: true } : {}),
-            ...(opts.note ? { note: opts.note } : {}),
-          }),
-        );
-        printHistory(h);
-      } catch (err) {
-        fail(err);
-      }
-    });
+  /** What every association change takes: when, whether it corrects, why, who. */
+  const change = <A extends unknown[], O extends OptionValues>(cmd: Command<A, O>) =>
+    cmd
+      .option(
+        '--at <time>',
+        'when it takes effect (ISO 8601 with zone, epoch ms, or 15m/2h ago); default now',
+      )
+      .option(
+        '--correction',
+        'it replaces what was recorded for that time (readings already charted do not move)',
+      )
+      .option('--note <text>', 'why, e.g. "barcode scan at bed 12", "discharged"')
+      .option('--actor <name>', 'who makes the change (default: the OS user)');
+  const changeOf = (opts: {
+    at?: string;
+    correction?: boolean;
+    note?: string;
+    actor?: string;
+  }) => ({
+    ...cliActor(opts.actor),
+    ...(opts.at !== undefined ? { at: parseInstant(opts.at, '--at') } : {}),
+    ...(opts.correction ? { correction: true } : {}),
+    ...(opts.note ? { note: opts.note } : {}),
+  });
+  const printing = (run: () => Promise<DeviceHistory>) => async () => {
+    try {
+      printHistory(await run());
+    } catch (err) {
+      fail(err);
+    }
+  };
 
-  devices
-    .command('unassign')
-    .argument('<deviceId>')
-    .option(
-      '--at <time>',
-      'when it takes effect (ISO 8601 with zone, epoch ms, or 15m/2h ago); default now',
-    )
-    .option('--correction', 'it replaces what was recorded for that time')
-    .option('--note <text>', 'why, e.g. "discharged"')
-    .option('--actor <name>', 'who makes the change (default: the OS user)')
-    .description('end the device’s association (its open MQTT sessions end)')
-    .action(async (deviceId, opts) => {
-      try {
-        const h = await withDeviceService(loadConfig(), (d) =>
-          d.unassign(deviceId, {
-            ...cliActor(opts.actor),
-            ...(opts.at !== undefined ? { at: parseInstant(opts.at, '--at') } : {}),
-            ...(opts.correction ? { correction: true } : {}),
-            ...(opts.note ? { note: opts.note } : {}),
+  change(
+    devices
+      .command('assign')
+      .argument('<deviceId>')
+      .requiredOption('--patient <ref>', 'the Patient (Patient/<id> or <id>)')
+      .option(
+        '--new-patient',
+        'the Patient does not exist on the FHIR server yet: let the pipeline create it',
+      ),
+  )
+    .description('associate the device with a patient from a time on')
+    .action((deviceId, opts) =>
+      printing(() =>
+        withDeviceService(loadConfig(), (d) =>
+          d.assign(deviceId, opts.patient, {
+            ...changeOf(opts),
+            ...(opts.newPatient ? { newPatient: true } : {}),
           }),
-        );
-        printHistory(h);
-      } catch (err) {
-        fail(err);
-      }
-    });
+        ),
+      )(),
+    );
+
+  change(devices.command('unassign').argument('<deviceId>'))
+    .description('end the device’s association (its open MQTT sessions end)')
+    .action((deviceId, opts) =>
+      printing(() =>
+        withDeviceService(loadConfig(), (d) => d.unassign(deviceId, changeOf(opts))),
+      )(),
+    );
 
   devices
     .command('rotate-secret')

@@ -26,7 +26,7 @@ import type { Config } from '../../config.js';
 import { toPipelineError } from '../../errors.js';
 import type { MappingSet } from '../compile.js';
 import { medtechEnvelope } from '../device-mapping.js';
-import { deviceResourceId, type IdentityResolver } from '../identity.js';
+import { resolvedIdentity, type IdentityResolver } from '../identity.js';
 import type { SourceFile } from '../load.js';
 import { normalizeMessage } from '../normalize.js';
 import type {
@@ -135,17 +135,7 @@ function shadowIdentity(s: ShadowSample): IdentityResolver {
   return (claim) => {
     const viaGateway = claim.deviceId !== claim.authenticatedDeviceId;
     const recorded = viaGateway ? `(patient of ${claim.deviceId})` : s.patientId || '(unknown)';
-    return {
-      patientId: claim.claimedPatientId ?? recorded,
-      deviceResourceId: deviceResourceId(claim.deviceId),
-      ...(viaGateway
-        ? {
-            gatewayId: claim.authenticatedDeviceId,
-            gatewayResourceId: deviceResourceId(claim.authenticatedDeviceId),
-          }
-        : {}),
-      ...(claim.encounterId !== undefined ? { encounterResourceId: claim.encounterId } : {}),
-    };
+    return resolvedIdentity(claim, claim.claimedPatientId ?? recorded);
   };
 }
 

@@ -1,0 +1,21 @@
+/**
+ * What every Redis-backed store of the devices module shares: one Redis
+ * connection and keys under the pipeline's prefix (`{prefix}:{kind}:{id}`), so
+ * that separate pipelines may share one Redis and the key layout lives in one place.
+ */
+import type { Redis } from 'ioredis';
+
+export abstract class PrefixedStore {
+  protected readonly redis: Redis;
+  readonly #prefix: string;
+
+  protected constructor(redis: Redis, prefix: string) {
+    this.redis = redis;
+    this.#prefix = prefix;
+  }
+
+  /** `{prefix}:{parts…}` */
+  protected key(...parts: readonly string[]): string {
+    return [this.#prefix, ...parts].join(':');
+  }
+}
