@@ -319,10 +319,26 @@ export function isPipelineError(err: unknown): err is PipelineError {
 }
 
 /** Wraps anything thrown into a PipelineError, keeping the original as `cause`. */
+/**
+ * A bare error from the connection a job stands on (ioredis, a socket): the
+ * infrastructure failed, not the code. Such an error is QueueUnavailable,
+ * retried, never taken for a bug that would dead-letter the reading.
+ */
+const CONNECTION_ERROR =
+  /MaxRetriesPerRequest|Connection is closed|Stream isn't writeable|ECONNREFUSED|ECONNRESET|ETIMEDOUT|EPIPE|READONLY|LOADING|CLUSTERDOWN|TRYAGAIN|MASTERDOWN/;
+
+function isConnectionError(err: unknown): boolean {
+  if (typeof err !== 'object' || err === null) return false;
+  const e = err as { name?: unknown; message?: unknown; code?: unknown };
+  const text = [e.name, e.message, e.code].filter((x) => typeof x === 'string').join(' ');
+  return CONNECTION_ERROR.test(text);
+}
+
 export function toPipelineError(err: unknown, fallback: ErrorCode = 'Internal'): PipelineError {
   if (err instanceof PipelineError) return err;
   const message = err instanceof Error ? err.message : String(err);
-  return new PipelineError(fallback, message, { cause: err });
+  const code = fallback === 'Internal' && isConnectionError(err) ? 'QueueUnavailable' : fallback;
+  return new PipelineError(code, message, { cause: err });
 }
 
 /**

@@ -15,7 +15,7 @@
  */
 import { createHash } from 'node:crypto';
 import { DelayedError, type Job, type Queue } from 'bullmq';
-import { queueDecision, toPipelineError, type PipelineError } from '../src/errors.js';
+import { queueDecision, toPipelineError } from '../src/errors.js';
 import type { Logger } from '../src/logger.js';
 import type { Metrics } from '../src/metrics.js';
 import { backoffDelay } from '../src/queue-runtime.js';
@@ -48,18 +48,6 @@ function digest(ids: readonly string[]): string {
   const h = createHash('sha256');
   for (const id of ids) h.update(id).update('\n');
   return h.digest('hex').slice(0, 16);
-}
-
-/** Errors of the infrastructure a job stands on, which a bare Error may be: retry, not a bug. */
-function infrastructure(err: unknown): PipelineError {
-  const e = toPipelineError(err);
-  if (e.code !== 'Internal') return e;
-  const text = `${(err as { name?: string }).name ?? ''} ${(err as Error).message ?? ''}`;
-  const redis =
-    /MaxRetriesPerRequest|Connection is closed|Stream isn't writeable|ECONNREFUSED|ECONNRESET|ETIMEDOUT|EPIPE|READONLY|LOADING|CLUSTERDOWN|TRYAGAIN/.test(
-      text,
-    );
-  return redis ? toPipelineError(err, 'QueueUnavailable') : e;
 }
 
 export interface StageRunner<T extends Retried> {
@@ -110,7 +98,7 @@ export function createRunner<T extends Retried>(
         try {
           r = await stage.run(stageJob(job));
         } catch (err) {
-          const e = infrastructure(err);
+          const e = toPipelineError(err);
           const attempts = job.opts.attempts ?? 1;
           if (queueDecision(e).action === 'retry' && job.attemptsMade + 1 < attempts) throw e;
           ports.log.warn(

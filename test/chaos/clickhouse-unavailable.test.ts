@@ -14,7 +14,14 @@ import { afterAll, describe, expect, inject, it } from 'vitest';
 import { createAnalyticsStore, type AnalyticsStore } from '../../src/clickhouse/index.js';
 import { uniqueId } from '../support/harness.js';
 import { Fleet } from './support/fleet.js';
-import { dropPrefix, iomtEnv, ready, spawnIomt, stopAll } from './support/processes.js';
+import {
+  dropPrefix,
+  iomtEnv,
+  ready,
+  spawnIomt,
+  stopAll,
+  transientFailure,
+} from './support/processes.js';
 import {
   expectOnceInClickHouse,
   queueState,
@@ -67,7 +74,7 @@ describe('ClickHouse unavailable, then back', () => {
     await fleet.allAcked(60_000);
     await waitForFhir(fhirUrl, fleet.devices, () => fleet!.acked, 120_000);
     await m.waitForLog(
-      (l) => l.event === 'job-failed' && l.code === 'ClickHouseUnavailable',
+      transientFailure('ClickHouseUnavailable'),
       30_000,
       'a mirror job failing with ClickHouseUnavailable',
     );

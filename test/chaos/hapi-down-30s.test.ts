@@ -20,6 +20,7 @@ import {
   sleep,
   spawnIomt,
   stopAll,
+  transientFailure,
 } from './support/processes.js';
 import { expectOnceInClickHouse, expectOnceInFhirAndDrained } from './support/verify.js';
 
@@ -85,7 +86,7 @@ describe('HAPI stopped for 30 s while devices publish', () => {
     expect(downMs).toBeGreaterThanOrEqual(30_000);
     expect(ackedDuringOutage).toBeGreaterThan(200);
     expect(fleet.acked).toHaveLength(450);
-    expect(a.logs.some((l) => l.event === 'job-failed' && l.code === 'FhirUnavailable')).toBe(true);
+    expect(a.logs.some(transientFailure('FhirUnavailable'))).toBe(true);
 
     // 4. End state: once in HAPI, once in ClickHouse, nothing dead-lettered.
     await expectOnceInFhirAndDrained(fhirUrl, redisUrl, prefix, fleet);

@@ -37,6 +37,19 @@ describe('the error taxonomy', () => {
     expect(e.cause).toBe(cause);
   });
 
+  it('takes a dropped Redis or socket connection for the infrastructure, retried, not a bug', () => {
+    const closed = toPipelineError(new Error('Connection is closed.'));
+    expect(closed.code).toBe('QueueUnavailable');
+    expect(queueDecision(closed)).toEqual({ action: 'retry' });
+    const refused = Object.assign(new Error('connect failed'), { code: 'ECONNREFUSED' });
+    expect(toPipelineError(refused).code).toBe('QueueUnavailable');
+    expect(toPipelineError(new TypeError('x is undefined')).code).toBe('Internal');
+    expect(queueDecision(new TypeError('x is undefined'))).toEqual({
+      action: 'dead-letter',
+      code: 'Internal',
+    });
+  });
+
   it('names a library error by its code and position, never by its message', () => {
     const jsonata = {
       code: 'D3030',

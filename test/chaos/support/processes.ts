@@ -39,6 +39,15 @@ export interface LogLine extends Record<string, unknown> {
   readonly event?: string;
 }
 
+/**
+ * A job that failed for a transient reason and will be tried again: thrown
+ * from a stage (BullMQ's own retry, logged job-failed) or returned by it as a
+ * retry remainder (the runner reschedules it, logged retry-remainder).
+ */
+export function transientFailure(code: string): (l: LogLine) => boolean {
+  return (l) => (l.event === 'job-failed' || l.event === 'retry-remainder') && l.code === code;
+}
+
 export interface IomtProcess {
   readonly name: string;
   readonly child: ChildProcess;
