@@ -73,16 +73,17 @@ export interface MappingSet {
   readonly fhirTemplates: ReadonlyMap<string, CompiledFhirTemplate>;
 }
 
-export type CompileResult =
+/** A template set, or why not; notes either way. Loading adds line and column (load.ts). */
+export type CompileResult<P extends MappingProblem = MappingProblem> =
   | {
       readonly ok: true;
       readonly mappings: MappingSet;
-      readonly notes: readonly MappingProblem[];
+      readonly notes: readonly P[];
     }
   | {
       readonly ok: false;
-      readonly problems: readonly MappingProblem[];
-      readonly notes: readonly MappingProblem[];
+      readonly problems: readonly P[];
+      readonly notes: readonly P[];
     };
 
 const LANGUAGE_NAME = { jsonata: 'JSONata', jsonpath: 'JSONPath', jmespath: 'JMESPath' } as const;

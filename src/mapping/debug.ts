@@ -35,6 +35,37 @@ function show(v: unknown): string {
   return s.length > 160 ? `${s.slice(0, 157)}...` : s;
 }
 
+/**
+ * One message through the worker's path (normalizeMessage) with the debug
+ * input's bindings, every trace event to `trace` and every identity resolved
+ * into `identities`: what the text and the JSON debugger both show.
+ */
+export async function traceMessage(
+  mappings: MappingSet,
+  input: DebugInput,
+  trace: (e: TraceEvent) => void,
+  identities: (readonly [IdentityClaim, ResolvedIdentity])[],
+): Promise<NormalizeResult> {
+  const base = bindingResolver({
+    patientId: input.patientId,
+    ...(input.children ? { children: input.children } : {}),
+  });
+  const resolveIdentity: IdentityResolver = async (claim) => {
+    const r = await base(claim);
+    identities.push([claim, r]);
+    return r;
+  };
+  return normalizeMessage(mappings, {
+    payload: input.payload,
+    meta: input.meta,
+    patientId: input.patientId,
+    identifierSystem: input.identifierSystem,
+    resolveIdentity,
+    trace,
+    ...(input.policy ? { policy: input.policy } : {}),
+  });
+}
+
 export async function debugMessage(mappings: MappingSet, input: DebugInput): Promise<DebugReport> {
   const lines: string[] = [];
   const out = (s = '') => lines.push(s);
@@ -66,27 +97,10 @@ export async function debugMessage(mappings: MappingSet, input: DebugInput): Pro
       out(`       → reading at ${e.reading.occurrenceTime}: ${show(e.reading.values)}`);
     }
   };
-  const identities: [IdentityClaim, ResolvedIdentity][] = [];
-  const base = bindingResolver({
-    patientId: input.patientId,
-    ...(input.children ? { children: input.children } : {}),
-  });
-  const resolveIdentity: IdentityResolver = async (claim) => {
-    const r = await base(claim);
-    identities.push([claim, r]);
-    return r;
-  };
+  const identities: (readonly [IdentityClaim, ResolvedIdentity])[] = [];
   let result: NormalizeResult;
   try {
-    result = await normalizeMessage(mappings, {
-      payload: input.payload,
-      meta: input.meta,
-      patientId: input.patientId,
-      identifierSystem: input.identifierSystem,
-      resolveIdentity,
-      trace,
-      ...(input.policy ? { policy: input.policy } : {}),
-    });
+    result = await traceMessage(mappings, input, trace, identities);
   } catch (err) {
     out();
     if (isPipelineError(err)) {

@@ -4,7 +4,7 @@
  * and meta.tag; the template owns code, category and the value's shape — or,
  * for a JsonataFhir template, everything else its expression builds.
  */
-import type { Extension, Observation, ObservationComponent } from 'fhir/r4.js';
+import type { Extension, Identifier, Observation, ObservationComponent } from 'fhir/r4.js';
 import { PipelineError, foreignErrorKind } from '../errors.js';
 import type { CompiledFhirTemplate } from './compile.js';
 import type { Bindings } from './expressions.js';
@@ -31,6 +31,28 @@ export interface ObservationContext {
   readonly templateVersion: string;
 }
 
+/** The business identifier and the id derived from it, for a reading or a group of readings. */
+function readingIdentity(
+  m: Pick<Measurement, 'deviceId' | 'occurrenceTime' | 'type'>,
+  identity: ResolvedIdentity,
+  code: string,
+  ctx: ObservationContext,
+  extra: { readonly group?: ObservationGroup; readonly value?: string },
+): { id: string; identifier: Identifier[] } {
+  const value = observationIdentifierValue({
+    deviceId: m.deviceId,
+    patientId: identity.patientId,
+    type: m.type,
+    code,
+    occurrenceTime: m.occurrenceTime,
+    ...extra,
+  });
+  return {
+    id: observationId(ctx.identifierSystem, value),
+    identifier: [{ system: ctx.identifierSystem, value }],
+  };
+}
+
 /** The fields the pipeline owns, for a reading (or a group of readings) of one device. */
 export function ownedFields(
   m: Pick<Measurement, 'deviceId' | 'occurrenceTime' | 'type'>,
@@ -39,14 +61,7 @@ export function ownedFields(
   ctx: ObservationContext,
   group?: ObservationGroup,
 ): Observation {
-  const identifierValue = observationIdentifierValue({
-    deviceId: m.deviceId,
-    patientId: identity.patientId,
-    type: m.type,
-    code,
-    occurrenceTime: m.occurrenceTime,
-    ...(group ? { group } : {}),
-  });
+  const { id, identifier } = readingIdentity(m, identity, code, ctx, group ? { group } : {});
   const gateway: Extension[] =
     identity.gatewayResourceId !== undefined
       ? [
@@ -58,7 +73,7 @@ export function ownedFields(
       : [];
   return {
     resourceType: 'Observation',
-    id: observationId(ctx.identifierSystem, identifierValue),
+    id,
     meta: {
       tag: [
         {
@@ -69,7 +84,7 @@ export function ownedFields(
       ],
     },
     ...(gateway.length > 0 ? { extension: gateway } : {}),
-    identifier: [{ system: ctx.identifierSystem, value: identifierValue }],
+    identifier,
     status: 'final',
     code: { coding: [] },
     subject: { reference: `Patient/${identity.patientId}` },
@@ -91,16 +106,9 @@ export function stampReadingIdentity(
   code: string,
   ctx: ObservationContext,
 ): Observation {
-  const identifierValue = observationIdentifierValue({
-    deviceId: m.deviceId,
-    patientId: identity.patientId,
-    type: m.type,
-    code,
-    occurrenceTime: m.occurrenceTime,
-    value: valuePart(obs),
-  });
-  obs.id = observationId(ctx.identifierSystem, identifierValue);
-  obs.identifier = [{ system: ctx.identifierSystem, value: identifierValue }];
+  const { id, identifier } = readingIdentity(m, identity, code, ctx, { value: valuePart(obs) });
+  obs.id = id;
+  obs.identifier = identifier;
   return obs;
 }
 

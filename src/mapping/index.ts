@@ -67,7 +67,7 @@ export type { AbsentCode, SpecialEncoding } from './special-values.js';
 export type { DeviceTemplateSpec, FhirTemplateSpec, Measurement, MessageMeta } from './types.js';
 export { checkMedTechTemplates } from './medtech-import.js';
 export type { ImportReport } from './medtech-import.js';
-export { debugMessage } from './debug.js';
+export { debugMessage, traceMessage } from './debug.js';
 export type { DebugInput, DebugReport } from './debug.js';
 export { startTemplateActivation } from './hot-reload.js';
 export type { ReloadMetrics, TemplateActivation, TemplateStatus } from './hot-reload.js';

@@ -11,8 +11,8 @@ import { LineCounter, parseDocument, isNode, isScalar, Scalar, type Document } f
 import {
   compileMappings,
   type CompileOptions,
+  type CompileResult,
   type MappingProblem,
-  type MappingSet,
   type TemplateDocument,
 } from './compile.js';
 import type { Fixture, FixtureSettings } from './fixtures.js';
@@ -22,17 +22,7 @@ export interface LocatedProblem extends MappingProblem {
   readonly column?: number;
 }
 
-export type LoadResult =
-  | {
-      readonly ok: true;
-      readonly mappings: MappingSet;
-      readonly notes: readonly LocatedProblem[];
-    }
-  | {
-      readonly ok: false;
-      readonly problems: readonly LocatedProblem[];
-      readonly notes: readonly LocatedProblem[];
-    };
+export type LoadResult = CompileResult<LocatedProblem>;
 
 /** A template file as read from disk (or from Redis, for hot reload). */
 export interface SourceFile {

@@ -7,11 +7,11 @@
  */
 import { toPipelineError } from '../../errors.js';
 import {
-  bindingResolver,
-  normalizeMessage,
+  traceMessage,
   type DebugInput,
-  type IdentityResolver,
+  type IdentityClaim,
   type MappingSet,
+  type ResolvedIdentity,
   type TraceEvent,
 } from '../../mapping/index.js';
 
@@ -68,16 +68,7 @@ export async function debugJson(mappings: MappingSet, input: DebugInput): Promis
       });
     else last.readings.push(e.reading);
   };
-  const identities: unknown[] = [];
-  const base = bindingResolver({
-    patientId: input.patientId,
-    ...(input.children ? { children: input.children } : {}),
-  });
-  const resolveIdentity: IdentityResolver = async (claim) => {
-    const r = await base(claim);
-    identities.push({ claim, resolved: r });
-    return r;
-  };
+  const identities: (readonly [IdentityClaim, ResolvedIdentity])[] = [];
   const head = {
     version: mappings.version,
     message: {
@@ -88,20 +79,12 @@ export async function debugJson(mappings: MappingSet, input: DebugInput): Promis
     },
   };
   try {
-    const r = await normalizeMessage(mappings, {
-      payload: input.payload,
-      meta: input.meta,
-      patientId: input.patientId,
-      identifierSystem: input.identifierSystem,
-      resolveIdentity,
-      trace,
-      ...(input.policy ? { policy: input.policy } : {}),
-    });
+    const r = await traceMessage(mappings, input, trace, identities);
     return {
       ok: true,
       ...head,
       templates,
-      identities,
+      identities: identities.map(([claim, resolved]) => ({ claim, resolved })),
       measurements: r.measurements,
       implausible: r.implausible,
       observations: r.observations.map((o) => ({ ...o.observation })),
@@ -112,7 +95,7 @@ export async function debugJson(mappings: MappingSet, input: DebugInput): Promis
       ok: false,
       ...head,
       templates,
-      identities,
+      identities: identities.map(([claim, resolved]) => ({ claim, resolved })),
       error: { code: e.code, stage: e.stage, message: e.message, details: e.details },
     };
   }
