@@ -123,6 +123,25 @@ export async function queueState(redisUrl: string, prefix: string): Promise<Queu
   }
 }
 
+/** Each queue's counts by state, for a failure message that says where jobs stayed. */
+async function queueBreakdown(
+  redisUrl: string,
+  prefix: string,
+): Promise<Record<string, Record<string, number>> | string> {
+  const connection = new Redis(redisUrl, { maxRetriesPerRequest: 1 });
+  const names = [QUEUE.ingest, QUEUE.fhir, QUEUE.analytics, QUEUE.deadLetter];
+  const queues = names.map((name) => new Queue(name, { connection, prefix }));
+  try {
+    const counts = await Promise.all(queues.map((q) => q.getJobCounts()));
+    return Object.fromEntries(names.map((n, i) => [n, counts[i] ?? {}]));
+  } catch (err) {
+    return `unavailable: ${(err as Error).message}`;
+  } finally {
+    await Promise.all(queues.map((q) => q.close()));
+    connection.disconnect();
+  }
+}
+
 export async function waitForDrained(
   redisUrl: string,
   prefix: string,
@@ -139,7 +158,9 @@ export async function waitForDrained(
     }
     await sleep(500);
   }
-  throw new Error(`queues not drained after ${timeoutMs} ms: ${JSON.stringify(last)}`);
+  throw new Error(
+    `queues not drained after ${timeoutMs} ms: ${JSON.stringify(last)}; by queue: ${JSON.stringify(await queueBreakdown(redisUrl, prefix))}`,
+  );
 }
 
 /**
