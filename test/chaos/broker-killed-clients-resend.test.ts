@@ -71,5 +71,5 @@ describe('a broker killed with SIGKILL and restarted', () => {
     await b.stop();
     await w.stop();
     await expectOnceInClickHouse(base.chdbPath, fleet.acked, 600);
-  }, 240_000);
+  }, 480_000);
 });

@@ -93,5 +93,5 @@ describe('ClickHouse unavailable, then back', () => {
     await m.stop();
     await a.stop();
     await expectOnceInClickHouse(chdbPath, fleet.acked, 300);
-  }, 240_000);
+  }, 480_000);
 });

@@ -92,5 +92,5 @@ describe('HAPI stopped for 30 s while devices publish', () => {
     await expectOnceInFhirAndDrained(fhirUrl, redisUrl, prefix, fleet);
     await a.stop();
     await expectOnceInClickHouse(base.chdbPath, fleet.acked, 450);
-  }, 480_000);
+  }, 900_000);
 });

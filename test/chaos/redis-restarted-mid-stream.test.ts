@@ -64,5 +64,5 @@ describe('Redis killed with SIGKILL and restarted from its append-only file', ()
     await w.stop();
     await expectOnceInClickHouse(base.chdbPath, fleet.acked, 500);
     await redis.kill9();
-  }, 240_000);
+  }, 480_000);
 });

@@ -63,5 +63,5 @@ describe('two brokers and two workers on one Redis', () => {
 
     await Promise.all([b1.stop(), b2.stop(), w1.stop(), w2.stop()]);
     await expectOnceInClickHouse(base.chdbPath, fleet.acked, 500);
-  }, 240_000);
+  }, 480_000);
 });

@@ -110,5 +110,5 @@ describe('a worker killed with SIGKILL in the middle of a batch', () => {
     await b.stop();
     await a.stop();
     await expectOnceInClickHouse(base.chdbPath, fleet.acked, fleet.acked.length);
-  }, 240_000);
+  }, 480_000);
 });

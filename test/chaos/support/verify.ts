@@ -210,7 +210,7 @@ export async function expectOnceInFhirAndDrained(
   redisUrl: string,
   prefix: string,
   fleet: { readonly devices: readonly Device[]; readonly acked: readonly Sent[] },
-  drainMs = 60_000,
+  drainMs = 180_000,
 ): Promise<void> {
   await waitForFhir(fhirUrl, fleet.devices, () => fleet.acked, 120_000);
   expect(await waitForDrained(redisUrl, prefix, drainMs)).toEqual({
