@@ -21,7 +21,7 @@ import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Aedes, type AedesOptions, type Client } from 'aedes';
-import type { Redis } from 'ioredis';
+import type { RedisConnection } from '../src/redis.js';
 import {
   RateLimiterMemory,
   RateLimiterRedis,
@@ -69,14 +69,14 @@ export interface BrokerOptions {
    * Redis for the CONNECT budgets, shared by every broker; without it each
    * broker counts on its own (in memory).
    */
-  readonly redis?: Redis;
+  readonly redis?: RedisConnection;
   readonly log: Logger;
   readonly metrics?: Metrics;
   /**
    * A Redis connection for SUBSCRIBE: re-keyed, unassigned or removed devices'
    * sessions end at once (revocation.ts). Absent: only at their next CONNECT.
    */
-  readonly revocationSubscriber?: Redis;
+  readonly revocationSubscriber?: RedisConnection;
 }
 
 export interface RunningBroker {
@@ -105,7 +105,7 @@ const REFUSAL_CODE: Readonly<Record<string, ErrorCode>> = {
 const FRAME_OVERHEAD_BYTES = 1024;
 
 /** The CONNECT budgets' counters: in Redis when given, else in this process. */
-function budgetLimiters(config: Config, redis: Redis | undefined) {
+function budgetLimiters(config: Config, redis: RedisConnection | undefined) {
   const m = config.mqtt;
   const make = (name: string, points: number, durationS: number): RateLimiterAbstract =>
     redis

@@ -14,7 +14,7 @@
  *     connections are compared with the registry's, in one round trip.
  */
 import type { Aedes, Client } from 'aedes';
-import type { Redis } from 'ioredis';
+import type { RedisConnection } from '../src/redis.js';
 import { LRUCache } from 'lru-cache';
 import type { DeviceRegistry } from '../src/devices/registry.js';
 import { parseRevocation, revocationChannel, type Revocation } from '../src/devices/revocation.js';
@@ -28,7 +28,7 @@ const RECENT_MS = 60_000;
 export interface RevocationOptions {
   readonly aedes: Aedes;
   /** A connection of its own: SUBSCRIBE takes it over. */
-  readonly subscriber: Redis;
+  readonly subscriber: RedisConnection;
   readonly registry: Pick<DeviceRegistry, 'credentialIds'>;
   readonly prefix: string;
   readonly recheckMs: number;

@@ -8,6 +8,7 @@
  */
 import { PipelineError } from './errors.js';
 import { DEFAULT_LIMITS, parseLimits } from './mapping/plausibility.js';
+import { parseRedisUrl } from './redis.js';
 
 type Parser<T> = (raw: string) => T;
 
@@ -61,6 +62,12 @@ function url(...protocols: readonly string[]): Parser<string> {
   };
 }
 
+/** REDIS_URL: one server, a cluster or a Sentinel-watched master (src/redis.ts). */
+const redisUrl: Parser<string> = (raw) => {
+  const target = parseRedisUrl(raw);
+  return target.kind === 'single' ? target.url : raw;
+};
+
 /** An IANA time zone name the runtime knows (Intl), e.g. Europe/Berlin. */
 const timeZone: Parser<string> = (raw) => {
   try {
@@ -104,8 +111,26 @@ export const SETTINGS = {
     url: setting(
       'REDIS_URL',
       'redis://127.0.0.1:6379',
-      url('redis:', 'rediss:'),
-      'Redis holding the queues and the device registry.',
+      redisUrl,
+      'Redis holding the queues and the device registry: redis://host:port (one server), redis+cluster://host:port,host:port (a Redis Cluster) or redis+sentinel://host:port,host:port/master (Sentinel); a password goes before the hosts (redis+cluster://:secret@h1:7000,h2:7001).',
+    ),
+    waitReplicas: setting(
+      'REDIS_WAIT_REPLICAS',
+      0,
+      int(0, 16),
+      'Replicas that must hold an ingest job (Redis WAIT) before the broker sends its PUBACK; 0 = the master alone (docs/deployment.md, scale-out).',
+    ),
+    waitAof: setting(
+      'REDIS_WAIT_AOF',
+      false,
+      bool,
+      "Before a PUBACK, wait until the master has fsynced the job to its append-only file (Redis WAITAOF; needs appendonly yes).",
+    ),
+    waitTimeoutMs: setting(
+      'REDIS_WAIT_TIMEOUT_MS',
+      2000,
+      int(1, 60_000),
+      'Longest wait for REDIS_WAIT_REPLICAS / REDIS_WAIT_AOF, ms; past it the PUBACK is withheld and the device resends.',
     ),
     prefix: setting(
       'QUEUE_PREFIX',

@@ -33,7 +33,9 @@ import {
   backlogJobs,
   createQueues,
   createRedis,
+  ingestSink,
   queueDepths,
+  queuePrefix,
   type Queues,
 } from './queue-runtime.js';
 import { startBroker, type RunningBroker } from '../broker/index.js';
@@ -95,7 +97,7 @@ export async function startPipeline(
   const metrics = createMetrics();
   const redis = createRedis(config.redis.url);
   const workerRedis = roles.includes('worker') ? createRedis(config.redis.url, true) : undefined;
-  const queues = createQueues(redis, config.redis.prefix);
+  const queues = createQueues(redis, queuePrefix(config.redis.url, config.redis.prefix));
   const registry = new DeviceRegistry(redis, config.redis.prefix);
   const associations = new AssociationStore(redis, config.redis.prefix);
   metrics.setQueueDepthSource(() => queueDepths(queues));
@@ -211,7 +213,7 @@ export async function startPipeline(
       broker = await startBroker({
         config,
         registry,
-        ingest: queues.ingest,
+        ingest: ingestSink(queues.ingest, redis, config.redis),
         backlog: () => backlogJobs(queues),
         redis,
         log,

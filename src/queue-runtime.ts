@@ -4,7 +4,6 @@
  * Retry-After honoured).
  */
 import { Queue, type JobsOptions } from 'bullmq';
-import { Redis } from 'ioredis';
 import { toPipelineError } from './errors.js';
 import {
   QUEUE,
@@ -13,6 +12,9 @@ import {
   type FhirJobData,
   type IngestJobData,
 } from './queues.js';
+import { connect, waitDurable, type RedisConnection } from './redis.js';
+
+export { queuePrefix } from './redis.js';
 
 /** Retry policy: first retry after ~0.5 s, doubling, at most 60 s apart. */
 export const RETRY = { baseMs: 500, capMs: 60_000, attempts: 200 } as const;
@@ -38,12 +40,8 @@ export const JOB_OPTIONS: JobsOptions = {
 };
 
 /** Workers block on Redis: ioredis must retry forever for them (BullMQ's rule). */
-export function createRedis(url: string, forWorker = false): Redis {
-  return new Redis(url, {
-    maxRetriesPerRequest: forWorker ? null : 3,
-    enableReadyCheck: true,
-    lazyConnect: false,
-  });
+export function createRedis(url: string, forWorker = false): RedisConnection {
+  return connect(url, { maxRetriesPerRequest: forWorker ? null : 3 });
 }
 
 export interface Queues {
@@ -78,7 +76,7 @@ export async function queueDepths(queues: Queues): Promise<Record<string, Record
   return Object.fromEntries(all.map((q, i) => [q.name, counts[i] ?? {}]));
 }
 
-export function createQueues(connection: Redis, prefix: string): Queues {
+export function createQueues(connection: RedisConnection, prefix: string): Queues {
   const opts = { connection, prefix, defaultJobOptions: JOB_OPTIONS };
   const ingest = new Queue<IngestJobData>(QUEUE.ingest, opts);
   const fhir = new Queue<FhirJobData>(QUEUE.fhir, opts);
@@ -96,6 +94,28 @@ export function createQueues(connection: Redis, prefix: string): Queues {
     deadLetter,
     async close() {
       await Promise.all([ingest.close(), fhir.close(), analytics.close(), deadLetter.close()]);
+    },
+  };
+}
+
+/**
+ * The "ingest" queue as the broker's job sink. With REDIS_WAIT_REPLICAS or
+ * REDIS_WAIT_AOF a job counts as stored (and its messages get their PUBACK)
+ * only once it is on that many replicas or fsynced, so a failover loses no
+ * acknowledged message; otherwise once the master has it.
+ */
+export function ingestSink(
+  ingest: Queue<IngestJobData>,
+  redis: RedisConnection,
+  o: { readonly waitReplicas: number; readonly waitAof: boolean; readonly waitTimeoutMs: number },
+): { add(name: string, data: IngestJobData): Promise<unknown> } {
+  if (o.waitReplicas === 0 && !o.waitAof) return { add: (name, data) => ingest.add(name, data) };
+  const durable = { replicas: o.waitReplicas, aof: o.waitAof, timeoutMs: o.waitTimeoutMs };
+  return {
+    async add(name, data) {
+      const job = await ingest.add(name, data);
+      await waitDurable(redis, ingest.toKey(job.id ?? ''), durable);
+      return job;
     },
   };
 }

@@ -10,7 +10,7 @@
  *   analytics  analytics (analytics-mirror.ts)  dead letters
  */
 import { Worker, type Job } from 'bullmq';
-import type { Redis } from 'ioredis';
+import type { RedisConnection } from '../src/redis.js';
 import type { AnalyticsStore } from '../src/clickhouse/index.js';
 import type { Config } from '../src/config.js';
 import type { AssociationStore } from '../src/devices/association-store.js';
@@ -23,7 +23,7 @@ import type { FhirStore } from '../src/fhir/store.js';
 import type { Logger } from '../src/logger.js';
 import type { MappingSet } from '../src/mapping/index.js';
 import type { Metrics } from '../src/metrics.js';
-import { backoffDelay, type Queues } from '../src/queue-runtime.js';
+import { backoffDelay, queuePrefix, type Queues } from '../src/queue-runtime.js';
 import type { Retried } from '../src/queues.js';
 import { createAnalyticsStage } from './analytics-mirror.js';
 import { createFhirWriterStage } from './fhir-writer.js';
@@ -34,7 +34,7 @@ import type { Stage } from './stage.js';
 export interface WorkerDeps {
   readonly config: Config;
   /** A dedicated connection with maxRetriesPerRequest: null. */
-  readonly connection: Redis;
+  readonly connection: RedisConnection;
   readonly queues: Queues;
   readonly registry: DeviceRegistry;
   /** Device–patient associations over time (attribution, FHIR Device and DeviceUseStatements). */
@@ -74,7 +74,7 @@ export function startWorkers(deps: WorkerDeps): RunningWorkers {
     });
     const worker = new Worker<T>(stage.queue, (job: Job<T>, token) => runner.process(job, token), {
       connection: deps.connection,
-      prefix: config.redis.prefix,
+      prefix: queuePrefix(config.redis.url, config.redis.prefix),
       concurrency: config.worker.concurrency,
       // A worker that dies (kill -9, OOM) stops renewing its job locks; after
       // WORKER_LOCK_MS another worker takes the job back. Jobs are idempotent, so a

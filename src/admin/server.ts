@@ -13,7 +13,7 @@
  * shows no URL credentials.
  */
 import Fastify, { type FastifyInstance } from 'fastify';
-import type { Redis } from 'ioredis';
+import type { RedisConnection } from '../redis.js';
 import type { AnalyticsStore } from '../clickhouse/index.js';
 import type { Config } from '../config.js';
 import { httpAnswer, PipelineError } from '../errors.js';
@@ -32,7 +32,7 @@ export interface AdminDeps {
   readonly config: Config;
   readonly log: Logger;
   readonly metrics: Metrics;
-  readonly redis: Redis;
+  readonly redis: RedisConnection;
   readonly fhir: FhirGateway;
   readonly analyticsStore: AnalyticsStore | undefined;
   /** The active mapping templates' version, in a process that runs workers. */

@@ -13,9 +13,9 @@
  *   4  internal error (a bug: please report it with the message)
  */
 import type { Command } from '@commander-js/extra-typings';
-import { Redis } from 'ioredis';
 import type { Config } from '../config.js';
 import { ERROR_CODES, isPipelineError, PipelineError, type ErrorCode } from '../errors.js';
+import { connect, parseRedisUrl, type RedisConnection } from '../redis.js';
 
 export type Program = Command;
 
@@ -95,8 +95,13 @@ export function checkFailed(): void {
 /** Where Redis is, without the password a URL may carry. */
 export function redisWhere(url: string): string {
   try {
-    const u = new URL(url);
-    return `${u.protocol}//${u.host}`;
+    const t = parseRedisUrl(url);
+    if (t.kind === 'single') {
+      const u = new URL(t.url);
+      return `${u.protocol}//${u.host}`;
+    }
+    const nodes = (t.kind === 'cluster' ? t.nodes : t.sentinels).map((n) => `${n.host}:${n.port}`);
+    return `redis+${t.kind}://${nodes.join(',')}${t.kind === 'sentinel' ? `/${t.master}` : ''}`;
   } catch {
     return 'REDIS_URL';
   }
@@ -106,8 +111,8 @@ export function redisWhere(url: string): string {
  * A Redis connection for a command: connected before it returns, or one clear
  * QueueUnavailable error (exit 3) — no reconnect loop, no ioredis stack traces.
  */
-export async function connectRedis(url: string): Promise<Redis> {
-  const redis = new Redis(url, {
+export async function connectRedis(url: string): Promise<RedisConnection> {
+  const redis = connect(url, {
     lazyConnect: true,
     connectTimeout: 5_000,
     maxRetriesPerRequest: 1,
@@ -134,7 +139,7 @@ export async function connectRedis(url: string): Promise<Redis> {
   return redis;
 }
 
-export async function withRedis<T>(config: Config, fn: (redis: Redis) => Promise<T>): Promise<T> {
+export async function withRedis<T>(config: Config, fn: (redis: RedisConnection) => Promise<T>): Promise<T> {
   const redis = await connectRedis(config.redis.url);
   try {
     return await fn(redis);

@@ -8,7 +8,7 @@ import type { Config } from '../config.js';
 import { createDeviceService, type DeviceService } from '../devices/index.js';
 import { createFhirGateway } from '../fhir/gateway.js';
 import { createFhirStore } from '../fhir/store.js';
-import { createQueues } from '../queue-runtime.js';
+import { createQueues, queuePrefix } from '../queue-runtime.js';
 import { withRedis } from './common.js';
 
 export function withDeviceService<T>(
@@ -16,7 +16,7 @@ export function withDeviceService<T>(
   fn: (devices: DeviceService) => Promise<T>,
 ): Promise<T> {
   return withRedis(config, async (redis) => {
-    const queues = createQueues(redis, config.redis.prefix);
+    const queues = createQueues(redis, queuePrefix(config.redis.url, config.redis.prefix));
     try {
       const fhir = createFhirStore(
         createFhirGateway({ baseUrl: config.fhir.url, timeoutMs: config.fhir.timeoutMs }),

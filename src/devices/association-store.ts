@@ -6,17 +6,18 @@
  *  - history(id) / histories(ids): the records in recording order (one round
  *    trip for many devices: the normalize worker reads every device of a job at once);
  *  - append(id, draft, check): appends one record if `check` accepts it against
- *    the history it sees, atomically (WATCH on the device's one key, so a
- *    concurrent append makes this one re-read and re-check, never interleave).
+ *    the history it sees, atomically (a compare-and-append script on the
+ *    device's one key: a concurrent append makes this one re-read and
+ *    re-check, never interleave; one key, so a Redis Cluster serves it too).
  * No cache: a reading is attributed with the history as it is when its job
  * runs, and a change is in force for the next job at once.
  */
-import type { Redis } from 'ioredis';
+import type { RedisConnection } from '../redis.js';
 import { PipelineError } from '../errors.js';
 import type { AssociationDraft, AssociationRecord } from './associations.js';
 import { PrefixedStore } from './prefixed-store.js';
 
-/** Attempts of a WATCHed append before giving up (each one lost a race to another writer). */
+/** Attempts of a compare-and-append before giving up (each one lost a race to another writer). */
 const APPEND_ATTEMPTS = 20;
 
 export interface AssociationReader {
@@ -28,8 +29,16 @@ function parse(raw: readonly string[]): AssociationRecord[] {
   return raw.map((line) => JSON.parse(line) as AssociationRecord);
 }
 
+/** RPUSH ARGV[2] when the list still has ARGV[1] records: compare-and-append. */
+const APPEND_IF_LENGTH = `
+if redis.call('LLEN', KEYS[1]) == tonumber(ARGV[1]) then
+  redis.call('RPUSH', KEYS[1], ARGV[2])
+  return 1
+end
+return 0`;
+
 export class AssociationStore extends PrefixedStore implements AssociationReader {
-  constructor(redis: Redis, prefix: string) {
+  constructor(redis: RedisConnection, prefix: string) {
     super(redis, prefix);
   }
 
@@ -73,24 +82,19 @@ export class AssociationStore extends PrefixedStore implements AssociationReader
     check: (history: readonly AssociationRecord[]) => void,
   ): Promise<{ record: AssociationRecord; history: readonly AssociationRecord[] }> {
     const key = this.#key(deviceId);
-    // WATCH needs its own connection: MULTI/EXEC state is per connection.
-    const conn = this.redis.duplicate();
-    try {
-      for (let attempt = 0; attempt < APPEND_ATTEMPTS; attempt++) {
-        await conn.watch(key);
-        const history = parse(await conn.lrange(key, 0, -1));
-        try {
-          check(history);
-        } catch (err) {
-          await conn.unwatch();
-          throw err;
-        }
-        const record = { ...draft, seq: history.length } as AssociationRecord;
-        const done = await conn.multi().rpush(key, JSON.stringify(record)).exec();
-        if (done !== null) return { record, history: [...history, record] };
-      }
-    } finally {
-      conn.disconnect();
+    for (let attempt = 0; attempt < APPEND_ATTEMPTS; attempt++) {
+      const history = parse(await this.redis.lrange(key, 0, -1));
+      check(history);
+      const record = { ...draft, seq: history.length } as AssociationRecord;
+      // Appended only if nobody appended since the read (one key: a cluster is fine).
+      const done = await this.redis.eval(
+        APPEND_IF_LENGTH,
+        1,
+        key,
+        history.length,
+        JSON.stringify(record),
+      );
+      if (done === 1) return { record, history: [...history, record] };
     }
     throw new PipelineError(
       'QueueUnavailable',

@@ -6,7 +6,7 @@
  * pipeline's admin API and for the CLI.
  */
 import { randomUUID } from 'node:crypto';
-import type { Redis } from 'ioredis';
+import type { RedisConnection } from '../redis.js';
 import { deviceAssociationRows } from '../clickhouse/associations.js';
 import type { Config } from '../config.js';
 import type { FhirStore } from '../fhir/store.js';
@@ -55,7 +55,7 @@ export function queueAssociationSync(queues: Pick<Queues, 'fhir' | 'analytics'>)
 
 export function createDeviceService(
   config: Config,
-  redis: Redis,
+  redis: RedisConnection,
   queues: Pick<Queues, 'fhir' | 'analytics'>,
   fhir: Pick<FhirStore, 'patientExists'>,
 ): DeviceService {

@@ -3,13 +3,13 @@
  * connection and keys under the pipeline's prefix (`{prefix}:{kind}:{id}`), so
  * that separate pipelines may share one Redis and the key layout lives in one place.
  */
-import type { Redis } from 'ioredis';
+import type { RedisConnection } from '../redis.js';
 
 export abstract class PrefixedStore {
-  protected readonly redis: Redis;
+  protected readonly redis: RedisConnection;
   readonly #prefix: string;
 
-  protected constructor(redis: Redis, prefix: string) {
+  protected constructor(redis: RedisConnection, prefix: string) {
     this.redis = redis;
     this.#prefix = prefix;
   }

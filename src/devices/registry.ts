@@ -12,7 +12,7 @@
  *    node of a cluster).
  */
 import { randomBytes } from 'node:crypto';
-import type { Redis } from 'ioredis';
+import type { RedisConnection } from '../redis.js';
 import { PipelineError } from '../errors.js';
 import { PrefixedStore } from './prefixed-store.js';
 import { generateSecret, hashSecret, verifySecret, verifyUnknown } from './secret.js';
@@ -60,14 +60,13 @@ export function assertDeviceId(deviceId: string): string {
 
 /**
  * Creates the device unless an active one has the id (a removed one is added
- * again). KEYS[1] device hash, KEYS[2] id set; ARGV field/value pairs, then id.
+ * again). KEYS[1] device hash; ARGV field/value pairs.
  */
 const CREATE_SCRIPT = `
 if redis.call('HGET', KEYS[1], 'status') == 'active' then return 0 end
 local created = redis.call('HGET', KEYS[1], 'createdAt')
 for i = 1, #ARGV - 1, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 if created then redis.call('HSET', KEYS[1], 'createdAt', created) end
-redis.call('SADD', KEYS[2], ARGV[#ARGV])
 return 1`;
 
 /** Replaces the secret of an active device. KEYS[1] device hash; ARGV hash, credentialId, updatedAt. */
@@ -93,7 +92,7 @@ function record(deviceId: string, h: Record<string, string>): DeviceRecord | und
 }
 
 export class DeviceRegistry extends PrefixedStore {
-  constructor(redis: Redis, prefix: string) {
+  constructor(redis: RedisConnection, prefix: string) {
     super(redis, prefix);
   }
 
@@ -121,13 +120,14 @@ export class DeviceRegistry extends PrefixedStore {
       createdAt: at,
       updatedAt: at,
     };
+    // The id set first (idempotent; listing skips ids without a record), then
+    // the record: two keys in two slots of a cluster, so no one script for both.
+    await this.redis.sadd(this.#setKey, deviceId);
     const created = await this.redis.eval(
       CREATE_SCRIPT,
-      2,
+      1,
       this.#key(deviceId),
-      this.#setKey,
       ...Object.entries(fields).flat(),
-      deviceId,
     );
     if (created !== 1) {
       throw new PipelineError(

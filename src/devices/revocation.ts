@@ -5,7 +5,7 @@
  * (broker/revocation.ts). Pub/sub is not durable, so brokers also compare the
  * credential of every open connection with the registry's on a timer.
  */
-import type { Redis } from 'ioredis';
+import type { RedisConnection } from '../redis.js';
 
 export type RevocationReason = 'rotated' | 'removed' | 'unassigned';
 
@@ -21,7 +21,7 @@ export function revocationChannel(prefix: string): string {
 }
 
 export async function publishRevocation(
-  redis: Redis,
+  redis: RedisConnection,
   prefix: string,
   revocation: Revocation,
 ): Promise<void> {

@@ -23,7 +23,7 @@
  */
 import { createHash } from 'node:crypto';
 import { hostname } from 'node:os';
-import type { Redis } from 'ioredis';
+import type { RedisConnection } from '../redis.js';
 import { PipelineError, isPipelineError } from '../errors.js';
 import type { Logger } from '../logger.js';
 import type { MappingSet } from './compile.js';
@@ -72,7 +72,7 @@ export interface TemplateActivation {
 export interface ActivationOptions {
   readonly dir: string;
   /** A connection of its own for SUBSCRIBE (it cannot issue commands meanwhile). */
-  readonly subscriber: Redis;
+  readonly subscriber: RedisConnection;
   readonly lifecycle: MappingLifecycle;
   readonly mode: 'explicit' | 'watch';
   readonly pollMs: number;

@@ -5,7 +5,7 @@
  * observability server of every role. A process that is not ready keeps
  * working: its jobs retry until the dependency answers.
  */
-import type { Redis } from 'ioredis';
+import type { RedisConnection } from '../redis.js';
 import { stripUrlCredentials } from '../admin/url-credentials.js';
 import type { AnalyticsStore } from '../clickhouse/index.js';
 import type { FhirGateway } from '../fhir/gateway.js';
@@ -20,7 +20,7 @@ export interface Readiness {
 
 /** The dependencies a process may have; a probe exists for each one given. */
 export interface ReadinessDeps {
-  readonly redis: Pick<Redis, 'ping'>;
+  readonly redis: Pick<RedisConnection, 'ping'>;
   readonly fhir?: Pick<FhirGateway, 'capabilities'> | undefined;
   readonly analyticsStore?: Pick<AnalyticsStore, 'ping'> | undefined;
   /** The active mapping templates' version, in a process that runs workers. */

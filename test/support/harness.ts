@@ -19,7 +19,7 @@ import {
   queueAssociationSync,
 } from '../../src/devices/index.js';
 import { startPipeline, type Pipeline, type Role } from '../../src/pipeline.js';
-import { createQueues, createRedis } from '../../src/queue-runtime.js';
+import { createQueues, createRedis, queuePrefix } from '../../src/queue-runtime.js';
 
 export interface Harness {
   readonly pipeline: Pipeline;
@@ -119,7 +119,7 @@ export async function withDevices<T>(
   fn: (devices: Pick<Pipeline, 'devices'>) => Promise<T>,
 ): Promise<T> {
   const redis = createRedis(redisUrl);
-  const queues = createQueues(redis, prefix);
+  const queues = createQueues(redis, queuePrefix(redisUrl, prefix));
   try {
     const devices = new DeviceService({
       registry: new DeviceRegistry(redis, prefix),

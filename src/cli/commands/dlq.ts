@@ -12,7 +12,7 @@ import { loadConfig, type Config } from '../../config.js';
 import { AssociationStore } from '../../devices/index.js';
 import { DeadLetterStore, parseTime, type DeadLetterFilter } from '../../dlq/index.js';
 import { PipelineError } from '../../errors.js';
-import { createQueues } from '../../queue-runtime.js';
+import { createQueues, queuePrefix } from '../../queue-runtime.js';
 import { fail, withRedis, type Program } from '../common.js';
 
 interface FilterOptions {
@@ -56,7 +56,7 @@ function guard(filter: DeadLetterFilter, all: boolean | undefined, verb: string)
 
 async function withStore<T>(config: Config, fn: (store: DeadLetterStore) => Promise<T>) {
   return withRedis(config, async (redis) => {
-    const queues = createQueues(redis, config.redis.prefix);
+    const queues = createQueues(redis, queuePrefix(config.redis.url, config.redis.prefix));
     try {
       return await fn(
         new DeadLetterStore(queues, {

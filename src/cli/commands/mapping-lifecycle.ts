@@ -32,7 +32,7 @@ import {
   type GateReport,
 } from '../../mapping/lifecycle/index.js';
 import { compileSources, readCandidate } from '../../mapping/index.js';
-import { createQueues } from '../../queue-runtime.js';
+import { createQueues, queuePrefix } from '../../queue-runtime.js';
 import { adminRequest, checkFailed, fail, withRedis } from '../common.js';
 
 const write = (s: string): void => void process.stdout.write(`${s}\n`);
@@ -62,7 +62,7 @@ async function withLifecycle<T>(
   fn: (lc: MappingLifecycle) => Promise<T>,
 ): Promise<T> {
   return withRedis(config, async (redis) => {
-    const queues = shadow ? createQueues(redis, config.redis.prefix) : undefined;
+    const queues = shadow ? createQueues(redis, queuePrefix(config.redis.url, config.redis.prefix)) : undefined;
     const store = shadow ? createAnalyticsStore(config.clickhouse) : undefined;
     try {
       return await fn(

@@ -16,7 +16,7 @@
  *  - bootstrap: when nothing is active (a new deployment), the first worker's
  *    folder becomes active after validation and fixtures.
  */
-import type { Redis } from 'ioredis';
+import type { RedisConnection } from '../../redis.js';
 import type { Config } from '../../config.js';
 import { PipelineError, toPipelineError } from '../../errors.js';
 import type { Logger } from '../../logger.js';
@@ -62,7 +62,7 @@ export function lifecycleSettings(config: Config): LifecycleSettings {
 }
 
 export interface LifecycleOptions {
-  readonly redis: Redis;
+  readonly redis: RedisConnection;
   readonly prefix: string;
   readonly settings: LifecycleSettings;
   /** Recent messages for the shadow run; absent: it cannot run in this process. */

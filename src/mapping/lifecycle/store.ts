@@ -19,7 +19,7 @@
  * the activation time, the audit entry and the announcement go with it, or
  * nothing happens ('conflict').
  */
-import type { Redis } from 'ioredis';
+import type { RedisConnection } from '../../redis.js';
 import type { Fixture } from '../fixtures.js';
 import type { SourceFile } from '../load.js';
 import type { AuditEntry, VersionRecord } from './types.js';
@@ -95,9 +95,9 @@ export type SwitchOutcome =
 
 export class LifecycleStore {
   readonly keys: Keys;
-  readonly #redis: Redis;
+  readonly #redis: RedisConnection;
 
-  constructor(redis: Redis, prefix: string) {
+  constructor(redis: RedisConnection, prefix: string) {
     this.#redis = redis;
     this.keys = lifecycleKeys(prefix);
   }

@@ -6,9 +6,9 @@
  */
 import { Queue } from 'bullmq';
 import { expect } from 'vitest';
-import { Redis } from 'ioredis';
 import { createAnalyticsStore } from '../../../src/clickhouse/index.js';
 import { QUEUE } from '../../../src/queues.js';
+import { connect, queuePrefix } from '../../../src/redis.js';
 import type { Device, Sent } from './fleet.js';
 import { IDENTIFIER_SYSTEM } from './fleet.js';
 import { sleep } from './processes.js';
@@ -100,9 +100,10 @@ export interface QueueState {
 
 /** Jobs still to do (waiting, active, delayed) and failed, over the pipeline's queues. */
 export async function queueState(redisUrl: string, prefix: string): Promise<QueueState> {
-  const connection = new Redis(redisUrl, { maxRetriesPerRequest: 1 });
+  const connection = connect(redisUrl, { maxRetriesPerRequest: 1 });
+  connection.on('error', () => undefined); // Redis restarting: the caller tries again
   const queues = [QUEUE.ingest, QUEUE.fhir, QUEUE.analytics, QUEUE.deadLetter].map(
-    (name) => new Queue(name, { connection, prefix }),
+    (name) => new Queue(name, { connection, prefix: queuePrefix(redisUrl, prefix) }),
   );
   try {
     const counts = await Promise.all(
@@ -128,9 +129,12 @@ async function queueBreakdown(
   redisUrl: string,
   prefix: string,
 ): Promise<Record<string, Record<string, number>> | string> {
-  const connection = new Redis(redisUrl, { maxRetriesPerRequest: 1 });
+  const connection = connect(redisUrl, { maxRetriesPerRequest: 1 });
+  connection.on('error', () => undefined); // Redis restarting: the caller tries again
   const names = [QUEUE.ingest, QUEUE.fhir, QUEUE.analytics, QUEUE.deadLetter];
-  const queues = names.map((name) => new Queue(name, { connection, prefix }));
+  const queues = names.map(
+    (name) => new Queue(name, { connection, prefix: queuePrefix(redisUrl, prefix) }),
+  );
   try {
     const counts = await Promise.all(queues.map((q) => q.getJobCounts()));
     return Object.fromEntries(names.map((n, i) => [n, counts[i] ?? {}]));
