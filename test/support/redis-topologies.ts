@@ -165,6 +165,8 @@ export interface TestSentinel {
   master(): Promise<number>;
   /** Kills the current master with SIGKILL; returns its port. */
   killMaster(): Promise<number>;
+  /** Starts a killed data node again on its port (the Sentinels make it a replica). */
+  restart(port: number): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -180,17 +182,24 @@ export async function startRedisSentinel(replicas = 1): Promise<TestSentinel> {
   const sentinelPorts: number[] = [];
   for (let i = 0; i < 3; i++) sentinelPorts.push(await freePort());
   const byPort = new Map<number, ChildProcess>();
+  const argsOf = new Map<number, string[]>();
   try {
     const [masterPort, ...replicaPorts] = dataPorts as [number, ...number[]];
-    const data = (port: number, extra: string[]) =>
-      byPort.set(
-        port,
-        serve(
-          o,
-          ['--port', String(port), '--bind', '127.0.0.1', '--dir', o.dir, '--save', '', ...extra],
-          `data-${port}`,
-        ),
-      );
+    const data = (port: number, extra: string[]) => {
+      const args = [
+        '--port',
+        String(port),
+        '--bind',
+        '127.0.0.1',
+        '--dir',
+        o.dir,
+        '--save',
+        '',
+        ...extra,
+      ];
+      argsOf.set(port, args);
+      byPort.set(port, serve(o, args, `data-${port}`));
+    };
     data(masterPort, ['--appendonly', 'no']);
     for (const port of replicaPorts) data(port, ['--replicaof', '127.0.0.1', String(masterPort)]);
     for (const port of dataPorts)
@@ -247,6 +256,15 @@ export async function startRedisSentinel(replicas = 1): Promise<TestSentinel> {
         child.kill('SIGKILL');
       });
       return port;
+    },
+    async restart(port) {
+      const args = argsOf.get(port);
+      if (!args) throw new Error(`no data node of ours on port ${port}`);
+      byPort.set(port, serve(o, args, `data-${port}-again`));
+      await until(
+        `redis ${port} answers again`,
+        async () => (await nodeCall(port, 'PING')) === 'PONG',
+      );
     },
     stop: () => stopAll(o),
   };

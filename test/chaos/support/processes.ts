@@ -5,6 +5,7 @@
  * never by name), so a failing test leaves nothing running.
  */
 import { spawn, execFile, type ChildProcess } from 'node:child_process';
+import { createWriteStream } from 'node:fs';
 import { createServer } from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -109,6 +110,13 @@ export function spawnIomt(
     }
   });
   child.stderr?.on('data', (chunk: Buffer) => text.push(chunk.toString('utf8')));
+  // CHAOS_LOG_DIR=dir keeps each process's whole output, for reading a failure afterwards.
+  const keep = process.env.CHAOS_LOG_DIR;
+  if (keep) {
+    const file = createWriteStream(path.join(keep, `${name}-${child.pid ?? 0}.log`));
+    child.stdout?.pipe(file);
+    child.stderr?.pipe(file);
+  }
   const exited = new Promise<number | null>((resolve) =>
     child.once('exit', (code) => {
       started.delete(child);
