@@ -56,14 +56,10 @@ export class AssociationStore extends PrefixedStore implements AssociationReader
     const ids = [...new Set(deviceIds)];
     const out = new Map<string, readonly AssociationRecord[]>();
     if (ids.length === 0) return out;
-    const pipeline = this.redis.pipeline();
-    for (const id of ids) pipeline.lrange(this.#key(id), 0, -1);
-    const results = (await pipeline.exec()) ?? [];
-    ids.forEach((id, i) => {
-      const [err, raw] = results[i] ?? [new Error('no reply'), undefined];
-      if (err) throw err;
-      out.set(id, parse(raw as string[]));
-    });
+    // Sent together without waiting for replies (one round trip's worth on one
+    // server; a cluster routes each key to its node — a MULTI/pipeline could not).
+    const lists = await Promise.all(ids.map((id) => this.redis.lrange(this.#key(id), 0, -1)));
+    ids.forEach((id, i) => out.set(id, parse(lists[i] ?? [])));
     return out;
   }
 

@@ -201,10 +201,11 @@ export class DeviceRegistry extends PrefixedStore {
   async credentialIds(deviceIds: readonly string[]): Promise<Map<string, string>> {
     const out = new Map<string, string>();
     if (deviceIds.length === 0) return out;
-    const pipeline = this.redis.pipeline();
-    for (const id of deviceIds) pipeline.hget(this.#key(id), 'credentialId');
-    const replies = (await pipeline.exec()) ?? [];
-    deviceIds.forEach((id, i) => out.set(id, (replies[i]?.[1] as string | null) ?? ''));
+    // Sent together (no reply awaited in between); each key goes to its node on a cluster.
+    const replies = await Promise.all(
+      deviceIds.map((id) => this.redis.hget(this.#key(id), 'credentialId')),
+    );
+    deviceIds.forEach((id, i) => out.set(id, replies[i] ?? ''));
     return out;
   }
 
@@ -212,11 +213,9 @@ export class DeviceRegistry extends PrefixedStore {
   async list(): Promise<DeviceRecord[]> {
     const ids = (await this.redis.smembers(this.#setKey)).sort();
     if (ids.length === 0) return [];
-    const pipeline = this.redis.pipeline();
-    for (const id of ids) pipeline.hgetall(this.#key(id));
-    const replies = (await pipeline.exec()) ?? [];
+    const replies = await Promise.all(ids.map((id) => this.redis.hgetall(this.#key(id))));
     return ids.flatMap((id, i) => {
-      const r = record(id, (replies[i]?.[1] as Record<string, string> | null) ?? {});
+      const r = record(id, replies[i] ?? {});
       return r ? [r] : [];
     });
   }

@@ -1,10 +1,10 @@
 /**
  * Fault: the Redis master dies (SIGKILL) mid-stream under Sentinel (one master,
- * one replica, three Sentinels, started by this test). The pipeline follows
+ * two replicas, three Sentinels, started by this test). The pipeline follows
  * REDIS_URL redis+sentinel://… and runs with REDIS_WAIT_REPLICAS=1: a PUBACK
  * goes out only once the job is on the replica, so the promoted replica holds
- * every acknowledged message. The old master comes back as a replica; devices
- * resend what was not acknowledged. Every acknowledged message is delivered
+ * every acknowledged message, and the other replica follows it, so WAIT keeps
+ * being answered. Devices resend what was not acknowledged. Every acknowledged message is delivered
  * once, in HAPI and in ClickHouse.
  */
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -33,7 +33,7 @@ afterAll(async () => {
 describe('a Sentinel failover of the Redis master mid-stream, with WAIT', () => {
   it('delivers every acknowledged message once', async () => {
     dir = await mkdtemp(path.join(tmpdir(), 'iomt-chaos-sentinel-'));
-    sentinel = await startRedisSentinel(1);
+    sentinel = await startRedisSentinel(2);
     const redisUrl = sentinel.url;
     const base = {
       redisUrl,
@@ -50,8 +50,7 @@ describe('a Sentinel failover of the Redis master mid-stream, with WAIT', () => 
     fleet = await Fleet.register(redisUrl, prefix, 5);
     await fleet.connect([`mqtt://127.0.0.1:${port}`]);
 
-    // 2. Publish; kill the master mid-stream; the Sentinels promote the replica;
-    //    the old master comes back and is made a replica of the new one.
+    // 2. Publish; kill the master mid-stream; the Sentinels promote a replica.
     const stream = fleet.publish(400, 5);
     await sleep(700);
     const before = await sentinel.master();
@@ -62,7 +61,6 @@ describe('a Sentinel failover of the Redis master mid-stream, with WAIT', () => 
       async () => (await sentinel!.master()) !== before,
       60_000,
     );
-    await sentinel.restart(before);
     await stream;
 
     // 3. Everything acknowledged in the end; the processes lived through it.

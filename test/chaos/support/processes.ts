@@ -319,7 +319,9 @@ export function iomtEnv(o: IomtEnvOptions): Record<string, string> {
     ADMIN_PORT: '0',
     ADMIN_TOKEN: CHAOS_ADMIN_TOKEN,
     WORKER_STAGES: o.stages ?? 'normalize,fhir,analytics',
-    WORKER_LOCK_MS: '3000',
+    // Short enough that a killed worker's jobs come back soon, long enough that
+    // a worker starved of CPU on a loaded machine keeps its locks.
+    WORKER_LOCK_MS: '10000',
     WORKER_RETRY_MAX_DELAY_MS: '2000',
     ...o.extra,
   };
