@@ -38,6 +38,7 @@ import {
   queuePrefix,
   type Queues,
 } from './queue-runtime.js';
+import { checkWaitAof } from './redis.js';
 import { startBroker, type RunningBroker } from '../broker/index.js';
 import { startWorkers, type RunningWorkers } from '../workers/index.js';
 import { startAdmin, type RunningAdmin } from './admin/server.js';
@@ -98,6 +99,7 @@ export async function startPipeline(
   const redis = createRedis(config.redis.url);
   const workerRedis = roles.includes('worker') ? createRedis(config.redis.url, true) : undefined;
   const queues = createQueues(redis, queuePrefix(config.redis.url, config.redis.prefix));
+  if (config.redis.waitAof && roles.includes('broker')) await checkWaitAof(redis);
   const registry = new DeviceRegistry(redis, config.redis.prefix);
   const associations = new AssociationStore(redis, config.redis.prefix);
   metrics.setQueueDepthSource(() => queueDepths(queues));

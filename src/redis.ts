@@ -168,3 +168,13 @@ function nodeOf(cluster: Cluster, key: string): Redis {
   if (!node) throw new PipelineError('QueueUnavailable', `no cluster node serves slot ${slot}`);
   return node;
 }
+
+/** REDIS_WAIT_AOF needs WAITAOF (Redis 7.2+): a clear ConfigInvalid at start, not a refusal per message. */
+export async function checkWaitAof(redis: RedisConnection): Promise<void> {
+  const [info] = (await redis.call('COMMAND', 'INFO', 'WAITAOF')) as unknown[];
+  if (info === null || info === undefined)
+    throw new PipelineError(
+      'ConfigInvalid',
+      'REDIS_WAIT_AOF=true needs Redis 7.2 or later (the WAITAOF command); this Redis does not have it. Upgrade Redis or unset REDIS_WAIT_AOF.',
+    );
+}
