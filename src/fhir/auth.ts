@@ -69,7 +69,9 @@ function readSecretFile(key: string, file: string): string {
   try {
     text = readFileSync(file, 'utf8');
   } catch (err) {
-    throw invalid(`${key}: cannot read ${file} (${(err as NodeJS.ErrnoException).code ?? 'error'})`);
+    throw invalid(
+      `${key}: cannot read ${file} (${(err as NodeJS.ErrnoException).code ?? 'error'})`,
+    );
   }
   const value = text.trim();
   if (value === '') throw invalid(`${key}: ${file} is empty`);

@@ -96,7 +96,9 @@ export interface FhirGateway {
 }
 
 /** The process's gateway as the configuration says: FHIR_URL, FHIR_TIMEOUT_MS, FHIR_AUTH. */
-export function createConfiguredFhirGateway(config: Pick<Config, 'fhir' | 'fhirAuth'>): FhirGateway {
+export function createConfiguredFhirGateway(
+  config: Pick<Config, 'fhir' | 'fhirAuth'>,
+): FhirGateway {
   const auth = createFhirAuthorizer(config.fhirAuth, config.fhir.url, {
     timeoutMs: config.fhir.timeoutMs,
   });

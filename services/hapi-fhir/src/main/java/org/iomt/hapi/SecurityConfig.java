@@ -1,10 +1,14 @@
 package org.iomt.hapi;
 
+import com.nimbusds.jose.JOSEObjectType;
+import com.nimbusds.jose.proc.DefaultJOSEObjectTypeVerifier;
 import java.util.ArrayList;
 import java.util.List;
 import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
 import org.springframework.beans.factory.annotation.Value;
+import org.springframework.boot.autoconfigure.condition.ConditionalOnExpression;
+import org.springframework.boot.web.servlet.ServletRegistrationBean;
 import org.springframework.context.annotation.Bean;
 import org.springframework.context.annotation.Configuration;
 import org.springframework.security.config.annotation.web.builders.HttpSecurity;
@@ -33,6 +37,8 @@ import org.springframework.security.web.SecurityFilterChain;
  *       must be that issuer, with {@code HAPI_AUTH_AUDIENCE} its {@code aud}
  *       must hold that audience. Anything else is answered 401 with
  *       {@code WWW-Authenticate: Bearer error="invalid_token"} (RFC 6750).
+ *       With {@code HAPI_AUTH_TOKEN_URL}, {@code /fhir/.well-known/smart-configuration}
+ *       names that token endpoint (SMART discovery), unauthenticated.
  * </ul>
  */
 @Configuration
@@ -40,6 +46,18 @@ import org.springframework.security.web.SecurityFilterChain;
 public class SecurityConfig {
 
 	private static final Logger log = LoggerFactory.getLogger(SecurityConfig.class);
+	static final String SMART_CONFIGURATION = "/fhir/.well-known/smart-configuration";
+
+	/** SMART discovery, while authentication is on and HAPI_AUTH_TOKEN_URL names the token endpoint. */
+	@Bean
+	@ConditionalOnExpression("!'${hapi.auth.jwks-url:}'.isBlank() && !'${hapi.auth.token-url:}'.isBlank()")
+	public ServletRegistrationBean<SmartConfigurationServlet> smartConfiguration(
+			@Value("${hapi.auth.token-url}") String tokenUrl, @Value("${hapi.auth.issuer:}") String issuer) {
+		ServletRegistrationBean<SmartConfigurationServlet> reg =
+				new ServletRegistrationBean<>(new SmartConfigurationServlet(tokenUrl, issuer), SMART_CONFIGURATION);
+		reg.setName("smart-configuration");
+		return reg;
+	}
 
 	@Bean
 	public SecurityFilterChain securityFilterChain(
@@ -66,6 +84,9 @@ public class SecurityConfig {
 					algs.add(SignatureAlgorithm.ES256);
 					algs.add(SignatureAlgorithm.ES384);
 				})
+				// RFC 9068 access tokens are typed at+jwt; older servers send JWT or nothing.
+				.jwtProcessorCustomizer(p -> p.setJWSTypeVerifier(new DefaultJOSEObjectTypeVerifier<>(
+						JOSEObjectType.JWT, new JOSEObjectType("at+jwt"), null)))
 				.build();
 		List<OAuth2TokenValidator<Jwt>> validators = new ArrayList<>();
 		validators.add(new JwtTimestampValidator(java.time.Duration.ZERO));
@@ -77,7 +98,8 @@ public class SecurityConfig {
 							new OAuth2Error("invalid_token", "the token is not meant for this audience", null)));
 		}
 		decoder.setJwtValidator(new DelegatingOAuth2TokenValidator<>(validators));
-		http.authorizeHttpRequests(a -> a.requestMatchers("/actuator/health/**", "/actuator/health")
+		http.authorizeHttpRequests(a -> a.requestMatchers(
+								"/actuator/health/**", "/actuator/health", SMART_CONFIGURATION)
 						.permitAll()
 						.anyRequest()
 						.authenticated())
