@@ -96,6 +96,10 @@ function gateway(fhirAuth: Partial<Config['fhirAuth']>, url = protectedUrl): Fhi
   return createConfiguredFhirGateway(config);
 }
 
+/** The checking resource server in front of the shared HAPI (set by its describe block). */
+let staticProxy: string | undefined;
+const staticProxyUrl = () => staticProxy ?? '';
+
 /** An authenticated reader of the protected server (the client-secret client). */
 let reader: FhirGateway;
 
@@ -175,7 +179,8 @@ async function startProtectedHapi() {
       return res.status;
     },
     (s) => s === 200 || s === -1,
-    280_000,
+    // Generous: a first boot on 2 busy cores has taken 4 minutes.
+    540_000,
     `protected HAPI ready on port ${port}`,
   ).catch((err: Error) => {
     throw new Error(`${err.message}\n${readFileSync(hapiLog, 'utf8').slice(-4000)}`);
@@ -204,9 +209,12 @@ beforeAll(async () => {
   });
   await startProtectedHapi();
   reader = gateway(secretClient());
-}, 300_000);
+}, 600_000);
+
+let closeProxy: (() => Promise<void>) | undefined;
 
 afterAll(async () => {
+  await closeProxy?.();
   for (const h of harnesses) await h.close().catch(() => undefined);
   if (hapi && !hapiExited) {
     const gone = new Promise((resolve) => hapi!.once('exit', resolve));
@@ -378,7 +386,11 @@ describe('credentials that are wrong', () => {
   });
 });
 
-describe('a 401 from the FHIR server', () => {
+const STATIC_TOKEN = 'st-5d1c7e9a3b8f4e2a9c6d0b7f1e4a8c3d';
+const BASIC_PASSWORD = 'pw-8e2b6f0c4a9d1e7b3c5f';
+const BASIC = `Basic ${Buffer.from(`iomt-gw:${BASIC_PASSWORD}`).toString('base64')}`;
+
+describe('a 401 from the FHIR server; static credentials', () => {
   let proxy: Server;
   let proxyUrl: string;
   const seen = new Set<string>();
@@ -398,16 +410,22 @@ describe('a 401 from the FHIR server', () => {
       });
     proxy = createServer((req, res) => {
       void (async () => {
-        const token = /^Bearer (.+)$/.exec(req.headers.authorization ?? '')?.[1];
+        const header = req.headers.authorization ?? '';
+        const token = /^Bearer (.+)$/.exec(header)?.[1];
         let jti: string | undefined;
         try {
-          if (!token) throw new Error('no token');
-          const { payload } = await jwtVerify(token, jwks, {
-            issuer: as.issuer,
-            audience: as.audience,
-          });
-          jti = payload.jti;
-          if (!jti || rejectAll || revoked.has(jti)) throw new Error('revoked');
+          if (rejectAll) throw new Error('refused');
+          if (header === `Bearer ${STATIC_TOKEN}` || header === BASIC) {
+            jti = 'static';
+          } else {
+            if (!token) throw new Error('no token');
+            const { payload } = await jwtVerify(token, jwks, {
+              issuer: as.issuer,
+              audience: as.audience,
+            });
+            jti = payload.jti;
+            if (!jti || revoked.has(jti)) throw new Error('revoked');
+          }
         } catch {
           refusals += 1;
           res.writeHead(401, { 'www-authenticate': 'Bearer error="invalid_token"' });
@@ -436,11 +454,14 @@ describe('a 401 from the FHIR server', () => {
     });
     await new Promise<void>((r) => proxy.listen(0, '127.0.0.1', r));
     proxyUrl = `http://127.0.0.1:${(proxy.address() as AddressInfo).port}/fhir`;
+    staticProxy = proxyUrl;
   });
 
-  afterAll(async () => {
-    proxy.closeAllConnections();
-    await new Promise((r) => proxy.close(r));
+  afterAll(() => {
+    closeProxy = async () => {
+      proxy.closeAllConnections();
+      await new Promise((r) => proxy.close(r));
+    };
   });
 
   it('renews the token once and resends; a second 401 is transient (FhirUnavailable)', async () => {
@@ -470,6 +491,79 @@ describe('a 401 from the FHIR server', () => {
     expect(err?.message).toMatch(/HTTP 401 .*after a new token.*FHIR_AUTH/);
     expect((as.issued.get('iomt-smart-rs') ?? 0) - before).toBe(3);
     allErrors.push(err?.message ?? '');
+  });
+});
+
+describe('static credentials (bearer, basic) behind a gateway', () => {
+  it('send the static token or the basic credentials; a 401 is not retried with them', async () => {
+    const tokenFile = file('bearer-token', `${STATIC_TOKEN}\n`);
+    const passwordFile = file('basic-password', BASIC_PASSWORD);
+    for (const fhirAuth of [
+      auth({ mode: 'bearer', bearerTokenFile: tokenFile }),
+      auth({ mode: 'basic', username: 'iomt-gw', passwordFile }),
+    ]) {
+      const g = gateway(fhirAuth, staticProxyUrl());
+      const id = uniqueId('pat');
+      await g.update<Patient>({ resourceType: 'Patient', id, active: true });
+      expect((await g.read<Patient>('Patient', id))?.id).toBe(id);
+      const wrongFile = file(`wrong-${fhirAuth.mode}`, 'not-it');
+      const bad = gateway(
+        fhirAuth.mode === 'bearer'
+          ? { ...fhirAuth, bearerTokenFile: wrongFile }
+          : { ...fhirAuth, passwordFile: wrongFile },
+        staticProxyUrl(),
+      );
+      const err = await bad.read('Patient', id).then(
+        () => undefined,
+        (e: unknown) => e as PipelineError,
+      );
+      expect(err?.code).toBe('FhirUnavailable');
+      expect(err?.message).toMatch(
+        /HTTP 401 — the FHIR server refused our credentials; check FHIR_AUTH/,
+      );
+      allErrors.push(err?.message ?? '');
+    }
+  });
+});
+
+describe('iomt fhir-auth', () => {
+  const cli = (args: string[], env: Record<string, string>) =>
+    run(process.execPath, ['bin/iomt.mjs', 'fhir-auth', ...args], {
+      cwd: ROOT,
+      env: { ...process.env, ...env },
+      timeout: 60_000,
+    });
+
+  it('jwks prints the public key set to register; check obtains a token and reads metadata', async () => {
+    const env = {
+      FHIR_URL: protectedUrl,
+      FHIR_AUTH: 'smart-backend',
+      FHIR_CLIENT_ID: 'iomt-smart-es',
+      FHIR_PRIVATE_KEY_FILE: keyFiles.es!,
+      FHIR_KEY_ALG: 'ES384',
+    };
+    const jwks = JSON.parse((await cli(['jwks'], env)).stdout) as {
+      keys: Record<string, string>[];
+    };
+    expect(jwks.keys[0]).toMatchObject({
+      kty: 'EC',
+      crv: 'P-384',
+      alg: 'ES384',
+      x: es.jwks.keys[0]!.x,
+      kid: es.jwks.keys[0]!.kid,
+    });
+    expect(jwks.keys[0]!.d).toBeUndefined();
+    const { stdout, stderr } = await cli(['check'], env);
+    expect(stdout).toMatch(/^ok: FHIR_AUTH=smart-backend, http:\/\/127\.0\.0\.1:\d+ answered/);
+    allErrors.push(stdout, stderr);
+    // A wrong key: exit code of a configuration problem, the setting named.
+    const failed = await cli(['check'], { ...env, FHIR_PRIVATE_KEY_FILE: keyFiles.wrong! }).then(
+      () => undefined,
+      (e: { code: number; stderr: string }) => e,
+    );
+    expect(failed?.code).not.toBe(0);
+    expect(failed?.stderr).toMatch(/invalid_client.*FHIR_PRIVATE_KEY_FILE/s);
+    allErrors.push(failed?.stderr ?? '');
   });
 });
 
@@ -508,5 +602,6 @@ describe('logs', () => {
     // JWTs (assertions and access tokens) all begin with a base64url '{"'.
     expect(text).not.toMatch(/eyJ[A-Za-z0-9_-]{10,}/);
     expect(text).not.toMatch(/Bearer [A-Za-z0-9]|Basic [A-Za-z0-9]|client_assertion=/);
+    for (const secret of [STATIC_TOKEN, BASIC_PASSWORD, BASIC]) expect(text).not.toContain(secret);
   });
 });
