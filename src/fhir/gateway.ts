@@ -165,7 +165,7 @@ export function createFhirGateway(options: FhirGatewayOptions): FhirGateway {
       throw new PipelineError(
         'FhirUnavailable',
         `${what}: HTTP 401 — the FHIR server refused our credentials${
-          auth ? ' (after a new token)' : ''
+          attempt > 1 ? ' (after a new token)' : ''
         }; check FHIR_AUTH and its settings`,
         { details: { status: 401 } },
       );

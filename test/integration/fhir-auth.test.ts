@@ -557,7 +557,12 @@ describe('iomt fhir-auth', () => {
     expect(stdout).toMatch(/^ok: FHIR_AUTH=smart-backend, http:\/\/127\.0\.0\.1:\d+ answered/);
     allErrors.push(stdout, stderr);
     // A wrong key: exit code of a configuration problem, the setting named.
-    const failed = await cli(['check'], { ...env, FHIR_PRIVATE_KEY_FILE: keyFiles.wrong! }).then(
+    const failed = await cli(['check'], {
+      ...env,
+      FHIR_CLIENT_ID: 'iomt-smart-rs',
+      FHIR_KEY_ALG: 'RS384',
+      FHIR_PRIVATE_KEY_FILE: keyFiles.wrong!,
+    }).then(
       () => undefined,
       (e: { code: number; stderr: string }) => e,
     );
