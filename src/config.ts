@@ -407,6 +407,98 @@ export const SETTINGS = {
       'Create mode: true lets the pipeline create any Patient an association names; false (default) needs the Patient to exist on the FHIR server, or the association to mark it new (--new-patient), so a mistyped id never becomes a phantom Patient.',
     ),
   },
+  fhirAuth: {
+    mode: setting(
+      'FHIR_AUTH',
+      'none',
+      oneOf('none', 'bearer', 'basic', 'client-secret', 'smart-backend'),
+      'How the pipeline authenticates to the FHIR server (docs/deployment.md#fhir-authentication): none; bearer (a static token); basic (HTTP basic); client-secret (OAuth 2.0 client credentials with a client secret); smart-backend (SMART Backend Services: client credentials with a signed JWT assertion, private_key_jwt).',
+    ),
+    bearerTokenFile: setting(
+      'FHIR_BEARER_TOKEN_FILE',
+      undefined as string | undefined,
+      optionalStr,
+      'FHIR_AUTH=bearer: file holding the static bearer token (read at start, never logged).',
+    ),
+    username: setting(
+      'FHIR_USERNAME',
+      undefined as string | undefined,
+      optionalStr,
+      'FHIR_AUTH=basic: user name.',
+    ),
+    passwordFile: setting(
+      'FHIR_PASSWORD_FILE',
+      undefined as string | undefined,
+      optionalStr,
+      'FHIR_AUTH=basic: file holding the password (read at start, never logged).',
+    ),
+    clientId: setting(
+      'FHIR_CLIENT_ID',
+      undefined as string | undefined,
+      optionalStr,
+      'FHIR_AUTH=client-secret or smart-backend: the client id registered at the authorization server.',
+    ),
+    clientSecret: setting(
+      'FHIR_CLIENT_SECRET',
+      undefined as string | undefined,
+      optionalStr,
+      'FHIR_AUTH=client-secret: the client secret (never logged; prefer FHIR_CLIENT_SECRET_FILE).',
+    ),
+    clientSecretFile: setting(
+      'FHIR_CLIENT_SECRET_FILE',
+      undefined as string | undefined,
+      optionalStr,
+      'FHIR_AUTH=client-secret: file holding the client secret (read at start, never logged).',
+    ),
+    clientSecretMethod: setting(
+      'FHIR_CLIENT_SECRET_METHOD',
+      'basic',
+      oneOf('basic', 'post'),
+      'FHIR_AUTH=client-secret: how the secret goes to the token endpoint: basic (client_secret_basic, an Authorization header) or post (client_secret_post, in the form body).',
+    ),
+    privateKeyFile: setting(
+      'FHIR_PRIVATE_KEY_FILE',
+      undefined as string | undefined,
+      optionalStr,
+      'FHIR_AUTH=smart-backend: file holding the private key that signs the client assertion: PEM (PKCS#8, PKCS#1 or SEC1) or a private JWK; RSA of at least 2048 bits for RS384, EC P-384 for ES384 (never logged). `iomt fhir-auth jwks` prints its public key set.',
+    ),
+    keyAlg: setting(
+      'FHIR_KEY_ALG',
+      'RS384',
+      oneOf('RS384', 'ES384'),
+      'FHIR_AUTH=smart-backend: signature algorithm of the client assertion (SMART Backend Services allows RS384 and ES384).',
+    ),
+    keyId: setting(
+      'FHIR_KEY_ID',
+      undefined as string | undefined,
+      optionalStr,
+      "FHIR_AUTH=smart-backend: the `kid` of the key as registered (unset = the key's RFC 7638 JWK thumbprint, which `iomt fhir-auth jwks` also prints).",
+    ),
+    jwksUrl: setting(
+      'FHIR_JWKS_URL',
+      undefined as string | undefined,
+      optionalUrl('https:', 'http:'),
+      "FHIR_AUTH=smart-backend: the URL where the client's public key set is published, sent as the assertion's `jku` header (only if it was registered with the authorization server).",
+    ),
+    tokenUrl: setting(
+      'FHIR_TOKEN_URL',
+      undefined as string | undefined,
+      optionalUrl('https:', 'http:'),
+      "OAuth token endpoint (unset = the token_endpoint of FHIR_URL's /.well-known/smart-configuration).",
+    ),
+    scope: setting(
+      'FHIR_SCOPE',
+      undefined as string | undefined,
+      optionalStr,
+      'OAuth scope asked for, space-separated (e.g. `system/Observation.cu system/Patient.rs system/Device.cru`; Azure: `https://<fhir-host>/.default`); unset = none sent, the registration decides.',
+    ),
+    tokenRefreshSkewS: setting(
+      'FHIR_TOKEN_REFRESH_SKEW_S',
+      60,
+      int(0, 3600),
+      'An access token is renewed this long before it expires, seconds (at most a quarter of its lifetime before).',
+    ),
+  },
   clickhouse: {
     url: setting(
       'CLICKHOUSE_URL',
@@ -646,6 +738,36 @@ function crossCheck(c: Record<string, Record<string, unknown>>): string[] {
     problems.push('ANALYST_TOKEN: must be at least 16 characters (e.g. openssl rand -hex 32)');
   if (typeof analystToken === 'string' && analystToken === token)
     problems.push('ANALYST_TOKEN: must differ from ADMIN_TOKEN (it grants less)');
+  problems.push(...fhirAuthProblems(c.fhirAuth ?? {}));
+  return problems;
+}
+
+/** The settings FHIR_AUTH needs, each named. Files are read (and keys checked) by src/fhir/auth.ts. */
+function fhirAuthProblems(a: Record<string, unknown>): string[] {
+  const problems: string[] = [];
+  const need = (key: string, value: unknown, why: string) => {
+    if (value === undefined) problems.push(`${key}: required when ${why}`);
+  };
+  switch (a.mode) {
+    case 'bearer':
+      need('FHIR_BEARER_TOKEN_FILE', a.bearerTokenFile, 'FHIR_AUTH=bearer');
+      break;
+    case 'basic':
+      need('FHIR_USERNAME', a.username, 'FHIR_AUTH=basic');
+      need('FHIR_PASSWORD_FILE', a.passwordFile, 'FHIR_AUTH=basic');
+      break;
+    case 'client-secret':
+      need('FHIR_CLIENT_ID', a.clientId, 'FHIR_AUTH=client-secret');
+      if ((a.clientSecret === undefined) === (a.clientSecretFile === undefined))
+        problems.push(
+          'FHIR_CLIENT_SECRET, FHIR_CLIENT_SECRET_FILE: set one of them when FHIR_AUTH=client-secret',
+        );
+      break;
+    case 'smart-backend':
+      need('FHIR_CLIENT_ID', a.clientId, 'FHIR_AUTH=smart-backend');
+      need('FHIR_PRIVATE_KEY_FILE', a.privateKeyFile, 'FHIR_AUTH=smart-backend');
+      break;
+  }
   return problems;
 }
 

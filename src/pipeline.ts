@@ -12,7 +12,7 @@ import {
   type DeviceService,
 } from './devices/index.js';
 import { PipelineError, toPipelineError } from './errors.js';
-import { createFhirGateway, type FhirGateway } from './fhir/gateway.js';
+import { createConfiguredFhirGateway, type FhirGateway } from './fhir/gateway.js';
 import { createFhirStore, type FhirStore } from './fhir/store.js';
 import type { Logger } from './logger.js';
 import {
@@ -95,6 +95,9 @@ export async function startPipeline(
         'Set ADMIN_TOKEN (e.g. openssl rand -hex 32), or ADMIN_AUTH=none on a development machine.',
     );
   }
+  // One FHIR gateway for the whole process: every request to the server goes through it.
+  // Built first: unreadable FHIR_AUTH files or keys stop the start before any connection.
+  const fhir = createConfiguredFhirGateway(config);
   const metrics = createMetrics();
   const redis = createRedis(config.redis.url);
   const workerRedis = roles.includes('worker') ? createRedis(config.redis.url, true) : undefined;
@@ -104,8 +107,6 @@ export async function startPipeline(
   const associations = new AssociationStore(redis, config.redis.prefix);
   metrics.setQueueDepthSource(() => queueDepths(queues));
   let templatesVersion: string | undefined;
-  // One FHIR gateway for the whole process: every request to the server goes through it.
-  const fhir = createFhirGateway({ baseUrl: config.fhir.url, timeoutMs: config.fhir.timeoutMs });
   const fhirStore = createFhirStore(fhir);
   const devices = createDeviceService(config, redis, queues, fhirStore);
   // SUBSCRIBE holds a connection of its own (sessions of re-keyed devices end at once).
@@ -156,6 +157,16 @@ export async function startPipeline(
   };
 
   try {
+    // FHIR_AUTH: credentials the authorization server refuses stop the start
+    // (ConfigInvalid naming the settings); a server that does not answer does not.
+    if (config.fhirAuth.mode !== 'none' && roles.some((r) => r !== 'broker'))
+      await fhir.checkAuth().catch((err: unknown) => {
+        if (!toPipelineError(err).retryable) throw err;
+        log.warn(
+          { event: 'fhir-auth-unavailable', reason: (err as Error).message },
+          'FHIR authorization server unavailable at start; requests retry',
+        );
+      });
     // ClickHouse down at start is not fatal: the mirror applies the schema when it
     // answers, and FHIR writes go on meanwhile. A refused migration still is.
     if (analyticsStore)

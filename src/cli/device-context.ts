@@ -6,7 +6,7 @@
 import { userInfo } from 'node:os';
 import type { Config } from '../config.js';
 import { createDeviceService, type DeviceService } from '../devices/index.js';
-import { createFhirGateway } from '../fhir/gateway.js';
+import { createConfiguredFhirGateway } from '../fhir/gateway.js';
 import { createFhirStore } from '../fhir/store.js';
 import { createQueues, queuePrefix } from '../queue-runtime.js';
 import { withRedis } from './common.js';
@@ -18,9 +18,7 @@ export function withDeviceService<T>(
   return withRedis(config, async (redis) => {
     const queues = createQueues(redis, queuePrefix(config.redis.url, config.redis.prefix));
     try {
-      const fhir = createFhirStore(
-        createFhirGateway({ baseUrl: config.fhir.url, timeoutMs: config.fhir.timeoutMs }),
-      );
+      const fhir = createFhirStore(createConfiguredFhirGateway(config));
       return await fn(createDeviceService(config, redis, queues, fhir));
     } finally {
       await queues.close();

@@ -11,6 +11,7 @@
  *   iomt query "SQL"                    the ClickHouse mirror
  *   iomt mirror backfill [--since]      rebuild the mirror from FHIR
  *   iomt dlq list|show|replay|purge     the dead-letter queue
+ *   iomt fhir-auth jwks|check           FHIR server credentials (FHIR_AUTH)
  *   iomt --version
  * Exit codes are the same for every command (common.ts, docs/cli.md).
  */
@@ -20,6 +21,7 @@ import { loadConfig } from '../config.js';
 import { connectRedis, EXIT, fail } from './common.js';
 import { register as registerDevices } from './commands/devices.js';
 import { register as registerDlq } from './commands/dlq.js';
+import { register as registerFhirAuth } from './commands/fhir-auth.js';
 import { register as registerGateways } from './commands/gateways.js';
 import { register as registerMappings } from './commands/mappings.js';
 import { register as registerMirror } from './commands/mirror.js';
@@ -52,6 +54,7 @@ for (const register of [
   registerQuery,
   registerMirror,
   registerDlq,
+  registerFhirAuth,
 ]) {
   register(program);
 }

@@ -11,22 +11,27 @@
  *    (404/410) → undefined; an If-Match / version conflict on an update → a
  *    `conflict` answer the caller resolves;
  *  - versions from the ETag (W/"3" → "3", FHIR R4 http.html#versioning);
- *  - credentials from an `authorize` hook (bearer tokens, next), never logged:
- *    messages name the method and the resource type, never the URL.
+ *  - credentials from an authorizer (FHIR_AUTH, auth.ts), never logged:
+ *    messages name the method and the resource type, never the URL. A 401 asks
+ *    the authorizer for a new token and sends the request once more; a second
+ *    401 is FhirUnavailable (retried: credentials are fixed by an operator, a
+ *    reading is not dead-lettered by them).
  *
  * Contract: in — resources, ids, search parameters; out — resources and
  * Bundles as the server answers them, or a PipelineError.
  */
 import type { Bundle, BundleEntry, Resource } from 'fhir/r4.js';
+import type { Config } from '../config.js';
 import { PipelineError } from '../errors.js';
+import { createFhirAuthorizer, type FhirAuthorizer } from './auth.js';
 import { fhirError, statusError } from './errors.js';
 
 export interface FhirGatewayOptions {
   /** FHIR R4 base URL (FHIR_URL). */
   readonly baseUrl: string;
   readonly timeoutMs: number;
-  /** Headers that authenticate a request (e.g. Authorization); called per request. */
-  readonly authorize?: () => Promise<Readonly<Record<string, string>>>;
+  /** Authenticates each request (FHIR_AUTH); none when unset. */
+  readonly auth?: FhirAuthorizer;
 }
 
 export interface UpdateAnswer<T> {
@@ -83,6 +88,25 @@ export interface FhirGateway {
   ): Promise<Bundle>;
   /** Resolves when the server answers its CapabilityStatement. */
   capabilities(): Promise<void>;
+  /**
+   * With FHIR_AUTH: obtains a token once; credentials the authorization server
+   * refuses are ConfigInvalid naming the settings (a process checks at start).
+   */
+  checkAuth(): Promise<void>;
+}
+
+/** The process's gateway as the configuration says: FHIR_URL, FHIR_TIMEOUT_MS, FHIR_AUTH. */
+export function createConfiguredFhirGateway(
+  config: Pick<Config, 'fhir' | 'fhirAuth'>,
+): FhirGateway {
+  const auth = createFhirAuthorizer(config.fhirAuth, config.fhir.url, {
+    timeoutMs: config.fhir.timeoutMs,
+  });
+  return createFhirGateway({
+    baseUrl: config.fhir.url,
+    timeoutMs: config.fhir.timeoutMs,
+    ...(auth !== undefined ? { auth } : {}),
+  });
 }
 
 /** Search parameters; a repeated parameter ANDs its values (search.html#combining). */
@@ -109,25 +133,42 @@ export function createFhirGateway(options: FhirGatewayOptions): FhirGateway {
     init: { body?: unknown; headers?: Record<string, string>; signal?: AbortSignal } = {},
   ): Promise<Answer> {
     const url = /^https?:\/\//.test(path) ? path : `${base}/${path}`;
+    const payload = init.body !== undefined ? JSON.stringify(init.body) : undefined;
+    const auth = options.auth;
     let res: Response;
-    try {
-      res = await fetch(url, {
-        method,
-        signal:
-          init.signal === undefined
-            ? AbortSignal.timeout(options.timeoutMs)
-            : AbortSignal.any([init.signal, AbortSignal.timeout(options.timeoutMs)]),
-        headers: {
-          accept: 'application/fhir+json',
-          'cache-control': 'no-cache',
-          ...(init.body !== undefined ? { 'content-type': 'application/fhir+json' } : {}),
-          ...(options.authorize ? await options.authorize() : {}),
-          ...init.headers,
-        },
-        ...(init.body !== undefined ? { body: JSON.stringify(init.body) } : {}),
-      });
-    } catch (err) {
-      throw fhirError(err, what);
+    for (let attempt = 1; ; attempt++) {
+      let credentials: Readonly<Record<string, string>> = {};
+      try {
+        if (auth) credentials = await auth.headers();
+        res = await fetch(url, {
+          method,
+          signal:
+            init.signal === undefined
+              ? AbortSignal.timeout(options.timeoutMs)
+              : AbortSignal.any([init.signal, AbortSignal.timeout(options.timeoutMs)]),
+          headers: {
+            accept: 'application/fhir+json',
+            'cache-control': 'no-cache',
+            ...(payload !== undefined ? { 'content-type': 'application/fhir+json' } : {}),
+            ...credentials,
+            ...init.headers,
+          },
+          ...(payload !== undefined ? { body: payload } : {}),
+        });
+      } catch (err) {
+        throw fhirError(err, what);
+      }
+      if (res.status !== 401) break;
+      // RFC 6750 §3.1: the token expired or was revoked. Renew it once and resend.
+      await res.body?.cancel().catch(() => undefined);
+      if (attempt === 1 && auth?.invalidate(credentials) === true) continue;
+      throw new PipelineError(
+        'FhirUnavailable',
+        `${what}: HTTP 401 — the FHIR server refused our credentials${
+          attempt > 1 ? ' (after a new token)' : ''
+        }; check FHIR_AUTH and its settings`,
+        { details: { status: 401 } },
+      );
     }
     let text: string;
     try {
@@ -288,5 +329,7 @@ export function createFhirGateway(options: FhirGatewayOptions): FhirGateway {
       const a = await send('GET', 'metadata', 'metadata');
       if (a.status < 200 || a.status >= 300) fail(a, 'metadata');
     },
+
+    checkAuth: () => options.auth?.check() ?? Promise.resolve(),
   };
 }

@@ -22,7 +22,7 @@ import {
 } from '../../clickhouse/index.js';
 import { loadConfig } from '../../config.js';
 import { isPipelineError, PipelineError } from '../../errors.js';
-import { createFhirGateway } from '../../fhir/gateway.js';
+import { createConfiguredFhirGateway } from '../../fhir/gateway.js';
 import { observationPages } from '../../fhir/observation-pages.js';
 import { createLogger } from '../../logger.js';
 import { answerError, fetchAdmin } from '../admin-answer.js';
@@ -165,7 +165,7 @@ async function locally(
     });
     return await backfillMirror(
       observationPages(
-        createFhirGateway({ baseUrl: config.fhir.url, timeoutMs: config.fhir.timeoutMs }),
+        createConfiguredFhirGateway(config),
         {
           identifierSystem: config.fhir.identifierSystem,
           pageSize: body.pageSize,

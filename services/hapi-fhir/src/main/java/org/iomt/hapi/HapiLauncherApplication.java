@@ -12,6 +12,7 @@ import org.springframework.boot.autoconfigure.SpringBootApplication;
 import org.springframework.boot.autoconfigure.elasticsearch.ElasticsearchClientAutoConfiguration;
 import org.springframework.boot.autoconfigure.elasticsearch.ElasticsearchRestClientAutoConfiguration;
 import org.springframework.boot.autoconfigure.orm.jpa.HibernateJpaAutoConfiguration;
+import org.springframework.boot.autoconfigure.security.servlet.UserDetailsServiceAutoConfiguration;
 import org.springframework.boot.autoconfigure.thymeleaf.ThymeleafAutoConfiguration;
 import org.springframework.context.annotation.Import;
 
@@ -31,7 +32,10 @@ import org.springframework.context.annotation.Import;
 			// We build HAPI's own EntityManagerFactory in FhirJpaConfig.
 			HibernateJpaAutoConfiguration.class,
 			// Thymeleaf comes with HAPI (narratives); we serve no web pages.
-			ThymeleafAutoConfiguration.class
+			ThymeleafAutoConfiguration.class,
+			// No users or passwords: SecurityConfig lets everything through, or
+			// validates bearer JWTs (HAPI_AUTH_JWKS_URL).
+			UserDetailsServiceAutoConfiguration.class
 		})
 @Import({
 	ThreadPoolFactoryConfig.class,
