@@ -101,7 +101,7 @@ export function checkMedTechTemplates(input: {
         note(
           deviceFile,
           base,
-          'IotJsonPathContent: the device is the authenticated MQTT device (IoT Hub: iothub-connection-device-id) and the time the broker receipt time (IoT Hub: iothub-enqueuedtime); the device-set iothub-creation-time-utc does not exist over MQTT',
+          "IotJsonPathContent: the time is Properties.iothub-creation-time-utc as in MedTech only when the message carries it (MEDTECH_ENVELOPE=eventhub for bridged IoT Hub events, or a topic/field property of that name); otherwise it is the broker receipt time (iothub-enqueuedtime). The device is SystemProperties.iothub-connection-device-id: the authenticated MQTT device, or the bridged event's, checked as a gateway link",
         ),
       );
     }

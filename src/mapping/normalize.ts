@@ -11,6 +11,7 @@ import { describeJsonProblem, scanJson } from '../json-text.js';
 import type { MappingSet } from './compile.js';
 import { mapMessage, type Reading, type TraceEvent } from './device-mapping.js';
 import type { Bindings } from './expressions.js';
+import { messageEnvelope } from './envelope.js';
 import { buildExpressionObservation, buildObservation } from './fhir-mapping.js';
 import {
   bindingResolver,
@@ -159,9 +160,13 @@ export async function normalizeMessage(
   const policy = input.policy ?? DEFAULT_POLICY;
   // Input policy, the same for the worker and the CLI: shape before parsing…
   checkJsonShape(input.payload, policy.input);
-  const body = parsePayload(input.payload);
-  const { readings, matchedTemplates } = await mapMessage(mappings, body, input.meta, {
+  const payload = parsePayload(input.payload);
+  // MedTech's envelope: Body, and Properties from where MEDTECH_ENVELOPE says.
+  const envelope = messageEnvelope(payload, input.meta, policy.envelope);
+  const body = envelope.body;
+  const { readings, matchedTemplates } = await mapMessage(mappings, payload, input.meta, {
     ...(input.trace ? { trace: input.trace } : {}),
+    envelope,
   });
   if (matchedTemplates.length === 0) {
     throw new PipelineError('TemplateNotMatched', 'no device template matched the message');

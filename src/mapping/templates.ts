@@ -60,7 +60,7 @@ function expression(input: ExpressionInput, fallback: ExpressionLanguage): Expre
 /** IoT Hub / IoT Central set these from their own metadata; MedTech ignores the template's. */
 const FIXED_BY_KIND: Partial<Record<DeviceTemplateKind, string>> = {
   IotJsonPathContent:
-    'the device id is the authenticated MQTT device and the time is the broker receipt time (IoT Hub metadata in MedTech)',
+    "as in MedTech, the device id is SystemProperties.iothub-connection-device-id (the authenticated MQTT device, or the device a bridged event names) and the time Properties.iothub-creation-time-utc, else SystemProperties.iothub-enqueuedtime (the receipt time, or the bridged hub's)",
   IotCentralJsonPathContent:
     'the device id is read from $.deviceId and the time from $.enqueuedTime (IoT Central export format)',
 };

@@ -7,11 +7,18 @@ import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
+import { loadConfig } from '../../src/config.js';
+import type { PipelineError } from '../../src/errors.js';
 import {
   compileSources,
   DEFAULT_POLICY,
+  mapMessage,
+  messageEnvelope,
   normalizeMessage,
+  parseEnvelopePolicy,
+  type EnvelopePolicy,
   type MappingSet,
+  type Reading,
 } from '../../src/mapping/index.js';
 
 const dir = path.join(
@@ -200,5 +207,255 @@ describe('categories, and a template with neither value nor components (CodeValu
     );
     expect(valueKeys).toEqual([]);
     expect(o.code.coding?.[0]?.code).toBe('code');
+  });
+});
+
+/** A reading as MedTech's tests look at it: type, time, device, properties. */
+function asMedTech(r: Reading) {
+  return {
+    type: r.type,
+    occurrenceTimeUtc: r.occurrenceTime,
+    deviceId: r.deviceId,
+    properties: Object.entries(r.values).map(([name, value]) => ({ name, value })),
+  };
+}
+
+async function mapWith(
+  mappings: MappingSet,
+  payload: unknown,
+  deviceId: string,
+  policy: EnvelopePolicy,
+  topic?: string,
+) {
+  const m = { ...meta(deviceId), ...(topic ? { topic } : {}) };
+  return mapMessage(mappings, payload, m, { envelope: messageEnvelope(payload, m, policy) });
+}
+
+const EVENTHUB: EnvelopePolicy = { source: 'eventhub' };
+
+describe('IotJsonPathContent over a bridged IoT Hub event (IotJsonPathContentTemplateTests)', () => {
+  const single = loaded(
+    [
+      {
+        kind: 'device',
+        text: collection('device', 'template-tests/data_IotJsonPathContentTemplateValid.json'),
+      },
+    ],
+    false,
+  );
+  const multi = loaded(
+    [{ kind: 'device', text: collection('device', 'processor-tests/iot-bloodpressure.json') }],
+    false,
+  );
+  const event = (f: string) => JSON.parse(text(`template-tests/${f}`)) as unknown;
+
+  it('data_IotHubPayloadExample: time from Properties.iothub-creation-time-utc, device from SystemProperties', async () => {
+    const out = await mapWith(
+      single,
+      event('data_IotHubPayloadExample.json'),
+      'ev-d795-1d04-55ae',
+      EVENTHUB,
+    );
+    expect(out.readings.map(asMedTech)).toEqual([
+      {
+        type: 'heartrate',
+        occurrenceTimeUtc: '2019-01-30T22:45:02.6073744Z',
+        deviceId: 'ev-d795-1d04-55ae',
+        properties: [{ name: 'hr', value: '203' }],
+      },
+    ]);
+    expect(out.readings[0]!.deviceFrom).toBe('connection');
+  });
+
+  it('data_IotHubPayloadExampleMissingCreateTime: the time is SystemProperties.iothub-enqueuedtime', async () => {
+    const out = await mapWith(
+      single,
+      event('data_IotHubPayloadExampleMissingCreateTime.json'),
+      'ev-d795-1d04-55ae',
+      EVENTHUB,
+    );
+    expect(out.readings.map((r) => r.occurrenceTime)).toEqual(['2019-02-01T22:46:01.875Z']);
+  });
+
+  it('data_IotHubPayloadMultiValueExample: systolic and diastolic in one reading', async () => {
+    const out = await mapWith(
+      multi,
+      event('data_IotHubPayloadMultiValueExample.json'),
+      'ev-d795-1d04-55ae',
+      EVENTHUB,
+    );
+    expect(out.readings.map(asMedTech)).toEqual([
+      {
+        type: 'bloodpressure',
+        occurrenceTimeUtc: '2019-01-30T22:45:02.6073744Z',
+        deviceId: 'ev-d795-1d04-55ae',
+        properties: [
+          { name: 'systolic', value: '111' },
+          { name: 'diastolic', value: '75' },
+        ],
+      },
+    ]);
+  });
+
+  it('a bridge publishing for another device: the bridged device id is a claim (checked as a gateway link), not the connection', async () => {
+    const out = await mapWith(
+      single,
+      event('data_IotHubPayloadExample.json'),
+      'bridge-1',
+      EVENTHUB,
+    );
+    expect(out.readings[0]!.deviceId).toBe('ev-d795-1d04-55ae');
+    expect(out.readings[0]!.deviceFrom).toBe('payload');
+  });
+
+  it("a bridged event without iothub-connection-device-id is MessagePropertyMissing, never the bridge's identity", async () => {
+    const e = event('data_IotHubPayloadExample.json') as {
+      SystemProperties: Record<string, unknown>;
+    };
+    delete e.SystemProperties['iothub-connection-device-id'];
+    const err = await mapWith(single, e, 'bridge-1', EVENTHUB).catch(
+      (x: unknown) => x as PipelineError,
+    );
+    expect((err as PipelineError).code).toBe('MessagePropertyMissing');
+  });
+
+  it('without MEDTECH_ENVELOPE the device is the authenticated one and the time the receipt time (iothub-enqueuedtime)', async () => {
+    const body = event('data_IotHubPayloadExample.json') as { Body: unknown };
+    const plain = await mapWith(
+      loaded(
+        [
+          {
+            kind: 'device',
+            text: JSON.stringify({
+              templateType: 'CollectionContent',
+              template: [
+                {
+                  templateType: 'IotJsonPathContent',
+                  template: {
+                    typeName: 'heartrate',
+                    typeMatchExpression: '$..[?(@heartrate)]',
+                    values: [{ valueName: 'hr', valueExpression: '$.heartrate' }],
+                  },
+                },
+              ],
+            }),
+          },
+        ],
+        false,
+      ),
+      body.Body,
+      'd-1',
+      { source: 'none' },
+    );
+    expect(plain.readings.map((r) => [r.deviceId, r.occurrenceTime])).toEqual([
+      ['d-1', '2026-01-01T00:00:00.000Z'],
+    ]);
+  });
+});
+
+describe('Properties over MQTT 3.1.1 (MEDTECH_ENVELOPE)', () => {
+  const template = (expr: string) =>
+    loaded(
+      [
+        {
+          kind: 'device',
+          text: JSON.stringify({
+            templateType: 'CollectionContent',
+            template: [
+              {
+                templateType: 'CalculatedContent',
+                template: {
+                  typeName: 'hr',
+                  typeMatchExpression: '$..[?(@Body.hr)]',
+                  patientIdExpression: expr,
+                  timestampExpression: '$.matchedToken.Body.t',
+                  values: [{ valueName: 'hr', valueExpression: '$.matchedToken.Body.hr' }],
+                },
+              },
+            ],
+          }),
+        },
+      ],
+      false,
+    );
+  const mappings = template('$.Properties.patientId');
+
+  it('parses the setting, and refuses a pattern without a named level', () => {
+    expect(parseEnvelopePolicy('topic:devices/+/telemetry/{patientId}')).toEqual({
+      source: 'topic',
+      pattern: ['devices', '+', 'telemetry', '{patientId}'],
+    });
+    expect(parseEnvelopePolicy('field:props')).toEqual({ source: 'field', field: 'props' });
+    expect(parseEnvelopePolicy('eventhub')).toEqual({ source: 'eventhub' });
+    expect(loadConfig({}).values.medtechEnvelope).toEqual({ source: 'none' });
+    expect(() => loadConfig({ MEDTECH_ENVELOPE: 'topic:devices/+/telemetry' })).toThrow(
+      /MEDTECH_ENVELOPE/,
+    );
+  });
+
+  it('topic: a named topic level is a property', async () => {
+    const out = await mapWith(
+      mappings,
+      { hr: 70, t: '2026-01-01T00:00:00Z' },
+      'd-1',
+      parseEnvelopePolicy('topic:devices/+/telemetry/{patientId}'),
+      'devices/d-1/telemetry/p-9',
+    );
+    expect(out.readings[0]!.claimedPatientId).toBe('p-9');
+  });
+
+  it('field: a member of the payload holds the properties and leaves Body', async () => {
+    const payload = { props: { patientId: 'p-7' }, hr: 70, t: '2026-01-01T00:00:00Z' };
+    const env = messageEnvelope(payload, meta('d-1'), parseEnvelopePolicy('field:props'));
+    expect(env.body).toEqual({ hr: 70, t: '2026-01-01T00:00:00Z' });
+    const out = await mapWith(mappings, payload, 'd-1', parseEnvelopePolicy('field:props'));
+    expect(out.readings[0]!.claimedPatientId).toBe('p-7');
+  });
+
+  it('a patient read from a property the message lacks is MessagePropertyMissing, through the pure path', async () => {
+    const err = await normalizeMessage(mappings, {
+      policy: ANY_TIME,
+      payload: JSON.stringify({ hr: 70, t: '2026-01-01T00:00:00Z' }),
+      meta: meta('d-1'),
+      patientId: 'p-1',
+      identifierSystem: 'urn:iomt:observation',
+    }).catch((x: unknown) => x as PipelineError);
+    expect((err as PipelineError).code).toBe('MessagePropertyMissing');
+  });
+
+  it('a device read from a property the message lacks is MessagePropertyMissing, not the MQTT identity', async () => {
+    const m = loaded(
+      [
+        {
+          kind: 'device',
+          text: JSON.stringify({
+            templateType: 'CollectionContent',
+            template: [
+              {
+                templateType: 'JsonPathContent',
+                template: {
+                  typeName: 'hr',
+                  typeMatchExpression: '$..[?(@Body.hr)]',
+                  deviceIdExpression: '$.Properties.deviceId',
+                  timestampExpression: '$.Body.t',
+                  values: [{ valueName: 'hr', valueExpression: '$.Body.hr' }],
+                },
+              },
+            ],
+          }),
+        },
+      ],
+      false,
+    );
+    const err = await mapWith(m, { hr: 70, t: '2026-01-01T00:00:00Z' }, 'd-1', {
+      source: 'none',
+    }).catch((x: unknown) => x as PipelineError);
+    expect((err as PipelineError).code).toBe('MessagePropertyMissing');
+  });
+
+  it('eventhub: a payload that is not an event is InvalidPayload naming the setting', () => {
+    expect(() => messageEnvelope({ hr: 1 }, meta('d-1'), EVENTHUB)).toThrow(
+      /MEDTECH_ENVELOPE=eventhub/,
+    );
   });
 });
