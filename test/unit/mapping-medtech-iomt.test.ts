@@ -9,6 +9,7 @@ import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config.js';
 import type { PipelineError } from '../../src/errors.js';
+import { compileExpression } from '../../src/mapping/expressions.js';
 import {
   compileSources,
   DEFAULT_POLICY,
@@ -458,4 +459,120 @@ describe('Properties over MQTT 3.1.1 (MEDTECH_ENVELOPE)', () => {
       /MEDTECH_ENVELOPE=eventhub/,
     );
   });
+});
+
+/** iomt-fhir test/Microsoft.Health.Expressions.UnitTests: each [InlineData] and Bad_Data case. */
+describe('JMESPath custom functions with MedTech number semantics (Microsoft.Health.Expressions.UnitTests)', () => {
+  // long.MaxValue (9223372036854775807) reads as 2^63 in JSON here, as in any JavaScript JSON reader.
+  const LONG_MAX = 2 ** 63;
+  const LONG_MIN = -(2 ** 63);
+  const DOUBLE_MAX = Number.MAX_VALUE;
+  const run = (expression: string, given: unknown) => {
+    const r = compileExpression({ value: expression, language: 'jmespath' });
+    if (!r.ok) throw new Error(r.error.message);
+    return r.expression.evaluate(given, { msg: given, meta: meta('d') });
+  };
+  const binary = (fn: string, cases: [number, number, number][]) =>
+    cases.map(([left, right, result]) => [`${fn}(left, right)`, { left, right }, result] as const);
+  it.each([
+    // AddFunctionTests: Integer_, Double_ and Mixed_Addition_Succeeds
+    ...binary('add', [
+      [0, 0, 0],
+      [-1, 100, 99],
+      [0, LONG_MAX, LONG_MAX],
+      [0, LONG_MIN, LONG_MIN],
+      [-1.0, 10.5, 9.5],
+      [0, DOUBLE_MAX, DOUBLE_MAX],
+      [0, -DOUBLE_MAX, -DOUBLE_MAX],
+    ]),
+    // SubtractFunctionTests
+    ...binary('subtract', [
+      [0, 0, 0],
+      [-1, 100, -101],
+      [LONG_MAX, LONG_MAX, 0],
+      [1.0, 10.5, -9.5],
+      [DOUBLE_MAX, DOUBLE_MAX, 0],
+      [0, -DOUBLE_MAX, DOUBLE_MAX],
+    ]),
+    // MultiplyFunctionTests
+    ...binary('multiply', [
+      [-1, 100, -100],
+      [0, LONG_MAX, 0],
+      [0, LONG_MIN, 0],
+      [0.5, 100.0, 50.0],
+      [100, 0.5, 50.0],
+      [0, DOUBLE_MAX, 0],
+    ]),
+    // DivideFunctionTests
+    ...binary('divide', [
+      [100, 25, 4],
+      [100, -1, -100],
+      [0, LONG_MAX, 0],
+      [0, LONG_MIN, 0],
+      [0, DOUBLE_MAX, 0],
+    ]),
+    // PowerFunctionTests: Integer_ and Double_Power_Succeeds
+    ...binary('pow', [
+      [0, 0, 1],
+      [1, 0, 1],
+      [1, 1, 1],
+      [10, 2, 100],
+      [100, -2, 0], // two integers: Convert.ToInt64(0.0001) = 0, as MedTech
+    ]),
+  ])('%s with %j = %d', (expression, given, result) => {
+    expect(run(expression, given)).toBe(result);
+  });
+
+  it('pow with a fractional operand is a double (PowerFunctionTests: 10^2.5 = 316.2278, 100^-2.0 with a double)', () => {
+    expect(run('pow(left, right)', { left: 10, right: 2.5 }) as number).toBeCloseTo(316.2278, 4);
+    expect(run('pow(left, right)', { left: 100.5, right: -2 }) as number).toBeCloseTo(
+      1 / 100.5 ** 2,
+      10,
+    );
+  });
+
+  it('InsertStringFunctionTests: at a position, at the end; outside the string is an error', () => {
+    expect(run('insertString(o, i, p)', { o: 'ppy', i: 'ha', p: 0 })).toBe('happy');
+    expect(run('insertString(o, i, p)', { o: 'myString', i: '!!', p: 8 })).toBe('myString!!');
+    expect(run('insertString(o, i, length(o))', { o: 'sample ', i: 'text' })).toBe('sample text');
+    expect(() => run('insertString(o, i, p)', { o: 'myString', i: '!!', p: 9 })).toThrow(
+      /out of range/,
+    );
+    expect(() => run('insertString(o, i, p)', { o: 'ppy', i: 'ha', p: -1 })).toThrow(
+      /out of range/,
+    );
+    expect(() => run('insertString(o, i, p)', { o: 'ppy', i: 'ha', p: 1.5 })).toThrow(/integer/);
+  });
+
+  it.each([
+    ['pow(left, right)', { left: LONG_MAX, right: 10 }, /overflow/], // PowerFunctionTests.Bad_Data: OverflowException
+    ['pow(left, right)', { left: 40, right: 50 }, /overflow/], // CustomFunctions.md: "mathematic error : overflow"
+    ['divide(left, right)', { left: 100, right: 0 }, /divide by zero/], // DivideFunctionTests.Bad_Data
+    ['divide(left, right)', { left: 50, right: 0 }, /divide by zero/], // CustomFunctions.md
+    ['multiply(left, right)', { left: LONG_MAX, right: 2 }, /overflow/], // "must fit within a C# long"
+    ['add(left, right)', { left: 'bad', right: 100 }, /./], // each Bad_Data: a string
+    ['add(left, right)', { left: [1, 2, 3], right: 100 }, /./], // an array
+    ['subtract(left, right)', { left: { value: 1 }, right: 100 }, /./], // an object
+    ['fromUnixTimestamp(t)', { t: 1.5 }, /integer/], // JTokenType.Integer only
+  ])('%s with %j is an error', (expression, given, error) => {
+    expect(() => run(expression, given)).toThrow(error);
+  });
+
+  it.each(['pow()', 'pow(left', 'pow(left, right, up)', 'divide()', 'add(left, right, up)'])(
+    '%s does not load (Invalid_Argument_Count_Throws_Exception)',
+    (expression) => {
+      const r = compileExpression({ value: expression, language: 'jmespath' });
+      const loads = r.ok
+        ? (() => {
+            try {
+              r.expression.evaluate({}, { msg: {}, meta: meta('d') });
+              return true;
+            } catch {
+              return false;
+            }
+          })()
+        : false;
+      expect(loads).toBe(false);
+    },
+  );
 });
