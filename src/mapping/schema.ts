@@ -257,6 +257,12 @@ export const FHIR_TEMPLATE_TYPES = {
 
 export const fhirCollectionSchema = z.strictObject({
   templateType: typeNameSchema(['CollectionFhir', 'CollectionFhirTemplate'] as const),
+  /** Ours: MedTech compatibility mode for this template set (medtech-compat.ts). */
+  compatibility: z
+    .string()
+    .transform((s) => s.toLowerCase())
+    .pipe(z.literal('medtech'))
+    .optional(),
   template: z.array(
     z.strictObject({
       templateType: typeNameSchema(

@@ -3,6 +3,7 @@
  * test/fixtures/medtech/iomt-fhir; its README names each source) give the
  * results MedTech's C# tests assert. docs/mappings.md lists every case.
  */
+import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -575,4 +576,180 @@ describe('JMESPath custom functions with MedTech number semantics (Microsoft.Hea
       expect(loads).toBe(false);
     },
   );
+});
+
+/** MedTech compatibility mode: iomt-fhir's R4 and Ingest unit tests on identity and shape. */
+describe('MedTech compatibility mode (FhirImportServiceTests, TimePeriodMeasurementObservationGroupTests, CodeValueFhirTemplateProcessorTests)', () => {
+  const SERVICE = 'https://azure.microsoft.com/en-us/services/iomt-fhir-connector/';
+  const fhirSet = (template: object, compatibility = true) =>
+    JSON.stringify({
+      templateType: 'CollectionFhir',
+      ...(compatibility ? { compatibility: 'MedTech' } : {}),
+      template: [{ templateType: 'CodeValueFhir', template }],
+    });
+  const heartrate = (periodInterval: number) => ({
+    typeName: 'heartrate',
+    codes: [{ code: 'code', display: 'a', system: 'b' }],
+    periodInterval,
+    value: { valueType: 'quantity', valueName: 'hr', unit: 'count/min' },
+  });
+  const run = (mappings: MappingSet, payload: object) =>
+    normalizeMessage(mappings, {
+      policy: ANY_TIME,
+      payload: JSON.stringify(payload),
+      meta: meta('d-1'),
+      patientId: undefined,
+      identifierSystem: 'urn:iomt:observation',
+      resolveIdentity: () => ({ patientId: 'patientId', deviceResourceId: 'deviceId' }),
+    });
+  const sha = (v: string) => createHash('sha256').update(`${SERVICE}_${v}`).digest('hex');
+
+  it('a single reading: identifier {patient}.{device}.{type}.{start}.{end}, id its SHA-256, code with the service coding, effectivePeriod, issued', async () => {
+    const m = loaded([
+      { kind: 'device', text: deviceFor('heartrate', ['hr']) },
+      { kind: 'fhir', text: fhirSet(heartrate(0)) },
+    ]);
+    expect(m.compatibility).toBe('medtech');
+    const out = await run(m, { type: 'x', time: '2022-09-09T12:13:14.500Z', hr: 70 });
+    const o = out.observations[0]!.observation;
+    const value = 'patientId.deviceId.heartrate.20220909121314Z.20220909121314Z';
+    expect(o.identifier).toEqual([{ system: SERVICE, value }]);
+    expect(o.id).toBe(sha(value));
+    expect(o.code).toEqual({
+      coding: [
+        { code: 'code', display: 'a', system: 'b' },
+        { system: SERVICE, code: 'heartrate', display: 'heartrate' },
+      ],
+      text: 'heartrate',
+    });
+    expect(o.effectivePeriod).toEqual({
+      start: '2022-09-09T12:13:14.500Z',
+      end: '2022-09-09T12:13:14.500Z',
+    });
+    expect(o.effectiveDateTime).toBeUndefined();
+    expect(o.issued).toBe('2026-01-01T00:00:00.000Z');
+    expect(o.valueQuantity).toEqual({ value: 70, unit: 'count/min' });
+  });
+
+  it('an hourly window groups a Quantity too; its segment is 20190101000000Z.20190101005959Z', async () => {
+    const m = loaded([
+      { kind: 'device', text: deviceFor('heartrate', ['hr']) },
+      { kind: 'fhir', text: fhirSet(heartrate(60)) },
+    ]);
+    const out = await run(m, { type: 'x', time: '2019-01-01T00:20:00Z', hr: 70 });
+    const o = out.observations[0]!.observation;
+    expect(out.observations[0]!.merge).toBe(true);
+    expect(o.identifier?.[0]?.value).toBe(
+      'patientId.deviceId.heartrate.20190101000000Z.20190101005959Z',
+    );
+    expect(o.effectivePeriod).toEqual({
+      start: '2019-01-01T00:00:00.000Z',
+      end: '2019-01-01T00:59:59.999Z',
+    });
+  });
+
+  it('two Quantity values in one window are an error, as MedTech ("Expected 1 value. Received 2.")', async () => {
+    const m = loaded([
+      { kind: 'device', text: deviceFor('heartrate', ['hr']) },
+      { kind: 'fhir', text: fhirSet(heartrate(60)) },
+    ]);
+    const err = await run(m, [
+      { type: 'x', time: '2019-01-01T00:20:00Z', hr: 70 },
+      { type: 'x', time: '2019-01-01T00:40:00Z', hr: 72 },
+    ]).catch((x: unknown) => x as PipelineError);
+    expect((err as PipelineError).code).toBe('InvalidValue');
+  });
+
+  it('a correlation group: the segment is the correlation id (CorrelationMeasurementObservationGroupTests)', async () => {
+    const device = JSON.stringify({
+      templateType: 'CollectionContent',
+      template: [
+        {
+          templateType: 'JsonPathContent',
+          template: {
+            typeName: 'heartrate',
+            typeMatchExpression: '$..[?(@type)]',
+            timestampExpression: '$.time',
+            correlationIdExpression: '$.session',
+            values: [{ valueName: 'hr', valueExpression: '$.hr' }],
+          },
+        },
+      ],
+    });
+    const m = loaded([
+      { kind: 'device', text: device },
+      { kind: 'fhir', text: fhirSet(heartrate(-1)) },
+    ]);
+    const out = await run(m, { type: 'x', time: '2019-01-01T00:20:00Z', hr: 70, session: 'c-42' });
+    expect(out.observations[0]!.observation.identifier?.[0]?.value).toBe(
+      'patientId.deviceId.heartrate.c-42',
+    );
+  });
+
+  it('components: each code gets the service coding of its value name; a component the reading lacks is left out', async () => {
+    const m = loaded([
+      { kind: 'device', text: deviceFor('bloodpressure', ['systolic', 'diastolic']) },
+      {
+        kind: 'fhir',
+        text: JSON.stringify({
+          ...(JSON.parse(
+            collection('fhir', 'template-tests/data_CodeValueFhirTemplate_Quantity.json'),
+          ) as object),
+          compatibility: 'medtech',
+        }),
+      },
+    ]);
+    const hourly = await run(m, { type: 'x', time: '2019-01-01T00:20:00Z', systolic: 120 });
+    const o = hourly.observations[0]!.observation;
+    expect(o.component).toEqual([
+      {
+        code: {
+          coding: [
+            { code: '8480-6', display: 'Systolic blood pressure', system: 'http://loinc.org' },
+            { system: SERVICE, code: 'systolic', display: 'systolic' },
+          ],
+          text: 'systolic',
+        },
+        valueQuantity: {
+          value: 120,
+          unit: 'mmHg',
+          system: 'http://unitsofmeasure.org',
+          code: 'mm[Hg]',
+        },
+      },
+    ]);
+  });
+
+  it('a value that is not a number is an error, not dataAbsentReason (InvalidQuantityFhirValueException)', async () => {
+    const m = loaded([
+      { kind: 'device', text: deviceFor('heartrate', ['hr']) },
+      { kind: 'fhir', text: fhirSet(heartrate(0)) },
+    ]);
+    const err = await run(m, { type: 'x', time: '2019-01-01T00:20:00Z', hr: 'HI' }).catch(
+      (x: unknown) => x as PipelineError,
+    );
+    expect((err as PipelineError).code).toBe('InvalidValue');
+  });
+
+  it('off by default: our shape and identifier; a set that is half in the mode does not load', async () => {
+    const m = loaded([
+      { kind: 'device', text: deviceFor('heartrate', ['hr']) },
+      { kind: 'fhir', text: fhirSet(heartrate(0), false) },
+    ]);
+    expect(m.compatibility).toBeUndefined();
+    const out = await run(m, { type: 'x', time: '2019-01-01T00:20:00Z', hr: 70 });
+    const o = out.observations[0]!.observation;
+    expect(o.identifier?.[0]?.system).toBe('urn:iomt:observation');
+    expect(o.effectiveDateTime).toBe('2019-01-01T00:20:00.000Z');
+    const half = load([
+      { kind: 'device', text: deviceFor('heartrate', ['hr']) },
+      { kind: 'fhir', text: fhirSet(heartrate(0)), file: 'fhir/a.json' },
+      {
+        kind: 'fhir',
+        file: 'fhir/b.json',
+        text: JSON.stringify({ templateType: 'CollectionFhir', template: [] }),
+      },
+    ]);
+    expect(half.ok).toBe(false);
+  });
 });
