@@ -185,7 +185,7 @@ function valueNotes(v: FhirValueSpec, path: Path, periodInterval: number): Findi
   if ((periodInterval === 60 || periodInterval === 1440) && v.valueType !== 'SampledData') {
     notes.push({
       path,
-      message: `periodInterval ${periodInterval} groups SampledData only: "${v.valueType}" values stay one Observation per reading (as in MedTech)`,
+      message: `periodInterval ${periodInterval} groups SampledData only: "${v.valueType}" values stay one Observation per reading (MedTech grouped every value type by period; "compatibility": "MedTech" does too)`,
     });
   }
   return notes;

@@ -12,6 +12,7 @@ import { loadConfig } from '../../src/config.js';
 import type { PipelineError } from '../../src/errors.js';
 import { compileExpression } from '../../src/mapping/expressions.js';
 import {
+  checkMedTechTemplates,
   compileSources,
   DEFAULT_POLICY,
   mapMessage,
@@ -27,7 +28,8 @@ const dir = path.join(
   path.dirname(fileURLToPath(import.meta.url)),
   '../fixtures/medtech/iomt-fhir',
 );
-const text = (f: string) => readFileSync(path.join(dir, f), 'utf8');
+// Some of iomt-fhir's inputs start with a byte-order mark, as Json.NET allows.
+const text = (f: string) => readFileSync(path.join(dir, f), 'utf8').replace(/^\uFEFF/, '');
 
 /** A single template file of MedTech's tests, inside a collection as a mapping file holds it. */
 function collection(kind: 'device' | 'fhir', ...files: string[]): string {
@@ -751,5 +753,130 @@ describe('MedTech compatibility mode (FhirImportServiceTests, TimePeriodMeasurem
       },
     ]);
     expect(half.ok).toBe(false);
+  });
+});
+
+describe('the import report names every difference with its template location (sample/templates)', () => {
+  const report = (sample: string, compatibility?: string) => {
+    const fhir = JSON.parse(text(`samples/${sample}/fhirmapping.json`)) as object;
+    return checkMedTechTemplates({
+      deviceName: 'devicecontent.json',
+      deviceText: text(`samples/${sample}/devicecontent.json`),
+      fhirName: 'fhirmapping.json',
+      fhirText: JSON.stringify(compatibility ? { ...fhir, compatibility } : fhir, null, 2),
+    });
+  };
+
+  it.each(['basic', 'sandbox'])(
+    'samples/%s loads unchanged; each difference has file, line and column',
+    (sample) => {
+      const r = report(sample);
+      expect(r.ok).toBe(true);
+      for (const d of r.differences) {
+        expect(d.line, d.message).toBeGreaterThan(0);
+        expect(d.column, d.message).toBeGreaterThan(0);
+      }
+      const text = r.differences.map((d) => d.message).join('\n');
+      expect(text).toMatch(/not in MedTech compatibility mode/);
+      expect(text).toMatch(/identifier and id follow this pipeline's scheme/);
+      expect(text).toMatch(/dataAbsentReason \(MedTech raised an error\)/);
+      expect(text).toMatch(/refuses the whole message/);
+      expect(text).not.toMatch(/as in MedTech\)/);
+    },
+  );
+
+  it('in compatibility mode only what it cannot honour remains', () => {
+    const text = report('basic', 'MedTech')
+      .differences.map((d) => d.message)
+      .join('\n');
+    expect(text).not.toMatch(
+      /not in MedTech compatibility mode|pipeline's scheme|effectiveDateTime/,
+    );
+    expect(text).toMatch(/issued is the broker receipt time/);
+    expect(text).toMatch(/refuses the whole message/);
+    expect(text).toMatch(/last millisecond/);
+  });
+
+  it('names JMESPath arithmetic with its location (data_Documentation_CalculatedFunction_TransformData_Template: multiply)', () => {
+    const r = checkMedTechTemplates({
+      deviceName: 'devicecontent.json',
+      deviceText: text(
+        'template-tests/data_Documentation_CalculatedFunction_TransformData_Template.json',
+      ),
+      fhirName: 'fhirmapping.json',
+      fhirText: JSON.stringify({ templateType: 'CollectionFhir', template: [] }),
+    });
+    const notes = r.differences.filter((d) => /add\/subtract\/multiply/.test(d.message));
+    expect(notes).toHaveLength(1);
+    expect(notes[0]!.path).toEqual(['template', 0, 'template', 'values', 0, 'valueExpression']);
+    expect(notes[0]!.line).toBeGreaterThan(0);
+  });
+});
+
+/** CalculatedFunctionContentTemplateDocumentationTests: template, event, and the measurements asserted. */
+describe("CalculatedContent from iomt-fhir's documentation tests (JSONPath and JMESPath)", () => {
+  const D = 'template-tests/data_Documentation_CalculatedFunction_';
+  const cases: [string, string, string, [string, string, Record<string, string>][]][] = [
+    [
+      'MultipleMatches_And_UsingParentScope',
+      'MultipleMatches_Template',
+      'MultipleMatches_Payload',
+      [
+        ['heartrate', '2021-07-13T17:29:01', { systolic: '120', diastolic: '80' }],
+        ['heartrate', '2021-07-13T17:28:01', { systolic: '122', diastolic: '82' }],
+      ],
+    ],
+    [
+      'Extract_HeartRate',
+      'HeartRate_Template',
+      'HeartRate_Payload',
+      [['heartrate', '2019-02-01T22:46:01', { hr: '78' }]],
+    ],
+    [
+      'Extract_BloodPressure',
+      'BloodPressure_Template',
+      'BloodPressure_Payload',
+      [['bloodpressure', '2019-02-01T22:46:01', { systolic: '123', diastolic: '87' }]],
+    ],
+    [
+      'Extract_MultipleMeasurements',
+      'MultipleMeasurements_Template',
+      'MultipleMeasurements_Payload',
+      [
+        ['heartrate', '2019-02-01T22:46:01', { hr: '78' }],
+        ['stepcount', '2019-02-01T22:46:01', { steps: '2' }],
+      ],
+    ],
+    [
+      'Extract_MultipleMeasurements_FromArray',
+      'MultipleMeasurements_Template',
+      'MultipleMeasurements_FromArray_Payload',
+      [
+        ['heartrate', '2019-02-01T20:46:01', { hr: '78' }],
+        ['heartrate', '2019-02-01T21:46:01', { hr: '81' }],
+        ['heartrate', '2019-02-01T22:46:01', { hr: '72' }],
+      ],
+    ],
+    [
+      'Extract_TransformData',
+      'TransformData_Template',
+      'TransformData_Payload',
+      [
+        ['heightInMeters', '2019-02-01T22:46:01', { height: String(78 * 0.0254) }],
+        ['heightInMeters', '2019-02-01T23:46:01', { height: '1.9304' }],
+      ],
+    ],
+  ];
+  it.each(cases)('%s_Test', async (_name, template, payload, expected) => {
+    const m = loaded([{ kind: 'device', text: text(`${D}${template}.json`) }], false);
+    const event = JSON.parse(text(`${D}${payload}.json`)) as unknown;
+    const out = await mapWith(m, event, 'device123', EVENTHUB);
+    const got = out.readings.map((r) => [
+      r.type,
+      r.occurrenceTime.slice(0, 19),
+      Object.fromEntries(Object.entries(r.values).map(([k, v]) => [k, String(v)])),
+    ]);
+    expect(got).toEqual(expected);
+    expect(out.readings.every((r) => r.deviceId === 'device123')).toBe(true);
   });
 });
