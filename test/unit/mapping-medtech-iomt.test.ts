@@ -880,3 +880,33 @@ describe("CalculatedContent from iomt-fhir's documentation tests (JSONPath and J
     expect(out.readings.every((r) => r.deviceId === 'device123')).toBe(true);
   });
 });
+
+describe('IotCentralJsonPathContent (IotCentralJsonPathContentTemplateTests, data_IotCentralPayloadExample)', () => {
+  it('blood pressure and the enrichment: device $.deviceId, time $.enqueuedTime', async () => {
+    const m = loaded(
+      [{ kind: 'device', text: text('processor-tests/iotcentral-templates.json') }],
+      false,
+    );
+    const payload = JSON.parse(
+      text('template-tests/data_IotCentralPayloadExample.json'),
+    ) as unknown;
+    const out = await mapWith(m, payload, '1vzb5ghlsg1', { source: 'none' });
+    expect(out.readings.map(asMedTech)).toEqual([
+      {
+        type: 'bloodPressure',
+        occurrenceTimeUtc: '2020-08-05T22:26:55.455Z',
+        deviceId: '1vzb5ghlsg1',
+        properties: [
+          { name: 'bp_diastolic', value: 7 },
+          { name: 'bp_systolic', value: 71 },
+        ],
+      },
+      {
+        type: 'elevation',
+        occurrenceTimeUtc: '2020-08-05T22:26:55.455Z',
+        deviceId: '1vzb5ghlsg1',
+        properties: [{ name: 'elevation', value: '200m' }],
+      },
+    ]);
+  });
+});
