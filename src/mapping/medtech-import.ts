@@ -36,7 +36,7 @@ const ONCE = {
   issuedCompat:
     'Observation.issued is the broker receipt time (MedTech: the time it wrote the Observation; the mapping here has no clock)',
   windowEnd:
-    'a window ends at its last millisecond (…:59:59.999Z; MedTech: its last 100 ns tick, …:59:59.9999999Z); the identifier, which carries seconds only, is the same',
+    "a window ends at its last millisecond (…:59:59.999Z; MedTech: its last 100 ns tick, …:59:59.9999999Z); the identifier, which carries seconds only, is the same; a Quantity, String or CodeableConcept merged across messages keeps the stored value (MedTech replaced it with the newer batch's)",
   wholeMessage:
     'a template that fails on a message (an expression error, a missing required value) refuses the whole message with a specific code; MedTech kept the readings the templates before it had produced',
   identity:
