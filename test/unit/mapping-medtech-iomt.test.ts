@@ -910,3 +910,69 @@ describe('IotCentralJsonPathContent (IotCentralJsonPathContentTemplateTests, dat
     ]);
   });
 });
+
+describe('the activation shadow run applies MEDTECH_ENVELOPE as the worker does', () => {
+  it('a template reading Properties maps recent traffic in the shadow run only with the setting', async () => {
+    const { shadowRun } = await import('../../src/mapping/lifecycle/index.js');
+    const device = JSON.stringify({
+      templateType: 'CollectionContent',
+      template: [
+        {
+          templateType: 'CalculatedContent',
+          template: {
+            typeName: 'heartrate',
+            typeMatchExpression: '$..[?(@Body.hr)]',
+            patientIdExpression: '$.Properties.patientId',
+            timestampExpression: '$.matchedToken.Body.t',
+            values: [{ valueName: 'hr', valueExpression: '$.matchedToken.Body.hr' }],
+          },
+        },
+      ],
+    });
+    const fhir = (display: string) =>
+      JSON.stringify({
+        templateType: 'CollectionFhir',
+        template: [
+          {
+            templateType: 'CodeValueFhir',
+            template: {
+              typeName: 'heartrate',
+              codes: [{ code: '8867-4', system: 'http://loinc.org', display }],
+              value: { valueType: 'Quantity', valueName: 'hr', unit: '/min' },
+            },
+          },
+        ],
+      });
+    const version = (display: string) => {
+      const files = [
+        { file: 'device/hr.json', kind: 'device' as const, text: device },
+        { file: 'fhir/hr.json', kind: 'fhir' as const, text: fhir(display) },
+      ];
+      return { mappings: loaded(files), files };
+    };
+    const at = Date.parse('2026-01-01T00:00:00Z');
+    const samples = [
+      {
+        id: 'm-1',
+        deviceId: 'd-1',
+        patientId: 'p-1',
+        topic: 'devices/d-1/telemetry/p-1',
+        receivedAt: at,
+        payload: JSON.stringify({ hr: 70, t: '2026-01-01T00:00:00Z' }),
+        source: 'device_messages' as const,
+      },
+    ];
+    const base = {
+      identifierSystem: 'urn:iomt:observation',
+      input: ANY_TIME.input,
+      perTemplate: 10,
+    };
+    const withEnvelope = await shadowRun(version('Heart rate'), version('Pulse'), samples, {
+      ...base,
+      envelope: parseEnvelopePolicy('topic:devices/+/telemetry/{patientId}'),
+    });
+    expect(withEnvelope.templates[0]!.candidate.matched).toBe(1);
+    const without = await shadowRun(version('Heart rate'), version('Pulse'), samples, base);
+    expect(without.templates[0]!.candidateCodes).toEqual({ MessagePropertyMissing: 1 });
+  });
+});
