@@ -8,6 +8,7 @@
  */
 import { PipelineError } from './errors.js';
 import { DEFAULT_LIMITS, parseLimits } from './mapping/plausibility.js';
+import { NO_ENVELOPE, parseEnvelopePolicy } from './mapping/envelope.js';
 import { parseRedisUrl } from './redis.js';
 
 type Parser<T> = (raw: string) => T;
@@ -361,6 +362,12 @@ export const SETTINGS = {
       'UTC',
       timeZone,
       "IANA time zone whose local days bound daily windows (periodInterval 1440), e.g. `Europe/Berlin`: a day of steps is the patient's day.",
+    ),
+    medtechEnvelope: setting(
+      'MEDTECH_ENVELOPE',
+      NO_ENVELOPE,
+      parseEnvelopePolicy,
+      "Where MedTech templates' `Properties` come from over MQTT 3.1.1 (docs/mappings.md#the-envelope): `none`; `topic:<pattern>` — named topic levels, e.g. `topic:devices/+/telemetry/{patientId}`; `field:<member>` — a member of the payload object holding the properties, removed from `Body`; `eventhub` — the payload is a bridged Event Hubs / IoT Hub event `{Body, Properties, SystemProperties}` (its `iothub-connection-device-id` is a claim checked like a gateway's, its `iothub-creation-time-utc` the IotJsonPathContent time).",
     ),
   },
   fhir: {

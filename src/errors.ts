@@ -153,6 +153,13 @@ export const ERROR_CODES = {
     http: 422,
     message: "The template's encounter expression yielded nothing",
   },
+  MessagePropertyMissing: {
+    stage: 'normalize',
+    retryable: false,
+    http: 422,
+    message:
+      'A template reads a message property (Properties / SystemProperties) for the device, patient or encounter, and the message does not carry it',
+  },
   AssociationChanged: {
     stage: 'fhir',
     retryable: false,

@@ -69,6 +69,8 @@ export interface CompiledFhirTemplate {
 
 export interface MappingSet {
   readonly version: string;
+  /** MedTech compatibility mode (`"compatibility": "MedTech"` in the FHIR template files). */
+  readonly compatibility?: 'medtech';
   readonly deviceTemplates: readonly CompiledDeviceTemplate[];
   readonly fhirTemplates: ReadonlyMap<string, CompiledFhirTemplate>;
 }
@@ -216,6 +218,7 @@ export function compileMappings(
   const notes: MappingProblem[] = [];
   const deviceTemplates: CompiledDeviceTemplate[] = [];
   const fhirTemplates = new Map<string, CompiledFhirTemplate>();
+  const modes = new Map<string, 'medtech' | 'own'>();
 
   for (const doc of documents) {
     const collection = (
@@ -224,6 +227,10 @@ export function compileMappings(
     if (!collection.success) {
       problems.push(...zodFindings([], collection.error).map((f) => ({ file: doc.file, ...f })));
       continue;
+    }
+    if (doc.kind === 'fhir') {
+      const mode = (collection.data as { compatibility?: 'medtech' }).compatibility;
+      modes.set(doc.file, mode ?? 'own');
     }
     collection.data.template.forEach((entry, i) => {
       const base: Path = ['template', i, 'template'];
@@ -330,6 +337,18 @@ export function compileMappings(
     }
   }
 
+  // One template set, one mode: every FHIR file says MedTech, or none does.
+  const medtech = [...modes.entries()].filter(([, m]) => m === 'medtech').map(([f]) => f);
+  if (medtech.length > 0 && medtech.length < modes.size) {
+    const others = [...modes.entries()].filter(([, m]) => m === 'own').map(([f]) => f);
+    for (const f of others) {
+      problems.push({
+        file: f,
+        path: [],
+        message: `the template set is in MedTech compatibility mode (${medtech.join(', ')}): this file needs "compatibility": "MedTech" too`,
+      });
+    }
+  }
   if (problems.length > 0) return { ok: false, problems, notes };
   const hash = createHash('sha256');
   for (const doc of [...documents].sort((a, b) => a.file.localeCompare(b.file))) {
@@ -338,6 +357,11 @@ export function compileMappings(
   return {
     ok: true,
     notes,
-    mappings: { version: hash.digest('hex').slice(0, 12), deviceTemplates, fhirTemplates },
+    mappings: {
+      version: hash.digest('hex').slice(0, 12),
+      ...(medtech.length > 0 ? { compatibility: 'medtech' as const } : {}),
+      deviceTemplates,
+      fhirTemplates,
+    },
   };
 }

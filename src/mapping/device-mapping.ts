@@ -14,6 +14,7 @@
  */
 import { PipelineError, foreignErrorKind } from '../errors.js';
 import type { CompiledDeviceTemplate, CompiledExpression, MappingSet } from './compile.js';
+import { messageEnvelope, type MessageEnvelope } from './envelope.js';
 import type { Bindings } from './expressions.js';
 import type { AbsentCode } from './special-values.js';
 import { parseTimestamp } from './timestamp.js';
@@ -57,6 +58,11 @@ export type TraceEvent =
 
 export interface MapOptions {
   readonly trace?: (event: TraceEvent) => void;
+  /**
+   * The message's envelope (envelope.ts, per MEDTECH_ENVELOPE); default: the
+   * payload as Body, no Properties, the broker's SystemProperties.
+   */
+  readonly envelope?: MessageEnvelope;
 }
 
 export interface DeviceMappingResult {
@@ -69,16 +75,26 @@ export interface DeviceMappingResult {
  * MedTech's event envelope. The device and time come from authentication and
  * the broker, under the names IoT Hub gives them (anti-spoofing properties).
  */
-export function medtechEnvelope(body: unknown, meta: MessageMeta): Record<string, unknown> {
+export function medtechEnvelope(
+  body: unknown,
+  meta: MessageMeta,
+  envelope: MessageEnvelope = messageEnvelope(body, meta),
+): Record<string, unknown> {
   return {
-    Body: body,
-    Properties: {},
-    SystemProperties: {
-      'iothub-connection-device-id': meta.deviceId,
-      'iothub-enqueuedtime': new Date(meta.receivedAt).toISOString(),
-      'mqtt-topic': meta.topic,
-    },
+    Body: envelope.body,
+    Properties: envelope.properties,
+    SystemProperties: envelope.systemProperties,
   };
+}
+
+/** The expression reads the envelope's Properties or SystemProperties. */
+function readsProperties(
+  expr: CompiledExpression | undefined,
+  t: CompiledDeviceTemplate,
+  key: string,
+): boolean {
+  const spec = (t.spec as unknown as Record<string, { value?: string } | undefined>)[key];
+  return expr !== undefined && /Properties/.test(spec?.value ?? '');
 }
 
 class Evaluation {
@@ -140,7 +156,12 @@ class Evaluation {
   }
 
   fail(
-    code: 'InvalidTimestamp' | 'RequiredValueMissing' | 'DeviceIdMissing' | 'EncounterIdMissing',
+    code:
+      | 'InvalidTimestamp'
+      | 'RequiredValueMissing'
+      | 'DeviceIdMissing'
+      | 'EncounterIdMissing'
+      | 'MessagePropertyMissing',
     message: string,
     value?: string,
   ): never {
@@ -165,7 +186,21 @@ async function mapContext(ev: Evaluation, ctx: unknown, envelope: unknown): Prom
   const input = kind === 'CalculatedContent' ? { ...(envelope as object), matchedToken: ctx } : ctx;
 
   let occurrenceTime: string;
-  if (t.timestamp) {
+  const env = envelope as {
+    Properties: Record<string, unknown>;
+    SystemProperties: Record<string, unknown>;
+  };
+  if (kind === 'IotJsonPathContent') {
+    // MedTech: the device's creation time (Properties.iothub-creation-time-utc),
+    // else the hub's enqueued time (here the receipt time, or the bridged hub's).
+    const raw =
+      env.Properties['iothub-creation-time-utc'] ?? env.SystemProperties['iothub-enqueuedtime'];
+    const parsed = parseTimestamp(raw, { zoneOptional: true });
+    if (parsed === undefined) {
+      ev.fail('InvalidTimestamp', 'iothub-creation-time-utc / iothub-enqueuedtime is not ISO 8601');
+    }
+    occurrenceTime = parsed;
+  } else if (t.timestamp) {
     const raw = await ev.run(t.timestamp, input, 'timestampExpression');
     const parsed = parseTimestamp(raw, { zoneOptional: kind !== 'JsonataContent' });
     if (parsed === undefined) {
@@ -183,11 +218,28 @@ async function mapContext(ev: Evaluation, ctx: unknown, envelope: unknown): Prom
 
   // Identity never falls back: an expression the template has must yield a value
   // (a patient or encounter expression may yield null: "no claim").
+  // A property the message does not carry is never replaced by the MQTT identity.
+  const propertyMissing = (what: string): never =>
+    ev.fail(
+      'MessagePropertyMissing',
+      `the ${what} expression reads a message property the message does not carry (see MEDTECH_ENVELOPE)`,
+    );
   let deviceId = ev.b.meta.deviceId;
-  if (t.deviceId) {
+  let deviceFrom: Reading['deviceFrom'] = t.deviceId ? 'payload' : 'connection';
+  if (kind === 'IotJsonPathContent') {
+    // MedTech: SystemProperties.iothub-connection-device-id — the authenticated
+    // device, or the device a bridged event names (a claim, checked as any other).
+    const named = scalar(env.SystemProperties['iothub-connection-device-id']);
+    if (named === undefined || named === '')
+      propertyMissing('device (iothub-connection-device-id)');
+    deviceId = String(named);
+    deviceFrom = deviceId === ev.b.meta.deviceId ? 'connection' : 'payload';
+  } else if (t.deviceId) {
     const named = await ev.claim(t.deviceId, input, 'deviceIdExpression');
-    if (named === undefined || named === null)
+    if (named === undefined || named === null) {
+      if (readsProperties(t.deviceId, t, 'deviceIdExpression')) propertyMissing('device');
       ev.fail('DeviceIdMissing', 'the device expression yielded nothing');
+    }
     deviceId = named;
   }
   // A patient expression that yields nothing is decided by the identity mode
@@ -197,14 +249,18 @@ async function mapContext(ev: Evaluation, ctx: unknown, envelope: unknown): Prom
   let patientClaimMissing = false;
   if (t.patientId) {
     const named = await ev.claim(t.patientId, input, 'patientIdExpression');
+    if (named === undefined && readsProperties(t.patientId, t, 'patientIdExpression'))
+      propertyMissing('patient');
     patientClaimMissing = named === undefined;
     claimedPatientId = named ?? undefined;
   }
   let encounterId: string | undefined;
   if (t.encounterId) {
     const named = await ev.claim(t.encounterId, input, 'encounterIdExpression');
-    if (named === undefined)
+    if (named === undefined) {
+      if (readsProperties(t.encounterId, t, 'encounterIdExpression')) propertyMissing('encounter');
       ev.fail('EncounterIdMissing', 'the encounter expression yielded nothing');
+    }
     encounterId = named ?? undefined;
   }
   const correlationId = await ev.text(t.correlationId, input, 'correlationIdExpression');
@@ -244,7 +300,7 @@ async function mapContext(ev: Evaluation, ctx: unknown, envelope: unknown): Prom
   return {
     type: t.spec.typeName,
     deviceId,
-    deviceFrom: t.deviceId ? 'payload' : 'connection',
+    deviceFrom,
     ...(claimedPatientId !== undefined ? { claimedPatientId } : {}),
     ...(patientClaimMissing ? { patientClaimMissing: true } : {}),
     ...(encounterId !== undefined ? { encounterId } : {}),
@@ -267,14 +323,15 @@ export async function mapMessage(
   meta: MessageMeta,
   options: MapOptions = {},
 ): Promise<DeviceMappingResult> {
-  const b: Bindings = { msg: body, meta };
+  const parts = options.envelope ?? messageEnvelope(body, meta);
+  const b: Bindings = { msg: parts.body, meta };
   let envelope: Record<string, unknown> | undefined;
   const readings: Reading[] = [];
   const matchedTemplates: string[] = [];
   for (const t of mappings.deviceTemplates) {
     const ev = new Evaluation(t, b, options);
-    let root: unknown = body;
-    if (t.spec.kind !== 'JsonataContent') root = envelope ??= medtechEnvelope(body, meta);
+    let root: unknown = parts.body;
+    if (t.spec.kind !== 'JsonataContent') root = envelope ??= medtechEnvelope(body, meta, parts);
     let selected: unknown;
     try {
       selected = await t.match.select(root, b);

@@ -125,8 +125,9 @@ export function conceptFields(t: CodeValueFhirSpec): Pick<Observation, 'category
   return {
     ...(t.category
       ? {
+          // A category may be text only (MedTech): FHIR allows no empty coding array.
           category: t.category.map((c) => ({
-            coding: codings(c.coding),
+            ...(c.coding.length > 0 ? { coding: codings(c.coding) } : {}),
             ...(c.text ? { text: c.text } : {}),
           })),
         }

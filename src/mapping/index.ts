@@ -16,6 +16,8 @@ export type {
   CompileOptions,
 } from './compile.js';
 export { mapMessage, medtechEnvelope } from './device-mapping.js';
+export { messageEnvelope, parseEnvelopePolicy, NO_ENVELOPE } from './envelope.js';
+export type { EnvelopePolicy, MessageEnvelope } from './envelope.js';
 export type { DeviceMappingResult, Reading, TraceEvent } from './device-mapping.js';
 export { parseTimestamp } from './timestamp.js';
 export {

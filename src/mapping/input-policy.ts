@@ -25,6 +25,7 @@ import type { Observation } from 'fhir/r4.js';
 import { loadConfig, type Config } from '../config.js';
 import { PipelineError } from '../errors.js';
 import { describeJsonProblem, positionOf, scanJson } from '../json-text.js';
+import type { EnvelopePolicy } from './envelope.js';
 import type { PlausibilityLimit } from './plausibility.js';
 
 export type InputLimits = Config['input'];
@@ -130,6 +131,8 @@ export interface NormalizePolicy {
   readonly plausibilityLimits: readonly PlausibilityLimit[];
   /** IANA zone of daily windows (WINDOW_TIME_ZONE). */
   readonly windowTimeZone: string;
+  /** Where MedTech templates' Properties come from (MEDTECH_ENVELOPE, envelope.ts). */
+  readonly envelope: EnvelopePolicy;
 }
 
 export function normalizePolicy(config: Pick<Config, 'input' | 'values'>): NormalizePolicy {
@@ -137,6 +140,7 @@ export function normalizePolicy(config: Pick<Config, 'input' | 'values'>): Norma
     input: config.input,
     plausibilityLimits: config.values.plausibilityLimits,
     windowTimeZone: config.values.windowTimeZone,
+    envelope: config.values.medtechEnvelope,
   };
 }
 

@@ -11,6 +11,7 @@ import { describeJsonProblem, scanJson } from '../json-text.js';
 import type { MappingSet } from './compile.js';
 import { mapMessage, type Reading, type TraceEvent } from './device-mapping.js';
 import type { Bindings } from './expressions.js';
+import { messageEnvelope } from './envelope.js';
 import { buildExpressionObservation, buildObservation } from './fhir-mapping.js';
 import {
   bindingResolver,
@@ -27,7 +28,8 @@ import {
 } from './input-policy.js';
 import { flagImplausible, type ImplausibleValue } from './plausibility.js';
 import type { Measurement, MessageMeta } from './types.js';
-import { buildGroupedObservation, groupKey, groupOf } from './windowing.js';
+import { medtechShape } from './medtech-compat.js';
+import { buildGroupedObservation, groupKey, groupOf, windowEnd } from './windowing.js';
 
 export interface NormalizeInput {
   readonly payload: string;
@@ -159,9 +161,13 @@ export async function normalizeMessage(
   const policy = input.policy ?? DEFAULT_POLICY;
   // Input policy, the same for the worker and the CLI: shape before parsing…
   checkJsonShape(input.payload, policy.input);
-  const body = parsePayload(input.payload);
-  const { readings, matchedTemplates } = await mapMessage(mappings, body, input.meta, {
+  const payload = parsePayload(input.payload);
+  // MedTech's envelope: Body, and Properties from where MEDTECH_ENVELOPE says.
+  const envelope = messageEnvelope(payload, input.meta, policy.envelope);
+  const body = envelope.body;
+  const { readings, matchedTemplates } = await mapMessage(mappings, payload, input.meta, {
     ...(input.trace ? { trace: input.trace } : {}),
+    envelope,
   });
   if (matchedTemplates.length === 0) {
     throw new PipelineError('TemplateNotMatched', 'no device template matched the message');
@@ -205,11 +211,19 @@ export async function normalizeMessage(
       observations.push({ ...provenance, observation, merge: false });
       continue;
     }
-    const group = groupOf(m, t.spec, policy.windowTimeZone);
+    // MedTech compatibility: its windows are UTC hours and days, for every value type.
+    const compat = mappings.compatibility === 'medtech';
+    const zone = compat ? 'UTC' : policy.windowTimeZone;
+    const group = groupOf(m, t.spec, zone, compat);
     if (group.kind === 'point') {
+      const built = buildObservation(m, t.spec, ctx, identity);
+      const at = Date.parse(m.occurrenceTime);
       observations.push({
         ...provenance,
-        observation: buildObservation(m, t.spec, ctx, identity),
+        observation: compat
+          ? medtechShape(built, t.spec, identity, { startMs: at, endMs: at }, input.meta.receivedAt)
+          : built,
+        // Same id as MedTech's: the write replaces the stored single reading.
         merge: false,
       });
       continue;
@@ -226,23 +240,57 @@ export async function normalizeMessage(
     const m = g.measurements[0]!;
     const t = mappings.fhirTemplates.get(m.type)!.spec;
     if (t.kind !== 'CodeValueFhir') continue;
+    const compat = mappings.compatibility === 'medtech';
+    const zone = compat ? 'UTC' : policy.windowTimeZone;
+    const built = buildGroupedObservation(
+      g.measurements,
+      t,
+      {
+        identifierSystem: input.identifierSystem,
+        templateName: m.type,
+        templateVersion: mappings.version,
+      },
+      g.identity,
+      g.group,
+      zone,
+    );
+    let observation = built;
+    if (compat) {
+      // MedTech: a Quantity or String takes exactly one value per Observation
+      // ("Expected 1 value. Received n."); SampledData lays out many.
+      for (const v of [t.value, ...(t.components ?? []).map((c) => c.value)]) {
+        if (v === undefined || (v.valueType !== 'Quantity' && v.valueType !== 'String')) continue;
+        const n = g.measurements.filter((x) => x.values[v.valueName] !== undefined).length;
+        if (n > 1) {
+          throw new PipelineError(
+            'InvalidValue',
+            `FHIR template "${t.typeName}": expected 1 value of "${v.valueName}" in the group, received ${n} (MedTech compatibility)`,
+            { details: { template: t.typeName } },
+          );
+        }
+      }
+      const times = g.measurements.map((x) => Date.parse(x.occurrenceTime));
+      const startMs = g.group.kind === 'window' ? Date.parse(g.group.start) : Math.min(...times);
+      const endMs =
+        g.group.kind === 'window' ? windowEnd(startMs, g.group.minutes, zone) : Math.max(...times);
+      observation = medtechShape(
+        built,
+        t,
+        g.identity,
+        {
+          startMs,
+          endMs,
+          ...(g.group.kind === 'correlation' ? { correlationId: g.group.correlationId } : {}),
+        },
+        input.meta.receivedAt,
+      );
+    }
     observations[g.at] = {
       templateName: m.type,
       deviceId: m.deviceId,
       ...(m.gatewayId !== undefined ? { gatewayId: m.gatewayId } : {}),
       merge: true,
-      observation: buildGroupedObservation(
-        g.measurements,
-        t,
-        {
-          identifierSystem: input.identifierSystem,
-          templateName: m.type,
-          templateVersion: mappings.version,
-        },
-        g.identity,
-        g.group,
-        policy.windowTimeZone,
-      ),
+      observation,
     };
   }
   // Plausibility: flagged in place, never dropped (plausibility.ts).

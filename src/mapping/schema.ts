@@ -124,13 +124,47 @@ export const DEVICE_TEMPLATE_TYPES = {
   CalculatedContentTemplate: 'CalculatedContent',
 } as const;
 
+/**
+ * MedTech matches a template type name without regard to case, with or without
+ * its "Template" suffix (TemplateContainer.MatchTemplateName): the name as the
+ * file spells it → the canonical key of `names`.
+ */
+export function canonicalTypeName<K extends string>(
+  names: readonly K[],
+  written: string,
+): K | undefined {
+  const lower = written.toLowerCase();
+  return (
+    names.find((n) => n === written) ??
+    names.find((n) => n.toLowerCase() === lower) ??
+    names.find((n) => n.toLowerCase() === `${lower}template`)
+  );
+}
+
+/** A template type name, any case → one of `names` (as written in our own files). */
+function typeNameSchema<K extends string>(names: readonly K[]) {
+  return z.string().transform((s, ctx): K => {
+    const k = canonicalTypeName(names, s);
+    if (k === undefined) {
+      ctx.addIssue({
+        code: 'custom',
+        message: `unknown template type "${s}" (expected one of ${names.join(', ')}, in any case)`,
+      });
+      return z.NEVER;
+    }
+    return k;
+  });
+}
+
 export const deviceEntrySchema = z.strictObject({
-  templateType: z.enum(Object.keys(DEVICE_TEMPLATE_TYPES) as [string, ...string[]]),
+  templateType: typeNameSchema(
+    Object.keys(DEVICE_TEMPLATE_TYPES) as (keyof typeof DEVICE_TEMPLATE_TYPES)[],
+  ),
   template: z.record(z.string(), z.unknown()),
 });
 
 export const deviceCollectionSchema = z.strictObject({
-  templateType: z.enum(['CollectionContent', 'CollectionContentTemplate']),
+  templateType: typeNameSchema(['CollectionContent', 'CollectionContentTemplate'] as const),
   template: z.array(deviceEntrySchema),
 });
 
@@ -140,61 +174,75 @@ const codingSchema = z.strictObject({
   display: z.string().optional(),
 });
 
-/** Ours write `coding` (FHIR's name); MedTech wrote `codes`. */
+/** Ours write `coding` (FHIR's name); MedTech wrote `codes`. Text alone is a category too (MedTech). */
 const categorySchema = z
   .strictObject({
     coding: z.array(codingSchema).min(1).optional(),
     codes: z.array(codingSchema).min(1).optional(),
-    text: z.string().optional(),
+    text: z.string().min(1).optional(),
   })
-  .refine((c) => (c.coding ?? c.codes) !== undefined, {
-    message: 'a category needs `coding` (or MedTech `codes`)',
+  .refine((c) => (c.coding ?? c.codes) !== undefined || c.text !== undefined, {
+    message: 'a category needs `coding` (or MedTech `codes`), or `text`',
   });
 
-export const valueSchema = z.discriminatedUnion('valueType', [
-  z.strictObject({
-    valueType: z.literal('Quantity'),
-    valueName: nonEmpty,
-    unit: z.string().optional(),
-    code: nonEmpty.optional(),
-    system: nonEmpty.optional(),
-  }),
-  z.strictObject({
-    valueType: z.literal('SampledData'),
-    valueName: nonEmpty,
-    defaultPeriod: z.number().positive(),
-    periodName: nonEmpty.optional(),
-    unit: z.string(),
-    code: nonEmpty.optional(),
-    system: nonEmpty.optional(),
-  }),
-  z.strictObject({
-    valueType: z.literal('CodeableConcept'),
-    valueName: nonEmpty.optional(),
-    text: z.string().optional(),
-    codes: z.array(codingSchema).min(1),
-  }),
-  z.strictObject({ valueType: z.literal('String'), valueName: nonEmpty }),
-]);
+export const VALUE_TYPES = ['Quantity', 'SampledData', 'CodeableConcept', 'String'] as const;
 
-export const codeValueFhirSchema = z
-  .strictObject({
-    typeName: nonEmpty,
-    codes: z.array(codingSchema).min(1),
-    text: nonEmpty.optional(),
-    profile: z.array(z.url()).optional(),
-    category: z.array(categorySchema).optional(),
-    periodInterval: z
-      .union([z.literal(-1), z.literal(0), z.literal(60), z.literal(1440)])
-      .optional(),
-    value: valueSchema.optional(),
-    components: z
-      .array(z.strictObject({ codes: z.array(codingSchema).min(1), value: valueSchema }))
-      .optional(),
-  })
-  .refine((t) => t.value !== undefined || (t.components?.length ?? 0) > 0, {
-    message: 'a FHIR template needs a value or at least one component',
-  });
+/**
+ * MedTech finds a value type by name without regard to case (AbstractJsonConverter,
+ * InvariantCultureIgnoreCase; "sampledData", "quantity" in its own docs), and with
+ * or without the "FhirValueType" suffix of its class names.
+ */
+function canonicalValueType(raw: unknown): unknown {
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) return raw;
+  const v = raw as Record<string, unknown>;
+  if (typeof v.valueType !== 'string') return raw;
+  const lower = v.valueType.toLowerCase().replace(/fhirvaluetype$/, '');
+  const k = VALUE_TYPES.find((t) => t.toLowerCase() === lower);
+  return k === undefined || k === v.valueType ? raw : { ...v, valueType: k };
+}
+
+export const valueSchema = z.preprocess(canonicalValueType, valueUnion());
+
+function valueUnion() {
+  return z.discriminatedUnion('valueType', [
+    z.strictObject({
+      valueType: z.literal('Quantity'),
+      valueName: nonEmpty,
+      unit: z.string().optional(),
+      code: nonEmpty.optional(),
+      system: nonEmpty.optional(),
+    }),
+    z.strictObject({
+      valueType: z.literal('SampledData'),
+      valueName: nonEmpty,
+      defaultPeriod: z.number().positive(),
+      periodName: nonEmpty.optional(),
+      unit: z.string(),
+      code: nonEmpty.optional(),
+      system: nonEmpty.optional(),
+    }),
+    z.strictObject({
+      valueType: z.literal('CodeableConcept'),
+      valueName: nonEmpty.optional(),
+      text: z.string().optional(),
+      codes: z.array(codingSchema).min(1),
+    }),
+    z.strictObject({ valueType: z.literal('String'), valueName: nonEmpty }),
+  ]);
+}
+
+export const codeValueFhirSchema = z.strictObject({
+  typeName: nonEmpty,
+  codes: z.array(codingSchema).min(1),
+  text: nonEmpty.optional(),
+  profile: z.array(z.url()).optional(),
+  category: z.array(categorySchema).optional(),
+  periodInterval: z.union([z.literal(-1), z.literal(0), z.literal(60), z.literal(1440)]).optional(),
+  value: valueSchema.optional(),
+  components: z
+    .array(z.strictObject({ codes: z.array(codingSchema).min(1), value: valueSchema }))
+    .optional(),
+});
 
 export const jsonataFhirSchema = z.strictObject({
   typeName: nonEmpty,
@@ -208,10 +256,18 @@ export const FHIR_TEMPLATE_TYPES = {
 } as const;
 
 export const fhirCollectionSchema = z.strictObject({
-  templateType: z.enum(['CollectionFhir', 'CollectionFhirTemplate']),
+  templateType: typeNameSchema(['CollectionFhir', 'CollectionFhirTemplate'] as const),
+  /** Ours: MedTech compatibility mode for this template set (medtech-compat.ts). */
+  compatibility: z
+    .string()
+    .transform((s) => s.toLowerCase())
+    .pipe(z.literal('medtech'))
+    .optional(),
   template: z.array(
     z.strictObject({
-      templateType: z.enum(Object.keys(FHIR_TEMPLATE_TYPES) as [string, ...string[]]),
+      templateType: typeNameSchema(
+        Object.keys(FHIR_TEMPLATE_TYPES) as (keyof typeof FHIR_TEMPLATE_TYPES)[],
+      ),
       template: z.record(z.string(), z.unknown()),
     }),
   ),

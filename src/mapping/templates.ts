@@ -60,7 +60,7 @@ function expression(input: ExpressionInput, fallback: ExpressionLanguage): Expre
 /** IoT Hub / IoT Central set these from their own metadata; MedTech ignores the template's. */
 const FIXED_BY_KIND: Partial<Record<DeviceTemplateKind, string>> = {
   IotJsonPathContent:
-    'the device id is the authenticated MQTT device and the time is the broker receipt time (IoT Hub metadata in MedTech)',
+    "as in MedTech, the device id is SystemProperties.iothub-connection-device-id (the authenticated MQTT device, or the device a bridged event names) and the time Properties.iothub-creation-time-utc, else SystemProperties.iothub-enqueuedtime (the receipt time, or the bridged hub's)",
   IotCentralJsonPathContent:
     'the device id is read from $.deviceId and the time from $.enqueuedTime (IoT Central export format)',
 };
@@ -185,7 +185,7 @@ function valueNotes(v: FhirValueSpec, path: Path, periodInterval: number): Findi
   if ((periodInterval === 60 || periodInterval === 1440) && v.valueType !== 'SampledData') {
     notes.push({
       path,
-      message: `periodInterval ${periodInterval} groups SampledData only: "${v.valueType}" values stay one Observation per reading (as in MedTech)`,
+      message: `periodInterval ${periodInterval} groups SampledData only: "${v.valueType}" values stay one Observation per reading (MedTech grouped every value type by period; "compatibility": "MedTech" does too)`,
     });
   }
   return notes;

@@ -39,7 +39,13 @@ function hasSampledData(t: CodeValueFhirSpec): boolean {
 }
 
 /** Which Observation a measurement belongs to under its template's periodInterval. */
-export function groupOf(m: Measurement, t: CodeValueFhirSpec, timeZone = 'UTC'): ObservationGroup {
+export function groupOf(
+  m: Measurement,
+  t: CodeValueFhirSpec,
+  timeZone = 'UTC',
+  /** MedTech compatibility: windows group every value type, as MedTech did. */
+  everyValueType = false,
+): ObservationGroup {
   if (t.periodInterval === -1) {
     if (m.correlationId === undefined) {
       throw new PipelineError(
@@ -50,7 +56,10 @@ export function groupOf(m: Measurement, t: CodeValueFhirSpec, timeZone = 'UTC'):
     }
     return { kind: 'correlation', correlationId: m.correlationId };
   }
-  if ((t.periodInterval === 60 || t.periodInterval === 1440) && hasSampledData(t)) {
+  if (
+    (t.periodInterval === 60 || t.periodInterval === 1440) &&
+    (everyValueType || hasSampledData(t))
+  ) {
     const at = Date.parse(m.occurrenceTime);
     if (t.periodInterval === 1440) {
       // A day is the patient's local day (WINDOW_TIME_ZONE), 23 or 25 hours across DST.

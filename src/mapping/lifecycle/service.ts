@@ -54,6 +54,7 @@ export function lifecycleSettings(config: Config): LifecycleSettings {
   return {
     identifierSystem: config.fhir.identifierSystem,
     input: config.input,
+    envelope: config.values.medtechEnvelope,
     perTemplate: config.mappings.shadowMessages,
     scanMessages: config.mappings.shadowScanMessages,
     deadLetters: config.mappings.shadowDeadLetters,

@@ -26,6 +26,12 @@ import type { Config } from '../../config.js';
 import { toPipelineError } from '../../errors.js';
 import type { MappingSet } from '../compile.js';
 import { medtechEnvelope } from '../device-mapping.js';
+import {
+  messageEnvelope,
+  NO_ENVELOPE,
+  type EnvelopePolicy,
+  type MessageEnvelope,
+} from '../envelope.js';
 import { resolvedIdentity, type IdentityResolver } from '../identity.js';
 import type { SourceFile } from '../load.js';
 import { normalizeMessage } from '../normalize.js';
@@ -55,6 +61,8 @@ export interface ShadowSample {
 export interface ShadowSettings {
   readonly identifierSystem: string;
   readonly input: Config['input'];
+  /** MEDTECH_ENVELOPE, as the worker applies it (default: none). */
+  readonly envelope?: EnvelopePolicy;
   /** device_messages samples per affected file (dead letters come on top). */
   readonly perTemplate: number;
   /** Differing messages kept per file (default 5). */
@@ -112,15 +120,28 @@ export function affectedFiles(
 }
 
 /** The device template files whose match expression selects something in `body` (an error counts). */
-async function selectingFiles(m: MappingSet, body: unknown, s: ShadowSample): Promise<Set<string>> {
+async function selectingFiles(
+  m: MappingSet,
+  body: unknown,
+  s: ShadowSample,
+  policy: EnvelopePolicy = NO_ENVELOPE,
+): Promise<Set<string>> {
   const meta = { deviceId: s.deviceId, topic: s.topic, receivedAt: s.receivedAt };
-  const bindings = { msg: body, meta };
+  let parts: MessageEnvelope;
+  try {
+    parts = messageEnvelope(body, meta, policy);
+  } catch {
+    parts = messageEnvelope(body, meta); // not the shape the setting names: the worker refuses it anyway
+  }
+  const bindings = { msg: parts.body, meta };
   const out = new Set<string>();
   let envelope: Record<string, unknown> | undefined;
   for (const t of m.deviceTemplates) {
     if (out.has(t.file)) continue;
     const root =
-      t.spec.kind === 'JsonataContent' ? body : (envelope ??= medtechEnvelope(body, meta));
+      t.spec.kind === 'JsonataContent'
+        ? parts.body
+        : (envelope ??= medtechEnvelope(body, meta, parts));
     try {
       const selected = (await t.match.select(root, bindings)) as unknown[];
       if (selected.length > 0) out.add(t.file);
@@ -154,7 +175,11 @@ async function outcomeOf(
       identifierSystem: settings.identifierSystem,
       resolveIdentity: shadowIdentity(s),
       // The worker's input limits (normalizeMessage applies them itself since issue 10).
-      policy: { ...DEFAULT_POLICY, input: settings.input },
+      policy: {
+        ...DEFAULT_POLICY,
+        input: settings.input,
+        envelope: settings.envelope ?? DEFAULT_POLICY.envelope,
+      },
     });
     checkOccurrenceTimes(
       r.measurements.map((x) => x.occurrenceTime),
@@ -287,8 +312,8 @@ export async function shadowRun(
     );
     if (open.length === 0) continue;
     const selecting = new Set([
-      ...(await selectingFiles(active.mappings, body, s)),
-      ...(await selectingFiles(candidate.mappings, body, s)),
+      ...(await selectingFiles(active.mappings, body, s, settings.envelope)),
+      ...(await selectingFiles(candidate.mappings, body, s, settings.envelope)),
     ]);
     for (const f of open) {
       if (!selecting.has(f)) continue;
