@@ -39,6 +39,7 @@ import {
 import { startBroker, type RunningBroker } from '../broker/index.js';
 import { startWorkers, type RunningWorkers } from '../workers/index.js';
 import { startAdmin, type RunningAdmin } from './admin/server.js';
+import { DeadLetterStore } from './dlq/index.js';
 
 export type Role = 'broker' | 'worker' | 'admin';
 export const ROLES: readonly Role[] = ['broker', 'worker', 'admin'];
@@ -228,6 +229,12 @@ export async function startPipeline(
         analyticsStore,
         devices,
         mappingLifecycle: lifecycle,
+        deadLetters: new DeadLetterStore(queues, {
+          // Create mode: replays are checked against the association history.
+          ...(config.fhir.identityResolution === 'Create'
+            ? { associations: { reader: associations, createPatients: config.fhir.createPatients } }
+            : {}),
+        }),
         ...(roles.includes('worker')
           ? { templatesVersion: () => templates?.current().version ?? templatesVersion }
           : {}),

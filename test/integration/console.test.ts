@@ -1,0 +1,275 @@
+/**
+ * The operator console in a real browser (Debian's Chromium through
+ * playwright-core) against a whole pipeline (real Redis, HAPI, broker, chdb):
+ * signing in and out, CSRF and CSP, the dead-letter page and the devices page.
+ * Each test saves a screenshot under .run/screenshots/ and runs axe-core on
+ * the pages it visits.
+ */
+import type { Browser, BrowserContext, Page } from 'playwright-core';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { createRedis } from '../../src/queue-runtime.js';
+import {
+  buildConsole,
+  launchChromium,
+  screenshot,
+  seriousA11yViolations,
+} from '../support/browser.js';
+import {
+  connectDevice,
+  enrol,
+  HARNESS_ADMIN_TOKEN,
+  publish,
+  startHarness,
+  uniqueId,
+  waitFor,
+  type Harness,
+} from '../support/harness.js';
+
+const fhirUrl = inject('fhirUrl');
+let h: Harness;
+let browser: Browser;
+let base: string;
+
+beforeAll(async () => {
+  await buildConsole();
+  h = await startHarness({ fhirUrl });
+  base = `http://127.0.0.1:${h.pipeline.admin!.port}`;
+  browser = await launchChromium();
+});
+
+afterAll(async () => {
+  await browser?.close();
+  await h?.close();
+});
+
+/** A new browser profile with the page open; CSP violations reported by the page are collected. */
+async function open(
+  hash = '',
+): Promise<{ context: BrowserContext; page: Page; cspErrors: string[] }> {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  const cspErrors: string[] = [];
+  page.on('console', (m) => {
+    if (/Content Security Policy/i.test(m.text())) cspErrors.push(m.text());
+  });
+  await page.goto(`${base}/console/${hash}`);
+  return { context, page, cspErrors };
+}
+
+async function signIn(page: Page, token = HARNESS_ADMIN_TOKEN, name = 'Night operator') {
+  await page.getByLabel('Your name').fill(name);
+  await page.getByLabel('Admin token').fill(token);
+  await page.getByRole('button', { name: 'Sign in' }).click();
+}
+
+async function expectAccessible(page: Page) {
+  expect(await seriousA11yViolations(page)).toEqual([]);
+}
+
+/** Signs in over HTTP: the session cookie and the CSRF token. */
+async function httpSession(): Promise<{ cookie: string; csrf: string }> {
+  const res = await fetch(`${base}/console/api/session`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ token: HARNESS_ADMIN_TOKEN, name: 'http-client' }),
+  });
+  expect(res.status).toBe(200);
+  const cookie = res.headers.getSetCookie()[0]!.split(';')[0]!;
+  return { cookie, csrf: ((await res.json()) as { csrfToken: string }).csrfToken };
+}
+
+describe('signing in', () => {
+  it('refuses a wrong token, admits the right one, and signs out', async () => {
+    const { context, page, cspErrors } = await open();
+    await expectAccessible(page);
+    await signIn(page, 'not-the-admin-token-at-all');
+    await expect.poll(() => page.getByRole('alert').textContent()).toContain('Sign-in refused');
+    expect(await context.cookies()).toEqual([]);
+    await screenshot(page, 'console-sign-in-refused');
+
+    await signIn(page);
+    await page.getByText('Signed in as').waitFor();
+    expect(await page.getByText('Night operator').count()).toBeGreaterThan(0);
+    const [cookie] = await context.cookies();
+    expect(cookie).toMatchObject({ name: 'iomt_console', httpOnly: true, sameSite: 'Strict' });
+    // The page cannot read its own session cookie.
+    expect(await page.evaluate('document.cookie')).toBe('');
+    await screenshot(page, 'console-signed-in');
+
+    await page.getByRole('button', { name: 'Sign out' }).click();
+    await page.getByLabel('Admin token').waitFor();
+    // The old cookie opens nothing any more.
+    const res = await fetch(`${base}/api/devices`, {
+      headers: { cookie: `${cookie!.name}=${cookie!.value}` },
+    });
+    expect(res.status).toBe(401);
+    await screenshot(page, 'console-signed-out');
+    expect(cspErrors).toEqual([]);
+    await context.close();
+  });
+
+  it('serves the page under a strict Content-Security-Policy, with no inline code', async () => {
+    const res = await fetch(`${base}/console/`);
+    expect(res.status).toBe(200);
+    const csp = res.headers.get('content-security-policy') ?? '';
+    expect(csp).toContain("default-src 'none'");
+    expect(csp).toContain("script-src 'self'");
+    expect(csp).toContain("style-src 'self'");
+    expect(csp).toContain("frame-ancestors 'none'");
+    expect(csp).not.toContain('unsafe-inline');
+    expect(csp).not.toContain('unsafe-eval');
+    const html = await res.text();
+    expect(html).not.toMatch(/<script(?![^>]*\bsrc=)[^>]*>/);
+    expect(html).not.toMatch(/https?:\/\//);
+  });
+
+  it('keeps a session in Redis no longer than the idle timeout, renewed by each request', async () => {
+    const { cookie } = await httpSession();
+    const redis = createRedis(h.pipeline.config.redis.url);
+    try {
+      const keys = await redis.keys(`${h.prefix}:console:session:*`);
+      expect(keys.length).toBeGreaterThan(0);
+      // Only a hash of the session id is stored: the cookie's value is nowhere in Redis.
+      expect(keys.join()).not.toContain(cookie.split('=')[1]!);
+      for (const k of keys) {
+        const ttl = await redis.pttl(k);
+        expect(ttl).toBeGreaterThan(0);
+        expect(ttl).toBeLessThanOrEqual(h.pipeline.config.admin.consoleIdleMs);
+      }
+    } finally {
+      redis.disconnect();
+    }
+  });
+
+  it('refuses a change without the CSRF token, and audits the one made with it', async () => {
+    const { cookie, csrf } = await httpSession();
+    const deviceId = uniqueId('csrf');
+    const body = JSON.stringify({ deviceId, actor: 'http-client' });
+    const refused = await fetch(`${base}/api/devices`, {
+      method: 'POST',
+      headers: { cookie, 'content-type': 'application/json' },
+      body,
+    });
+    expect(refused.status).toBe(403);
+    expect(((await refused.json()) as { error: { code: string } }).error.code).toBe('CsrfRefused');
+    const wrong = await fetch(`${base}/api/devices`, {
+      method: 'POST',
+      headers: { cookie, 'content-type': 'application/json', 'x-csrf-token': `${csrf.slice(1)}x` },
+      body,
+    });
+    expect(wrong.status).toBe(403);
+    const list = (await (await fetch(`${base}/api/devices`, { headers: { cookie } })).json()) as {
+      devices: { deviceId: string }[];
+    };
+    expect(list.devices.map((d) => d.deviceId)).not.toContain(deviceId);
+
+    const made = await fetch(`${base}/api/devices`, {
+      method: 'POST',
+      headers: { cookie, 'content-type': 'application/json', 'x-csrf-token': csrf },
+      body,
+    });
+    expect(made.status).toBe(201);
+    const audit = await waitFor(
+      async () =>
+        (
+          (await (await fetch(`${base}/console/api/audit`, { headers: { cookie } })).json()) as {
+            entries: { actor: string; action: string; status: number }[];
+          }
+        ).entries,
+      (e) => e.some((x) => x.action === 'POST /api/devices' && x.status === 201),
+      10_000,
+      'the audit entry of the change',
+    );
+    expect(audit.find((x) => x.action === 'POST /api/devices')).toMatchObject({
+      actor: 'http-client',
+      status: 201,
+    });
+    // The audit names the change, never its body.
+    expect(JSON.stringify(audit)).not.toContain('"deviceId"');
+  });
+});
+
+describe('dead letters page', () => {
+  it('lists by code with counts, opens one with its payload, replays and purges', async () => {
+    const deviceId = uniqueId('dl');
+    const secret = await enrol(h.pipeline, deviceId, uniqueId('pdl'));
+    const client = await connectDevice(h.mqttUrl, deviceId, secret);
+    try {
+      await publish(client, `devices/${deviceId}/telemetry`, '{"not": json}');
+      await publish(client, `devices/${deviceId}/telemetry`, {
+        timestamp: new Date().toISOString(),
+        kind: 'infusion-pump',
+        rate: 12.5,
+      });
+    } finally {
+      await client.endAsync();
+    }
+    const { context, page, cspErrors } = await open('#/dead-letters');
+    await signIn(page);
+    await page.getByRole('heading', { name: 'Dead letters' }).waitFor();
+    await page.getByLabel('Device', { exact: true }).fill(deviceId);
+    // Both dead letters arrive (the workers are asynchronous): filter until they show.
+    await expect
+      .poll(
+        async () => {
+          await page.getByRole('button', { name: 'Filter' }).click();
+          return page.locator('table.list tbody tr').count();
+        },
+        { timeout: 30_000, interval: 500 },
+      )
+      .toBe(2);
+    await expect
+      .poll(() => page.locator('.counts').textContent())
+      .toMatch(/InvalidPayload: 1.*TemplateNotMatched: 1/s);
+    await expectAccessible(page);
+    await screenshot(page, 'console-dead-letters');
+
+    // Filter by code, open the entry.
+    await page.getByRole('button', { name: /TemplateNotMatched/ }).click();
+    await expect.poll(() => page.locator('table.list tbody tr').count()).toBe(1);
+    await page.locator('tbody tr a').first().click();
+    const detail = page.locator('article.detail');
+    await detail.getByText('TemplateNotMatched').first().waitFor();
+    await expect.poll(() => detail.locator('pre.payload').textContent()).toContain('infusion-pump');
+    await page.getByLabel('Base64').check();
+    const b64 = (await detail.locator('pre.payload').textContent()) ?? '';
+    expect(Buffer.from(b64, 'base64').toString('utf8')).toContain('infusion-pump');
+    await expectAccessible(page);
+    await screenshot(page, 'console-dead-letter-open');
+
+    // Replay it: no template matches still, so it fails again, as a new dead letter.
+    await detail.getByRole('button', { name: 'Replay this dead letter' }).click();
+    await expect
+      .poll(() => page.locator('table.results td.result').first().textContent(), {
+        timeout: 15_000,
+      })
+      .toContain('replayed into normalize');
+    await screenshot(page, 'console-dead-letter-replayed');
+
+    // Purge everything of the device, after confirming.
+    await page.getByLabel('Code', { exact: true }).fill('');
+    await expect
+      .poll(
+        async () => {
+          await page.getByRole('button', { name: 'Filter' }).click();
+          return page.locator('table.list tbody tr').allTextContents();
+        },
+        { timeout: 30_000, interval: 500 },
+      )
+      .toHaveLength(2);
+    await page.getByRole('button', { name: /^Purge all 2 shown/ }).click();
+    const dialog = page.getByRole('alertdialog');
+    await dialog.getByText('Purge 2 dead letter(s) for good?').waitFor();
+    await expectAccessible(page);
+    await screenshot(page, 'console-dead-letters-purge-confirm');
+    await dialog.getByRole('button', { name: 'Purge 2' }).click();
+    await page.getByText('Purged 2 dead letter(s).').waitFor();
+    expect(await page.locator('table.list tbody tr').count()).toBe(0);
+    const left = await fetch(`${base}/api/dlq?device=${deviceId}`, {
+      headers: { authorization: `Bearer ${HARNESS_ADMIN_TOKEN}` },
+    });
+    expect(((await left.json()) as { total: number }).total).toBe(0);
+    expect(cspErrors).toEqual([]);
+    await context.close();
+  });
+});
