@@ -75,7 +75,7 @@ export function DevicesPage({ selected, actor }: { selected: string | undefined;
           onInput={(e) => setSearch(e.currentTarget.value)}
         />
       </label>
-      <table>
+      <table class="list">
         <caption class="sr-only">Devices and gateways</caption>
         <thead>
           <tr>

@@ -273,3 +273,93 @@ describe('dead letters page', () => {
     await context.close();
   });
 });
+
+describe('devices page', () => {
+  it('adds a device whose secret, shown once, connects; rotates it; reassigns its patient with history', async () => {
+    const deviceId = uniqueId('ui');
+    const first = uniqueId('pa');
+    const second = uniqueId('pb');
+    const { context, page, cspErrors } = await open('#/devices');
+    await context.grantPermissions(['clipboard-read', 'clipboard-write']);
+    await signIn(page);
+    await page.getByRole('heading', { name: 'Devices' }).waitFor();
+    await page.getByText('Add a device').click();
+    await page.getByLabel('Device id').fill(deviceId);
+    await page.getByLabel('Patient (optional)').fill(first);
+    await page.getByLabel('The patient is new').check();
+    await page.getByRole('button', { name: 'Add device' }).click();
+    const secretBox = page.locator('.secret code');
+    await secretBox.waitFor();
+    const secret = (await secretBox.textContent()) ?? '';
+    expect(secret.length).toBeGreaterThan(16);
+    await page.getByRole('button', { name: 'Copy secret' }).click();
+    await page.getByText('Copied.').waitFor();
+    expect(await page.evaluate('navigator.clipboard.readText()')).toBe(secret);
+    await expectAccessible(page);
+    await screenshot(page, 'console-device-added');
+
+    // The device connects with the secret the page showed.
+    const client = await connectDevice(h.mqttUrl, deviceId, secret);
+    await client.endAsync();
+
+    // The list masks the patient id until it is revealed.
+    const row = page.locator('table.list tbody tr', { hasText: deviceId });
+    await row.waitFor();
+    expect(await row.textContent()).not.toContain(first);
+    await row.getByRole('button', { name: `Reveal the patient of ${deviceId}` }).click();
+    await expect.poll(() => row.textContent()).toContain(first);
+
+    // Shown once: opening the device again shows no secret.
+    await row.getByRole('link', { name: deviceId }).click();
+    const detail = page.locator('article.detail');
+    await detail.getByRole('heading', { name: `Device ${deviceId}` }).waitFor();
+    expect(await detail.locator('.secret').count()).toBe(0);
+
+    // Rotate: the new secret works, the old one is refused.
+    await detail.getByRole('button', { name: 'Rotate secret' }).click();
+    const rotated = detail.locator('.secret code');
+    await rotated.waitFor();
+    const newSecret = (await rotated.textContent()) ?? '';
+    expect(newSecret).not.toBe(secret);
+    await expect(connectDevice(h.mqttUrl, deviceId, secret)).rejects.toThrow();
+    const again = await connectDevice(h.mqttUrl, deviceId, newSecret);
+    await again.endAsync();
+
+    // Reassign to another patient; the timeline shows both, in order.
+    await detail.getByLabel('Patient', { exact: true }).fill(second);
+    await detail.getByLabel('The patient is new').check();
+    await detail.getByLabel('Note').fill('moved to bed 12');
+    await detail.getByRole('button', { name: 'Assign from now' }).click();
+    const timeline = detail.getByRole('list', { name: 'Association history' });
+    await expect
+      .poll(() => timeline.locator('li').allTextContents())
+      .toEqual([
+        expect.stringContaining('registered'),
+        expect.stringMatching(/assigned to patient .*by Night operator/),
+        expect.stringContaining('secret rotated'),
+        expect.stringMatching(/assigned to patient .*moved to bed 12/),
+      ]);
+    // Masked in the timeline too, until revealed.
+    expect(await timeline.textContent()).not.toContain(second);
+    await detail.getByRole('button', { name: 'Reveal patient id' }).click();
+    await expect.poll(() => detail.locator('.patient-now').textContent()).toBe(second);
+    await expect.poll(() => timeline.textContent()).toContain(second);
+    await expectAccessible(page);
+    await screenshot(page, 'console-device-history');
+
+    // The pipeline agrees: the device is with the second patient now.
+    expect((await h.pipeline.devices.history(deviceId)).currentPatient).toBe(second);
+    // Each change and each reveal is in the audit trail, with who did it.
+    await page.getByRole('link', { name: 'Audit' }).click();
+    const audit = page.locator('table tbody');
+    await expect.poll(() => audit.textContent()).toMatch(/reveal — patient id of/);
+    const text = (await audit.textContent()) ?? '';
+    expect(text).toContain(`POST /api/devices/${deviceId}/rotate-secret`);
+    expect(text).toContain(`POST /api/devices/${deviceId}/assign`);
+    expect(text).toContain('Night operator');
+    await expectAccessible(page);
+    await screenshot(page, 'console-audit');
+    expect(cspErrors).toEqual([]);
+    await context.close();
+  });
+});
