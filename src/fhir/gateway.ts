@@ -17,7 +17,7 @@
  * Contract: in — resources, ids, search parameters; out — resources and
  * Bundles as the server answers them, or a PipelineError.
  */
-import type { Bundle, BundleEntry, Resource } from 'fhir/r4.js';
+import type { Bundle, BundleEntry, OperationOutcome, Resource } from 'fhir/r4.js';
 import { PipelineError } from '../errors.js';
 import { fhirError, statusError } from './errors.js';
 
@@ -83,6 +83,8 @@ export interface FhirGateway {
   ): Promise<Bundle>;
   /** Resolves when the server answers its CapabilityStatement. */
   capabilities(): Promise<void>;
+  /** POST {type}/$validate: the server's OperationOutcome for a resource, valid or not. */
+  validate(resource: Resource): Promise<OperationOutcome>;
 }
 
 /** Search parameters; a repeated parameter ANDs its values (search.html#combining). */
@@ -287,6 +289,16 @@ export function createFhirGateway(options: FhirGatewayOptions): FhirGateway {
     async capabilities() {
       const a = await send('GET', 'metadata', 'metadata');
       if (a.status < 200 || a.status >= 300) fail(a, 'metadata');
+    },
+
+    async validate(resource: Resource) {
+      const what = `validate ${resource.resourceType}`;
+      const a = await send('POST', `${resource.resourceType}/$validate`, what, { body: resource });
+      const oo = a.body as OperationOutcome | undefined;
+      // An invalid resource is an answer too (HAPI: 412 or 422 with the outcome).
+      if (oo?.resourceType === 'OperationOutcome' && [200, 400, 412, 422].includes(a.status))
+        return oo;
+      return fail(a, what);
     },
   };
 }
