@@ -3,6 +3,7 @@ import { api, ApiError, errorText, setCsrfToken, whenSignedOut } from './api';
 import { AuditPage } from './audit';
 import { DeadLettersPage } from './dead-letters';
 import { DevicesPage } from './devices';
+import { PipelinePage } from './pipeline';
 import { WorkbenchPage } from './workbench';
 
 interface Session {
@@ -12,6 +13,7 @@ interface Session {
 }
 
 const PAGES = [
+  ['pipeline', 'Pipeline'],
   ['dead-letters', 'Dead letters'],
   ['devices', 'Devices'],
   ['workbench', 'Mapping workbench'],
@@ -95,6 +97,7 @@ export function App() {
         </span>
       </header>
       <main>
+        {where.page === 'pipeline' && <PipelinePage />}
         {where.page === 'dead-letters' && <DeadLettersPage selected={where.arg} />}
         {where.page === 'devices' && <DevicesPage selected={where.arg} actor={session.actor} />}
         {where.page === 'workbench' && (

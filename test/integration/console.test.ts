@@ -11,6 +11,7 @@ import path from 'node:path';
 import type { Browser, BrowserContext, Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { createRedis } from '../../src/queue-runtime.js';
+import { startTcpProxy } from '../support/tcp-proxy.js';
 import {
   buildConsole,
   launchChromium,
@@ -507,5 +508,75 @@ describe('mapping workbench', () => {
     expect(await page.locator('table.list tbody tr').count()).toBe(0);
     expect(cspErrors).toEqual([]);
     await context.close();
+  });
+});
+
+describe('pipeline page', () => {
+  it('shows the FHIR queue rising while the FHIR server is unreachable, and falling after it is back', async () => {
+    // A pipeline of its own whose FHIR server sits behind a proxy the test takes down.
+    const proxy = await startTcpProxy(new URL(fhirUrl));
+    const p = await startHarness({ fhirUrl: proxy.url });
+    const deviceId = uniqueId('pipe');
+    const patient = uniqueId('pp');
+    const client = await connectDevice(
+      p.mqttUrl,
+      deviceId,
+      await enrol(p.pipeline, deviceId, patient),
+    );
+    const context = await browser.newContext();
+    const page = await context.newPage();
+    try {
+      await page.goto(`http://127.0.0.1:${p.pipeline.admin!.port}/console/#/pipeline`);
+      await signIn(page);
+      await page.getByRole('heading', { name: 'Pipeline' }).waitFor();
+      const fhirDepth = page.locator('tr[data-queue="fhir"] td.depth');
+      const fhirCheck = page.locator('tr[data-check="fhir"] td').nth(1);
+      await expect.poll(() => fhirCheck.textContent(), { timeout: 20_000 }).toBe('ok');
+      await expectAccessible(page);
+
+      await proxy.down();
+      let n = 0;
+      const send = async (count: number) => {
+        for (let i = 0; i < count; i++)
+          await publish(client, `devices/${deviceId}/telemetry`, {
+            timestamp: new Date(Date.now() - 60_000 + n++ * 10).toISOString(),
+            heartRate: 60 + (n % 40),
+          });
+      };
+      await expect
+        .poll(
+          async () => {
+            await send(5);
+            return Number(await fhirDepth.textContent());
+          },
+          { timeout: 60_000, interval: 1000 },
+        )
+        .toBeGreaterThan(0);
+      await expect.poll(() => fhirCheck.textContent(), { timeout: 20_000 }).not.toBe('ok');
+      await screenshot(page, 'console-pipeline-fhir-down');
+
+      await proxy.up();
+      await expect
+        .poll(async () => Number(await fhirDepth.textContent()), {
+          timeout: 120_000,
+          interval: 1000,
+        })
+        .toBe(0);
+      await expect.poll(() => fhirCheck.textContent(), { timeout: 20_000 }).toBe('ok');
+      // Everything acknowledged while FHIR was down is there now.
+      await waitFor(
+        () => fhirSearch(fhirUrl, 'Observation', { subject: `Patient/${patient}`, _count: '1000' }),
+        (b) => (b.entry ?? []).length === n,
+        60_000,
+        `all ${n} readings in FHIR`,
+      );
+      await expectAccessible(page);
+      await screenshot(page, 'console-pipeline-fhir-back');
+    } finally {
+      await context.close();
+      await client.endAsync();
+      await p.close();
+      await proxy.close();
+    }
   });
 });
