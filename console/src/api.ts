@@ -6,6 +6,10 @@ export function setCsrfToken(token: string): void {
   csrfToken = token;
 }
 
+export function currentCsrfToken(): string {
+  return csrfToken;
+}
+
 export function whenSignedOut(fn: () => void): void {
   onSignedOut = fn;
 }

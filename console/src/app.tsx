@@ -3,6 +3,7 @@ import { api, ApiError, errorText, setCsrfToken, whenSignedOut } from './api';
 import { AuditPage } from './audit';
 import { DeadLettersPage } from './dead-letters';
 import { DevicesPage } from './devices';
+import { PatientPage } from './patient';
 import { PipelinePage } from './pipeline';
 import { WorkbenchPage } from './workbench';
 
@@ -17,6 +18,7 @@ const PAGES = [
   ['dead-letters', 'Dead letters'],
   ['devices', 'Devices'],
   ['workbench', 'Mapping workbench'],
+  ['patient', 'Patient vitals'],
   ['audit', 'Audit'],
 ] as const;
 type Page = (typeof PAGES)[number][0];
@@ -103,6 +105,7 @@ export function App() {
         {where.page === 'workbench' && (
           <WorkbenchPage deadLetterId={where.arg} actor={session.actor} />
         )}
+        {where.page === 'patient' && <PatientPage patientId={where.arg} />}
         {where.page === 'audit' && <AuditPage />}
       </main>
     </>

@@ -35,6 +35,15 @@ export const SESSION_COOKIE = 'iomt_console';
 export const CSRF_HEADER = 'x-csrf-token';
 const AUDIT_KEEP = 10_000;
 const SAFE_METHODS = new Set(['GET', 'HEAD', 'OPTIONS']);
+/** POSTs that change nothing (a query, a check, a dry run): CSRF-checked, not audited as changes. */
+const READ_ONLY_POSTS = new Set([
+  '/api/analytics/query',
+  '/api/mappings/validate',
+  '/api/mappings/test',
+  '/api/mappings/shadow-run',
+  '/api/mappings/debug',
+  '/console/api/reveal', // audited by its own entry
+]);
 
 export interface ConsoleSession {
   readonly actor: string;
@@ -223,6 +232,7 @@ export function registerConsole(
   app.addHook('onResponse', async (req, reply) => {
     const s = req.consoleSession;
     if (!s || SAFE_METHODS.has(req.method)) return;
+    if (req.method === 'POST' && READ_ONLY_POSTS.has(req.url.split('?')[0] ?? '')) return;
     const entry: AuditEntry = {
       at: new Date().toISOString(),
       actor: s.actor,

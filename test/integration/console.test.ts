@@ -580,3 +580,46 @@ describe('pipeline page', () => {
     }
   });
 });
+
+describe('patient chart', () => {
+  it('shows a reading published over MQTT, marked when out of range', async () => {
+    const deviceId = uniqueId('bed');
+    const patient = uniqueId('pchart');
+    const client = await connectDevice(
+      h.mqttUrl,
+      deviceId,
+      await enrol(h.pipeline, deviceId, patient),
+    );
+    const { context, page, cspErrors } = await open(`#/patient/${patient}`);
+    try {
+      await signIn(page);
+      await page.getByRole('heading', { name: 'Patient vitals' }).waitFor();
+      await page.getByText('No readings in the last hour.').waitFor();
+      await publish(client, `devices/${deviceId}/telemetry`, {
+        timestamp: new Date().toISOString(),
+        heartRate: 131,
+      });
+      const latest = page.locator('tr[data-code="8867-4"] td.latest-value');
+      await expect.poll(() => latest.textContent(), { timeout: 30_000 }).toContain('131');
+      expect(await latest.textContent()).toContain('(out of range)');
+      expect(await page.getByRole('img', { name: 'Heart rate over the last hour' }).count()).toBe(
+        1,
+      );
+      await expectAccessible(page);
+      await screenshot(page, 'console-patient-chart');
+      // Opening the chart is audited like a reveal.
+      const res = await fetch(`${base}/console/api/audit`, {
+        headers: { authorization: `Bearer ${HARNESS_ADMIN_TOKEN}` },
+      });
+      const entries = ((await res.json()) as { entries: { action: string; detail?: string }[] })
+        .entries;
+      expect(entries).toContainEqual(
+        expect.objectContaining({ action: 'reveal', detail: `vitals chart of ${patient}` }),
+      );
+      expect(cspErrors).toEqual([]);
+    } finally {
+      await context.close();
+      await client.endAsync();
+    }
+  });
+});
