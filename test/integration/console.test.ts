@@ -277,7 +277,8 @@ describe('dead letters page', () => {
     await screenshot(page, 'console-dead-letters-purge-confirm');
     await dialog.getByRole('button', { name: 'Purge 2' }).click();
     await page.getByText('Purged 2 dead letter(s).').waitFor();
-    expect(await page.locator('table.list tbody tr').count()).toBe(0);
+    // The list reloads after the purge.
+    await expect.poll(() => page.locator('table.list tbody tr').count()).toBe(0);
     const left = await fetch(`${base}/api/dlq?device=${deviceId}`, {
       headers: { authorization: `Bearer ${HARNESS_ADMIN_TOKEN}` },
     });
@@ -505,7 +506,7 @@ describe('mapping workbench', () => {
       60_000,
       'two heart-rate rows in ClickHouse',
     );
-    expect(await page.locator('table.list tbody tr').count()).toBe(0);
+    await expect.poll(() => page.locator('table.list tbody tr').count()).toBe(0);
     expect(cspErrors).toEqual([]);
     await context.close();
   });
