@@ -31,6 +31,8 @@ import {
 } from '../support/harness.js';
 
 const fhirUrl = inject('fhirUrl');
+/** Generous bounds for conditions on a loaded 2-core machine (vitest's default is 1 s). */
+const WAIT = { timeout: 20_000, interval: 200 };
 let h: Harness;
 let browser: Browser;
 let base: string;
@@ -96,7 +98,9 @@ describe('signing in', () => {
     const { context, page, cspErrors } = await open();
     await expectAccessible(page);
     await signIn(page, 'not-the-admin-token-at-all');
-    await expect.poll(() => page.getByRole('alert').textContent()).toContain('Sign-in refused');
+    await expect
+      .poll(() => page.getByRole('alert').textContent(), WAIT)
+      .toContain('Sign-in refused');
     expect(await context.cookies()).toEqual([]);
     await screenshot(page, 'console-sign-in-refused');
 
@@ -232,18 +236,20 @@ describe('dead letters page', () => {
       )
       .toBe(2);
     await expect
-      .poll(() => page.locator('.counts').textContent())
+      .poll(() => page.locator('.counts').textContent(), WAIT)
       .toMatch(/InvalidPayload: 1.*TemplateNotMatched: 1/s);
     await expectAccessible(page);
     await screenshot(page, 'console-dead-letters');
 
     // Filter by code, open the entry.
     await page.getByRole('button', { name: /TemplateNotMatched/ }).click();
-    await expect.poll(() => page.locator('table.list tbody tr').count()).toBe(1);
+    await expect.poll(() => page.locator('table.list tbody tr').count(), WAIT).toBe(1);
     await page.locator('tbody tr a').first().click();
     const detail = page.locator('article.detail');
     await detail.getByText('TemplateNotMatched').first().waitFor();
-    await expect.poll(() => detail.locator('pre.payload').textContent()).toContain('infusion-pump');
+    await expect
+      .poll(() => detail.locator('pre.payload').textContent(), WAIT)
+      .toContain('infusion-pump');
     await page.getByLabel('Base64').check();
     const b64 = (await detail.locator('pre.payload').textContent()) ?? '';
     expect(Buffer.from(b64, 'base64').toString('utf8')).toContain('infusion-pump');
@@ -278,7 +284,7 @@ describe('dead letters page', () => {
     await dialog.getByRole('button', { name: 'Purge 2' }).click();
     await page.getByText('Purged 2 dead letter(s).').waitFor();
     // The list reloads after the purge.
-    await expect.poll(() => page.locator('table.list tbody tr').count()).toBe(0);
+    await expect.poll(() => page.locator('table.list tbody tr').count(), WAIT).toBe(0);
     const left = await fetch(`${base}/api/dlq?device=${deviceId}`, {
       headers: { authorization: `Bearer ${HARNESS_ADMIN_TOKEN}` },
     });
@@ -321,7 +327,7 @@ describe('devices page', () => {
     await row.waitFor();
     expect(await row.textContent()).not.toContain(first);
     await row.getByRole('button', { name: `Reveal the patient of ${deviceId}` }).click();
-    await expect.poll(() => row.textContent()).toContain(first);
+    await expect.poll(() => row.textContent(), WAIT).toContain(first);
 
     // Shown once: opening the device again shows no secret.
     await row.getByRole('link', { name: deviceId }).click();
@@ -346,7 +352,7 @@ describe('devices page', () => {
     await detail.getByRole('button', { name: 'Assign from now' }).click();
     const timeline = detail.getByRole('list', { name: 'Association history' });
     await expect
-      .poll(() => timeline.locator('li').allTextContents())
+      .poll(() => timeline.locator('li').allTextContents(), WAIT)
       .toEqual([
         expect.stringContaining('registered'),
         expect.stringMatching(/assigned to patient .*by Night operator/),
@@ -356,8 +362,8 @@ describe('devices page', () => {
     // Masked in the timeline too, until revealed.
     expect(await timeline.textContent()).not.toContain(second);
     await detail.getByRole('button', { name: 'Reveal patient id' }).click();
-    await expect.poll(() => detail.locator('.patient-now').textContent()).toBe(second);
-    await expect.poll(() => timeline.textContent()).toContain(second);
+    await expect.poll(() => detail.locator('.patient-now').textContent(), WAIT).toBe(second);
+    await expect.poll(() => timeline.textContent(), WAIT).toContain(second);
     await expectAccessible(page);
     await screenshot(page, 'console-device-history');
 
@@ -366,7 +372,7 @@ describe('devices page', () => {
     // Each change and each reveal is in the audit trail, with who did it.
     await page.getByRole('link', { name: 'Audit' }).click();
     const audit = page.locator('table tbody');
-    await expect.poll(() => audit.textContent()).toMatch(/reveal — patient id of/);
+    await expect.poll(() => audit.textContent(), WAIT).toMatch(/reveal — patient id of/);
     const text = (await audit.textContent()) ?? '';
     expect(text).toContain(`POST /api/devices/${deviceId}/rotate-secret`);
     expect(text).toContain(`POST /api/devices/${deviceId}/assign`);
@@ -417,20 +423,20 @@ describe('mapping workbench', () => {
     await signIn(page);
     await page.getByRole('link', { name: 'Open in the mapping workbench' }).click();
     await page.getByRole('heading', { name: 'Mapping workbench' }).waitFor();
-    await expect.poll(() => page.getByLabel('Message').inputValue()).toContain('"pulseRate"');
+    await expect.poll(() => page.getByLabel('Message').inputValue(), WAIT).toContain('"pulseRate"');
     await page.getByRole('button', { name: 'Run the templates on this message' }).click();
     await expect
-      .poll(() => page.locator('.debug-error').textContent())
+      .poll(() => page.locator('.debug-error').textContent(), WAIT)
       .toContain('TemplateNotMatched');
 
     await page.getByLabel('Template file').selectOption('device/vitals.json');
     const editor = page.getByLabel('Template text');
-    await expect.poll(() => editor.inputValue()).toContain('"heartrate"');
+    await expect.poll(() => editor.inputValue(), WAIT).toContain('"heartrate"');
     const original = await editor.inputValue();
     // A slip first: the diagnostics name the file, line and column, as `iomt mappings validate` does.
     await editor.fill(original.replace('"typeName": "heartrate",', '"typeName": "heartrate"'));
     await expect
-      .poll(() => page.locator('#diagnostics').textContent())
+      .poll(() => page.locator('#diagnostics').textContent(), WAIT)
       .toMatch(/device\/vitals\.json:\d+:\d+/);
     await screenshot(page, 'console-workbench-diagnostics');
     const fixed = original
@@ -447,7 +453,7 @@ describe('mapping workbench', () => {
       .toContain('Mapped: 1 Observation(s)');
     const observation = page.getByRole('article', { name: 'Observation 1' });
     await expect
-      .poll(() => observation.locator('.validate-result').textContent())
+      .poll(() => observation.locator('.validate-result').textContent(), WAIT)
       .toMatch(/\$validate: valid/);
     expect(await observation.locator('pre').textContent()).toContain('8867-4');
     await expectAccessible(page);
@@ -457,7 +463,7 @@ describe('mapping workbench', () => {
     await page.getByLabel('Note for the audit').fill('accept "pulseRate" for heart rate');
     await page.getByRole('button', { name: 'Propose these templates' }).click();
     await expect
-      .poll(() => page.locator('.lifecycle-result').textContent())
+      .poll(() => page.locator('.lifecycle-result').textContent(), WAIT)
       .toContain('Proposed version');
     const version = /Proposed version (\S+?)[. ]/.exec(
       (await page.locator('.lifecycle-result').textContent()) ?? '',
@@ -479,7 +485,7 @@ describe('mapping workbench', () => {
     await page.getByRole('link', { name: 'Dead letters' }).click();
     await page.getByLabel('Device', { exact: true }).fill(deviceId);
     await page.getByRole('button', { name: 'Filter' }).click();
-    await expect.poll(() => page.locator('table.list tbody tr').count()).toBe(2);
+    await expect.poll(() => page.locator('table.list tbody tr').count(), WAIT).toBe(2);
     await page.getByRole('button', { name: 'Replay all 2 shown' }).click();
     await expect
       .poll(() => page.locator('table.results td.result').allTextContents(), { timeout: 30_000 })
@@ -506,7 +512,7 @@ describe('mapping workbench', () => {
       60_000,
       'two heart-rate rows in ClickHouse',
     );
-    await expect.poll(() => page.locator('table.list tbody tr').count()).toBe(0);
+    await expect.poll(() => page.locator('table.list tbody tr').count(), WAIT).toBe(0);
     expect(cspErrors).toEqual([]);
     await context.close();
   });
