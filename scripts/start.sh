@@ -89,6 +89,11 @@ if [ -z "${ADMIN_TOKEN:-}" ]; then
   ADMIN_TOKEN="$(cat .run/admin-token)"
 fi
 export ADMIN_TOKEN
+# The operator console (/console) is built by `npm run build`; build it once here if missing.
+if [ ! -f dist/console/index.html ]; then
+  echo "== building the operator console (dist/console)"
+  npx vite build console --logLevel warn
+fi
 echo "== starting the pipeline (iomt all): MQTT on $MQTT_PORT, admin on $ADMIN_PORT, logs in .run/pipeline.log"
 node bin/iomt.mjs all >.run/pipeline.log 2>&1 &
 PIPELINE_PID=$!
@@ -118,6 +123,8 @@ node bin/iomt.mjs simulate --devices "$DEVICES" --rate "$RATE" >.run/simulator.l
 SIM_PID=$!
 
 cat <<INFO
+
+Operator console: http://127.0.0.1:$ADMIN_PORT/console/  (sign in with the admin token in .run/admin-token)
 
 Observations are arriving. See them:
   FHIR      curl '$FHIR_URL/Observation?_sort=-_lastUpdated&_count=5'

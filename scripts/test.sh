@@ -13,7 +13,7 @@ source scripts/lib.sh
 # Tools the integration tests call; .ci/run installs them with apt-get.
 missing=()
 for tool in java:openjdk-17-jdk-headless mvn:maven curl:curl mosquitto_pub:mosquitto-clients openssl:openssl \
-  psql:postgresql-client prometheus:prometheus promtool:prometheus; do
+  psql:postgresql-client prometheus:prometheus promtool:prometheus chromium:chromium; do
   command -v "${tool%%:*}" >/dev/null || missing+=("${tool#*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -32,6 +32,7 @@ if [ -z "${FHIR_TEST_URL:-}" ]; then
 fi
 echo "== typecheck"
 npx tsc -p tsconfig.json --noEmit
+npx tsc -p console/tsconfig.json
 echo "== lint"
 npx eslint .
 echo "== tests"

@@ -675,6 +675,12 @@ export const SETTINGS = {
       int(100, 60000),
       'Longest wait for one /readyz check, milliseconds; a check still pending then reports a timeout.',
     ),
+    consoleIdleMs: setting(
+      'ADMIN_CONSOLE_IDLE_MS',
+      900000,
+      int(10000, 86400000),
+      'Idle timeout of an operator console session, milliseconds (15 min): a session unused this long is signed out.',
+    ),
     auth: setting(
       'ADMIN_AUTH',
       'token',

@@ -281,6 +281,12 @@ export const ERROR_CODES = {
     http: 404,
     message: 'This process does not serve that endpoint',
   },
+  CsrfRefused: {
+    stage: 'admin',
+    retryable: false,
+    http: 403,
+    message: 'A change from a console session without its CSRF token',
+  },
   // Not retried: an unexpected error is a bug in one item, not a passing fault. The
   // item is dead-lettered on its own and can be replayed once the bug is fixed;
   // faults of the infrastructure map to their own, retryable codes.

@@ -42,6 +42,7 @@ import { checkWaitAof } from './redis.js';
 import { startBroker, type RunningBroker } from '../broker/index.js';
 import { startWorkers, type RunningWorkers } from '../workers/index.js';
 import { startAdmin, type RunningAdmin } from './admin/server.js';
+import { DeadLetterStore } from './dlq/index.js';
 
 export type Role = 'broker' | 'worker' | 'admin';
 export const ROLES: readonly Role[] = ['broker', 'worker', 'admin'];
@@ -243,6 +244,12 @@ export async function startPipeline(
         analyticsStore,
         devices,
         mappingLifecycle: lifecycle,
+        deadLetters: new DeadLetterStore(queues, {
+          // Create mode: replays are checked against the association history.
+          ...(config.fhir.identityResolution === 'Create'
+            ? { associations: { reader: associations, createPatients: config.fhir.createPatients } }
+            : {}),
+        }),
         ...(roles.includes('worker')
           ? { templatesVersion: () => templates?.current().version ?? templatesVersion }
           : {}),

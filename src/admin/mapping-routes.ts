@@ -15,6 +15,9 @@
  *   GET  /api/mappings/versions/:version                           → the files and fixtures
  *   GET  /api/mappings/audit?limit=                                → { entries }
  *   POST /api/mappings/prune       { keep?, dryRun?, actor }        → { removed }
+ *   POST /api/mappings/debug       { files | version, message: {payload, deviceId, receivedAt?},
+ *                                    patientId?, validate? }        → `iomt mappings debug --json`,
+ *                                  each Observation with the FHIR server's $validate outcome
  *
  * `files` are `[{ "file": "device/vitals.json", "text": "…" }]` (device/ or
  * fhir/, .json / .yaml); `fixtures` as `iomt mappings test` reads them
@@ -26,10 +29,19 @@ import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { httpAnswer, PipelineError } from '../errors.js';
 import type { Fixture } from '../mapping/fixtures.js';
 import type { Actor, Candidate, MappingLifecycle } from '../mapping/lifecycle/index.js';
-import type { SourceFile } from '../mapping/load.js';
+import { compileSources, formatProblem, type SourceFile } from '../mapping/load.js';
+import type { Config } from '../config.js';
+import type { FhirGateway } from '../fhir/gateway.js';
+import type { Resource } from 'fhir/r4.js';
+import { debugJson } from '../cli/commands/mapping-debug.js';
+import { normalizePolicy } from '../mapping/index.js';
 
 export interface MappingRoutesDeps {
   readonly mappingLifecycle?: MappingLifecycle;
+  /** For the debugger: the worker's input policy and identifier system. */
+  readonly config?: Config;
+  /** For the debugger's $validate. */
+  readonly fhir?: FhirGateway;
 }
 
 /** Templates and fixtures of a whole mappings folder fit easily; a console may send them all. */
@@ -186,6 +198,52 @@ export function registerMappingRoutes(app: FastifyInstance, deps: MappingRoutesD
     if (!Number.isInteger(limit) || limit < 1 || limit > 10_000)
       throw invalid('limit: an integer in [1, 10000]');
     return { entries: await lifecycleOf(deps).audit(limit) };
+  });
+
+  // The debugger on a candidate (or a stored version) and one message: every stage,
+  // and the FHIR server's $validate for each Observation. Changes nothing.
+  app.post<{ Body: Body }>('/api/mappings/debug', big, async (req) => {
+    const lc = lifecycleOf(deps);
+    const candidate = await candidateOf(lc, req.body);
+    const m = req.body?.message;
+    if (!isObject(m) || typeof m.payload !== 'string' || typeof m.deviceId !== 'string')
+      throw invalid('message: expected { payload (text), deviceId, receivedAt? }');
+    const receivedAt =
+      typeof m.receivedAt === 'number'
+        ? m.receivedAt
+        : typeof m.receivedAt === 'string'
+          ? Date.parse(m.receivedAt)
+          : Number.NaN;
+    const compiled = compileSources(candidate.files, 'candidate');
+    if (!compiled.ok) return { ok: false, problems: compiled.problems.map(formatProblem) };
+    const patientId = req.body?.patientId;
+    const report = await debugJson(compiled.mappings, {
+      payload: m.payload,
+      meta: {
+        deviceId: m.deviceId,
+        topic: `devices/${m.deviceId}/telemetry`,
+        receivedAt: Number.isNaN(receivedAt) ? Date.now() : receivedAt,
+      },
+      patientId: typeof patientId === 'string' && patientId !== '' ? patientId : 'debug-patient',
+      identifierSystem: deps.config?.fhir.identifierSystem ?? 'urn:ietf:rfc:3986',
+      ...(deps.config ? { policy: normalizePolicy(deps.config) } : {}),
+    });
+    const observations = Array.isArray(report.observations)
+      ? (report.observations as Resource[])
+      : [];
+    if (req.body?.validate !== true || !deps.fhir || observations.length === 0) return report;
+    const fhir = deps.fhir;
+    const validations = await Promise.all(
+      observations.map(async (o) => {
+        try {
+          return await fhir.validate(o);
+        } catch (err) {
+          const { body } = httpAnswer(err);
+          return { unavailable: body.error };
+        }
+      }),
+    );
+    return { ...report, validations };
   });
 
   app.post<{ Body: Body }>('/api/mappings/prune', async (req) => {

@@ -23,7 +23,15 @@ import type { Metrics } from '../metrics.js';
 import type { DeviceService } from '../devices/index.js';
 import type { MappingLifecycle } from '../mapping/lifecycle/index.js';
 import { checkReadiness, readinessProbes } from '../observability/index.js';
+import type { DeadLetterStore } from '../dlq/index.js';
 import { registerAnalyticsRoutes } from './analytics-routes.js';
+import {
+  admitBySession,
+  ConsoleSessions,
+  isPublicConsolePath,
+  registerConsole,
+} from './console.js';
+import { registerDlqRoutes } from './dlq-routes.js';
 import { registerDeviceRoutes } from './device-routes.js';
 import { registerMappingRoutes } from './mapping-routes.js';
 import { ANALYST_ROUTES, principalOf } from './principal.js';
@@ -46,6 +54,10 @@ export interface AdminDeps {
   readonly devices?: DeviceService;
   /** Template versions, gates, activation, rollback and audit (mapping-routes.ts). */
   readonly mappingLifecycle?: MappingLifecycle;
+  /** The dead-letter queue: /api/dlq (list, show, replay, purge). */
+  readonly deadLetters?: DeadLetterStore;
+  /** The operator console's built page (default: dist/console of this package). */
+  readonly consoleDir?: string;
 }
 
 export interface RunningAdmin {
@@ -71,10 +83,18 @@ function requestError(err: unknown, maxBodyBytes: number): PipelineError | undef
 export function buildAdmin(deps: AdminDeps): FastifyInstance {
   const maxBodyBytes = deps.config.admin.maxBodyBytes;
   const app = Fastify({ logger: false, bodyLimit: maxBodyBytes });
+  const sessions = new ConsoleSessions(
+    deps.redis,
+    deps.config.redis.prefix,
+    deps.config.admin.consoleIdleMs,
+  );
   app.addHook('onRequest', async (req, reply) => {
     const path = req.url.split('?')[0] ?? '';
-    // Only liveness is public: readiness detail and metrics describe the system.
-    if (path === '/healthz') return;
+    // Only liveness and the console's page (no data in it) are public: readiness
+    // detail and metrics describe the system.
+    if (path === '/healthz' || isPublicConsolePath(path, req.method)) return;
+    // A browser: its console session (a change also needs the session's CSRF token).
+    if (req.headers.authorization === undefined && (await admitBySession(sessions, req))) return;
     const principal = principalOf(deps.config, req.headers.authorization);
     if (principal === 'admin' || (principal === 'analyst' && ANALYST_ROUTES.has(path))) return;
     const { status, body } = httpAnswer(
@@ -112,6 +132,9 @@ export function buildAdmin(deps: AdminDeps): FastifyInstance {
   if (deps.devices) registerDeviceRoutes(app, { devices: deps.devices });
   // The template lifecycle: validate, test, shadow-run, diff, propose, activate, rollback, audit.
   registerMappingRoutes(app, deps);
+  if (deps.deadLetters) registerDlqRoutes(app, { deadLetters: deps.deadLetters });
+  // The operator console (/console): the page, sessions, CSRF, CSP, audit.
+  registerConsole(app, deps, sessions);
   app.get('/metrics', async (_req, reply) => {
     await reply
       .header('content-type', deps.metrics.registry.contentType)
@@ -136,6 +159,13 @@ export async function startAdmin(deps: AdminDeps): Promise<RunningAdmin> {
   }
   const address = app.server.address();
   const port = typeof address === 'object' && address ? address.port : deps.config.admin.port;
-  deps.log.info({ event: 'admin-listening', port }, 'admin API listening');
+  deps.log.info(
+    {
+      event: 'admin-listening',
+      port,
+      console: `http://${deps.config.admin.host}:${port}/console/`,
+    },
+    'admin API listening',
+  );
   return { app, port, close: () => app.close() };
 }

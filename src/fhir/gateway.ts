@@ -20,7 +20,7 @@
  * Contract: in — resources, ids, search parameters; out — resources and
  * Bundles as the server answers them, or a PipelineError.
  */
-import type { Bundle, BundleEntry, Resource } from 'fhir/r4.js';
+import type { Bundle, BundleEntry, OperationOutcome, Resource } from 'fhir/r4.js';
 import type { Config } from '../config.js';
 import { PipelineError } from '../errors.js';
 import { createFhirAuthorizer, type FhirAuthorizer } from './auth.js';
@@ -93,6 +93,8 @@ export interface FhirGateway {
    * refuses are ConfigInvalid naming the settings (a process checks at start).
    */
   checkAuth(): Promise<void>;
+  /** POST {type}/$validate: the server's OperationOutcome for a resource, valid or not. */
+  validate(resource: Resource): Promise<OperationOutcome>;
 }
 
 /** The process's gateway as the configuration says: FHIR_URL, FHIR_TIMEOUT_MS, FHIR_AUTH. */
@@ -331,5 +333,15 @@ export function createFhirGateway(options: FhirGatewayOptions): FhirGateway {
     },
 
     checkAuth: () => options.auth?.check() ?? Promise.resolve(),
+
+    async validate(resource: Resource) {
+      const what = `validate ${resource.resourceType}`;
+      const a = await send('POST', `${resource.resourceType}/$validate`, what, { body: resource });
+      const oo = a.body as OperationOutcome | undefined;
+      // An invalid resource is an answer too (HAPI: 412 or 422 with the outcome).
+      if (oo?.resourceType === 'OperationOutcome' && [200, 400, 412, 422].includes(a.status))
+        return oo;
+      return fail(a, what);
+    },
   };
 }

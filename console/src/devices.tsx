@@ -1,0 +1,396 @@
+import { useEffect, useState } from 'preact/hooks';
+import { api, errorText, mask, when } from './api';
+
+interface Device {
+  deviceId: string;
+  kind: string;
+  status: string;
+  createdAt: string;
+  updatedAt: string;
+  currentPatient?: string;
+}
+interface HistoryRecord {
+  seq: number;
+  at: number;
+  recordedAt: number;
+  kind: string;
+  patientId?: string;
+  gatewayId?: string;
+  actor?: string;
+  source?: string;
+  note?: string;
+  correction?: boolean;
+}
+interface History {
+  device: Device;
+  records: HistoryRecord[];
+  periods: { patientId: string; start: number; end?: number }[];
+  currentPatient?: string;
+  gateways: string[];
+  warnings?: string[];
+}
+
+function useRevealed() {
+  const [shown, setShown] = useState<Set<string>>(new Set());
+  const reveal = async (subject: string) => {
+    // The reveal is audited before the id is shown.
+    await api('POST', '/console/api/reveal', { subject, what: 'patient id' });
+    setShown(new Set([...shown, subject]));
+  };
+  return { shown, reveal };
+}
+
+export function DevicesPage({ selected, actor }: { selected: string | undefined; actor: string }) {
+  const [devices, setDevices] = useState<Device[]>([]);
+  const [search, setSearch] = useState('');
+  const [error, setError] = useState('');
+  const { shown, reveal } = useRevealed();
+  const load = async () => {
+    try {
+      setDevices((await api<{ devices: Device[] }>('GET', '/api/devices')).devices);
+    } catch (e) {
+      setError(errorText(e));
+    }
+  };
+  useEffect(() => {
+    void load();
+  }, []);
+  const q = search.trim().toLowerCase();
+  const shownDevices = devices.filter((d) => !q || d.deviceId.toLowerCase().includes(q));
+  return (
+    <section>
+      <h1>Devices</h1>
+      {error && (
+        <p role="alert" class="error">
+          {error}
+        </p>
+      )}
+      <AddDevice actor={actor} onAdded={() => void load()} />
+      <label class="search">
+        Search devices
+        <input
+          type="search"
+          name="search"
+          value={search}
+          onInput={(e) => setSearch(e.currentTarget.value)}
+        />
+      </label>
+      <table class="list">
+        <caption class="sr-only">Devices and gateways</caption>
+        <thead>
+          <tr>
+            <th scope="col">Device</th>
+            <th scope="col">Kind</th>
+            <th scope="col">Status</th>
+            <th scope="col">Patient now</th>
+            <th scope="col">Registered</th>
+          </tr>
+        </thead>
+        <tbody>
+          {shownDevices.map((d) => (
+            <tr key={d.deviceId} class={d.deviceId === selected ? 'selected' : ''}>
+              <td>
+                <a href={`#/devices/${encodeURIComponent(d.deviceId)}`}>{d.deviceId}</a>
+              </td>
+              <td>{d.kind}</td>
+              <td>{d.status}</td>
+              <td>
+                {d.currentPatient && shown.has(d.currentPatient) ? (
+                  d.currentPatient
+                ) : (
+                  <>
+                    <span aria-label="masked patient id">{mask(d.currentPatient)}</span>{' '}
+                    {d.currentPatient && (
+                      <button
+                        type="button"
+                        class="small"
+                        onClick={() => void reveal(d.currentPatient!)}
+                        aria-label={`Reveal the patient of ${d.deviceId}`}
+                      >
+                        Reveal
+                      </button>
+                    )}
+                  </>
+                )}
+              </td>
+              <td>{when(d.createdAt)}</td>
+            </tr>
+          ))}
+        </tbody>
+      </table>
+      {selected && (
+        <DeviceDetail key={selected} id={selected} actor={actor} onChanged={() => void load()} />
+      )}
+    </section>
+  );
+}
+
+function SecretOnce({ deviceId, secret }: { deviceId: string; secret: string }) {
+  const [copied, setCopied] = useState('');
+  return (
+    <div class="secret" role="status">
+      <p>
+        The secret of <strong>{deviceId}</strong>, shown once (only its hash is kept). Give it to
+        the device now:
+      </p>
+      <code id="device-secret">{secret}</code>{' '}
+      <button
+        type="button"
+        onClick={() =>
+          void navigator.clipboard.writeText(secret).then(
+            () => setCopied('Copied.'),
+            () => setCopied('Copying was refused by the browser: select the secret instead.'),
+          )
+        }
+      >
+        Copy secret
+      </button>{' '}
+      <span aria-live="polite">{copied}</span>
+    </div>
+  );
+}
+
+function AddDevice({ actor, onAdded }: { actor: string; onAdded: () => void }) {
+  const [deviceId, setDeviceId] = useState('');
+  const [kind, setKind] = useState('device');
+  const [patient, setPatient] = useState('');
+  const [newPatient, setNewPatient] = useState(false);
+  const [error, setError] = useState('');
+  const [added, setAdded] = useState<{ deviceId: string; secret: string } | undefined>();
+  const submit = async (e: Event) => {
+    e.preventDefault();
+    setError('');
+    setAdded(undefined);
+    try {
+      const r = await api<{ deviceId: string; secret: string }>('POST', '/api/devices', {
+        deviceId,
+        kind,
+        actor,
+        ...(patient ? { patient, newPatient } : {}),
+      });
+      setAdded(r);
+      setDeviceId('');
+      setPatient('');
+      onAdded();
+    } catch (err) {
+      setError(errorText(err));
+    }
+  };
+  return (
+    <details class="add">
+      <summary>Add a device</summary>
+      <form onSubmit={(e) => void submit(e)}>
+        <label>
+          Device id
+          <input
+            name="deviceId"
+            value={deviceId}
+            onInput={(e) => setDeviceId(e.currentTarget.value)}
+            required
+          />
+        </label>
+        <label>
+          Kind
+          <select name="kind" value={kind} onChange={(e) => setKind(e.currentTarget.value)}>
+            <option value="device">device</option>
+            <option value="gateway">gateway</option>
+          </select>
+        </label>
+        <label>
+          Patient (optional)
+          <input
+            name="patient"
+            value={patient}
+            onInput={(e) => setPatient(e.currentTarget.value)}
+          />
+        </label>
+        <label class="inline">
+          <input
+            type="checkbox"
+            name="newPatient"
+            checked={newPatient}
+            onChange={(e) => setNewPatient(e.currentTarget.checked)}
+          />{' '}
+          The patient is new (the pipeline may create it)
+        </label>
+        <button type="submit">Add device</button>
+        {error && (
+          <p role="alert" class="error">
+            {error}
+          </p>
+        )}
+      </form>
+      {added && <SecretOnce deviceId={added.deviceId} secret={added.secret} />}
+    </details>
+  );
+}
+
+function describe(r: HistoryRecord, shown: Set<string>): string {
+  const p = r.patientId ? (shown.has(r.patientId) ? r.patientId : mask(r.patientId)) : '';
+  switch (r.kind) {
+    case 'assign':
+      return `assigned to patient ${p}`;
+    case 'unassign':
+      return 'unassigned';
+    case 'link':
+      return `linked to gateway ${r.gatewayId ?? ''}`;
+    case 'unlink':
+      return `unlinked from gateway ${r.gatewayId ?? ''}`;
+    case 'registered':
+      return 'registered';
+    case 'secret-rotated':
+      return 'secret rotated';
+    case 'removed':
+      return 'removed';
+    default:
+      return r.kind;
+  }
+}
+
+function DeviceDetail({
+  id,
+  actor,
+  onChanged,
+}: {
+  id: string;
+  actor: string;
+  onChanged: () => void;
+}) {
+  const [history, setHistory] = useState<History | undefined>();
+  const [error, setError] = useState('');
+  const [secret, setSecret] = useState<string | undefined>();
+  const [patient, setPatient] = useState('');
+  const [newPatient, setNewPatient] = useState(false);
+  const [note, setNote] = useState('');
+  const { shown, reveal } = useRevealed();
+  const load = async () => {
+    try {
+      setHistory(await api<History>('GET', `/api/devices/${encodeURIComponent(id)}`));
+    } catch (e) {
+      setError(errorText(e));
+    }
+  };
+  useEffect(() => {
+    void load();
+  }, [id]);
+  const act = async (fn: () => Promise<unknown>) => {
+    setError('');
+    try {
+      await fn();
+      await load();
+      onChanged();
+    } catch (e) {
+      setError(errorText(e));
+    }
+  };
+  const path = `/api/devices/${encodeURIComponent(id)}`;
+  return (
+    <article class="detail" aria-labelledby="device-title">
+      <h2 id="device-title">Device {id}</h2>
+      {error && (
+        <p role="alert" class="error">
+          {error}
+        </p>
+      )}
+      {history && (
+        <p>
+          Patient now:{' '}
+          {history.currentPatient ? (
+            shown.has(history.currentPatient) ? (
+              <strong class="patient-now">{history.currentPatient}</strong>
+            ) : (
+              <>
+                <strong class="patient-now">{mask(history.currentPatient)}</strong>{' '}
+                <button
+                  type="button"
+                  class="small"
+                  onClick={() => void reveal(history.currentPatient!)}
+                >
+                  Reveal patient id
+                </button>
+              </>
+            )
+          ) : (
+            'none'
+          )}
+          {history.gateways.length > 0 && <> · relayed by {history.gateways.join(', ')}</>}
+        </p>
+      )}
+      <button
+        type="button"
+        onClick={() =>
+          void act(async () =>
+            setSecret(
+              (await api<{ secret: string }>('POST', `${path}/rotate-secret`, { actor })).secret,
+            ),
+          )
+        }
+      >
+        Rotate secret
+      </button>
+      {secret && <SecretOnce deviceId={id} secret={secret} />}
+      <form
+        class="assign"
+        onSubmit={(e) => {
+          e.preventDefault();
+          void act(() =>
+            api('POST', `${path}/assign`, {
+              patient,
+              newPatient,
+              actor,
+              ...(note ? { note } : {}),
+            }),
+          );
+        }}
+      >
+        <h3>Assign a patient</h3>
+        <label>
+          Patient
+          <input
+            name="assign-patient"
+            value={patient}
+            onInput={(e) => setPatient(e.currentTarget.value)}
+            required
+          />
+        </label>
+        <label class="inline">
+          <input
+            type="checkbox"
+            name="assign-new"
+            checked={newPatient}
+            onChange={(e) => setNewPatient(e.currentTarget.checked)}
+          />{' '}
+          The patient is new
+        </label>
+        <label>
+          Note
+          <input name="note" value={note} onInput={(e) => setNote(e.currentTarget.value)} />
+        </label>
+        <button type="submit">Assign from now</button>{' '}
+        <button
+          type="button"
+          onClick={() =>
+            void act(() => api('POST', `${path}/unassign`, { actor, ...(note ? { note } : {}) }))
+          }
+        >
+          Unassign now
+        </button>
+      </form>
+      <h3>History</h3>
+      <ol class="timeline" aria-label="Association history">
+        {history?.records
+          .slice()
+          .sort((a, b) => a.at - b.at || a.seq - b.seq)
+          .map((r) => (
+            <li key={r.seq}>
+              <time dateTime={new Date(r.at).toISOString()}>{when(r.at)}</time> {describe(r, shown)}
+              <span class="by">
+                {' '}
+                — by {r.actor ?? '?'} ({r.source ?? '?'}){r.note ? `: ${r.note}` : ''}
+              </span>
+            </li>
+          ))}
+      </ol>
+    </article>
+  );
+}
