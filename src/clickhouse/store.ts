@@ -188,11 +188,15 @@ const MEMORY_LIMIT_EXCEEDED = 241;
 
 /**
  * ClickHouse error codes meaning "the engine cannot serve now", not "this SQL is
- * wrong": IO, memory, space, timeouts, overload, network, authentication.
+ * wrong": IO, memory, space, timeouts, overload, network, authentication; on a
+ * cluster also a replica set that cannot take a quorum insert now (285
+ * TOO_FEW_LIVE_REPLICAS, 286 UNSATISFIED_QUORUM_FOR_PREVIOUS_WRITE, 319
+ * UNKNOWN_STATUS_OF_INSERT: retried, the insert dedupes) and an ON CLUSTER
+ * statement some host has not run in time (159).
  */
 const UNAVAILABLE_CODES = new Set([
-  74, 75, 76, 159, 192, 194, 202, 209, 210, 236, 241, 242, 243, 252, 279, 394, 425, 473, 516, 999,
-  1000, 1002,
+  74, 75, 76, 159, 192, 194, 202, 209, 210, 236, 241, 242, 243, 252, 279, 285, 286, 319, 394, 425,
+  473, 516, 999, 1000, 1002,
 ]);
 
 /** "Code: 60. DB::Exception: … (UNKNOWN_TABLE)" → "UNKNOWN_TABLE". */
