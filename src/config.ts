@@ -392,6 +392,12 @@ export const SETTINGS = {
       bool,
       'Create mode: true lets the pipeline create any Patient an association names; false (default) needs the Patient to exist on the FHIR server, or the association to mark it new (--new-patient), so a mistyped id never becomes a phantom Patient.',
     ),
+    subjectCacheTtlS: setting(
+      'FHIR_SUBJECT_CACHE_TTL_S',
+      600,
+      int(0, 86400),
+      'How long a FHIR writer remembers that a Patient or Device exists, seconds (10 min); after it, or at once when the server refuses an Observation because its Patient or Device is missing or deleted, the subject is ensured again (re-created only where the pipeline may create it). 0 checks on every job.',
+    ),
   },
   clickhouse: {
     url: setting(
