@@ -6,6 +6,7 @@
  *
  * docs/configuration.md documents every key (a test keeps the two in step).
  */
+import { CLUSTER_NAME } from './clickhouse/schema-cluster.js';
 import { PipelineError } from './errors.js';
 import { DEFAULT_LIMITS, parseLimits } from './mapping/plausibility.js';
 import { NO_ENVELOPE, parseEnvelopePolicy } from './mapping/envelope.js';
@@ -101,6 +102,16 @@ const optionalInt =
   (min: number, max: number): Parser<number | undefined> =>
   (raw) =>
     raw.trim() === '' ? undefined : int(min, max)(raw);
+
+/** A ClickHouse cluster name: it is interpolated into DDL, so letters, digits, _ and - only. */
+const optionalClusterName: Parser<string | undefined> = (raw) => {
+  if (raw === '') return undefined;
+  if (!CLUSTER_NAME.test(raw))
+    throw new Error(
+      `expected a cluster name of letters, digits, _ and - (not starting with a digit or -), got "${raw}"`,
+    );
+  return raw;
+};
 
 function setting<T>(env: string, def: T, parse: Parser<T>, doc: string): Setting<T> {
   return { env, default: def, parse, doc };
@@ -413,6 +424,12 @@ export const SETTINGS = {
       bool,
       'Create mode: true lets the pipeline create any Patient an association names; false (default) needs the Patient to exist on the FHIR server, or the association to mark it new (--new-patient), so a mistyped id never becomes a phantom Patient.',
     ),
+    subjectCacheTtlS: setting(
+      'FHIR_SUBJECT_CACHE_TTL_S',
+      600,
+      int(0, 86400),
+      'How long a FHIR writer remembers that a Patient or Device exists, seconds (10 min); after it, or at once when the server refuses an Observation because its Patient or Device is missing or deleted, the subject is ensured again (re-created only where the pipeline may create it). 0 checks on every job.',
+    ),
   },
   fhirAuth: {
     mode: setting(
@@ -512,6 +529,12 @@ export const SETTINGS = {
       undefined as string | undefined,
       optionalUrl('http:', 'https:'),
       'ClickHouse server; unset = embedded engine (chdb).',
+    ),
+    cluster: setting(
+      'CLICKHOUSE_CLUSTER',
+      undefined as string | undefined,
+      optionalClusterName,
+      'A ClickHouse cluster (its remote_servers name) to lay the schema out on: DDL ON CLUSTER, Replicated tables sharded by patient, Distributed tables under the plain names (docs/deployment.md "Scale out"); needs CLICKHOUSE_URL. Unset = one server.',
     ),
     user: setting('CLICKHOUSE_USER', 'default', str, 'ClickHouse server user.'),
     password: setting('CLICKHOUSE_PASSWORD', '', str, 'ClickHouse server password (never logged).'),
@@ -743,6 +766,8 @@ function crossCheck(c: Record<string, Record<string, unknown>>): string[] {
     problems.push('MQTT_TLS_CERT_FILE, MQTT_TLS_KEY_FILE: set both or neither');
   if (mqtt.tlsClientCert !== 'none' && mqtt.tlsCaFile === undefined)
     problems.push('MQTT_TLS_CA_FILE: required when MQTT_TLS_CLIENT_CERT is optional or required');
+  if (c.clickhouse?.cluster !== undefined && c.clickhouse.url === undefined)
+    problems.push('CLICKHOUSE_CLUSTER: needs CLICKHOUSE_URL (the embedded engine is one node)');
   const token = c.admin?.token;
   if (typeof token === 'string' && token.length < 16)
     problems.push('ADMIN_TOKEN: must be at least 16 characters (e.g. openssl rand -hex 32)');

@@ -14,6 +14,7 @@ import {
 import { PipelineError, toPipelineError } from './errors.js';
 import { createConfiguredFhirGateway, type FhirGateway } from './fhir/gateway.js';
 import { createFhirStore, type FhirStore } from './fhir/store.js';
+import { createSubjectCache } from './fhir/subject-cache.js';
 import type { Logger } from './logger.js';
 import {
   formatProblem,
@@ -108,7 +109,10 @@ export async function startPipeline(
   const associations = new AssociationStore(redis, config.redis.prefix);
   metrics.setQueueDepthSource(() => queueDepths(queues));
   let templatesVersion: string | undefined;
-  const fhirStore = createFhirStore(fhir);
+  // Which Patients and Devices exist, for FHIR_SUBJECT_CACHE_TTL_S: the store's
+  // Patient checks and the FHIR writer's Device syncs, which forgets what the server lost.
+  const subjects = createSubjectCache({ ttlMs: config.fhir.subjectCacheTtlS * 1000 });
+  const fhirStore = createFhirStore(fhir, { subjects });
   const devices = createDeviceService(config, redis, queues, fhirStore);
   // SUBSCRIBE holds a connection of its own (sessions of re-keyed devices end at once).
   const revocationRedis = roles.includes('broker') ? createRedis(config.redis.url) : undefined;
@@ -218,6 +222,7 @@ export async function startPipeline(
         mappings: templates ? () => templates!.current() : () => mappings,
         fhirStore,
         fhir,
+        subjects,
         ...(analyticsStore ? { analyticsStore } : {}),
         log,
         metrics,

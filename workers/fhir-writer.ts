@@ -13,13 +13,13 @@
  * Jobs that carry `associations` have FHIR follow those devices' histories.
  */
 import { createHash } from 'node:crypto';
-import { LRUCache } from 'lru-cache';
 import type { Config } from '../src/config.js';
 import { toPipelineError, type PipelineError } from '../src/errors.js';
 import type { AssociationSync } from '../src/fhir/associations.js';
 import type { FhirGateway } from '../src/fhir/gateway.js';
 import { createObservationMerger } from '../src/fhir/merge.js';
 import type { FhirStore } from '../src/fhir/store.js';
+import { createSubjectCache, type SubjectCache } from '../src/fhir/subject-cache.js';
 import type { Logger } from '../src/logger.js';
 import type { Metrics } from '../src/metrics.js';
 import {
@@ -33,6 +33,7 @@ import {
 import { messagesDigest, settleMessages, storedVersions } from './analytics-handoff.js';
 import { deadObservation, type DeadLetterInput } from './dead-letter.js';
 import { writeIsolated } from './fhir-batch.js';
+import { writeRestoringSubjects, type SubjectRestoreDeps } from './fhir-subjects.js';
 import { result, type NextJob, type Stage, type StageJob } from './stage.js';
 import { writeChunk } from './windowing.js';
 
@@ -45,6 +46,11 @@ export interface FhirWriterDeps {
   readonly associationSync: AssociationSync;
   readonly log: Logger;
   readonly metrics?: Metrics;
+  /**
+   * Patients and Devices known to exist (src/fhir/subject-cache.ts), shared with
+   * the store's Patient checks. Default: one of its own, FHIR_SUBJECT_CACHE_TTL_S.
+   */
+  readonly subjects?: SubjectCache;
 }
 
 /** HAPI marks a PUT that changed nothing; other servers answer 200 (counted as updated). */
@@ -84,21 +90,30 @@ function deadSync(job: StageJob<FhirJobData>, deviceId: string, error: PipelineE
 export function createFhirWriterStage(deps: FhirWriterDeps): Stage<FhirJobData> {
   // Grouped Observations (windows, correlation ids) are merged into the stored one.
   const merger = createObservationMerger(deps.fhir);
-  // Devices whose FHIR Device this process has written from their history; a
-  // change of association reaches FHIR through its own sync job, not through this.
-  const devicesWritten = new LRUCache<string, true>({ max: 100_000 });
+  // Devices whose FHIR Device this process has written from their history, for
+  // a time; a change of association reaches FHIR through its own sync job, not
+  // through this. One the server lost is restored (fhir-subjects.ts).
+  const subjects =
+    deps.subjects ?? createSubjectCache({ ttlMs: deps.config.fhir.subjectCacheTtlS * 1000 });
+  const restoreDeps: SubjectRestoreDeps = {
+    subjects,
+    store: deps.store,
+    associationSync: deps.associationSync,
+    writesDevices: deps.config.fhir.identityResolution === 'Create',
+    log: deps.log,
+  };
 
   /** Association syncs: written, or refused for good (dead letters); a transient failure throws. */
   async function syncAll(job: StageJob<FhirJobData>): Promise<DeadLetterInput[]> {
     const dead: DeadLetterInput[] = [];
     const wanted = [
       ...(job.data.associations ?? []),
-      ...(job.data.devices ?? []).filter((d) => !devicesWritten.has(d)),
+      ...(job.data.devices ?? []).filter((d) => !subjects.has('Device', d)),
     ];
     for (const deviceId of new Set(wanted)) {
       try {
         await deps.associationSync.sync(deviceId);
-        devicesWritten.set(deviceId, true);
+        subjects.remember('Device', deviceId);
       } catch (err) {
         const e = toPipelineError(err);
         if (e.retryable) throw e;
@@ -170,7 +185,12 @@ export function createFhirWriterStage(deps: FhirWriterDeps): Stage<FhirJobData> 
         const chunk = writable.slice(i, i + size);
         let outcomes;
         try {
-          outcomes = await writeChunk(chunk, (o) => writeIsolated(deps.store, o), merger);
+          outcomes = await writeRestoringSubjects(
+            chunk,
+            job.data.patients ?? [],
+            (c) => writeChunk(c, (o) => writeIsolated(deps.store, o), merger),
+            restoreDeps,
+          );
         } catch (err) {
           // The whole request failed transiently: the chunk is tried again later.
           const e = toPipelineError(err);

@@ -20,6 +20,7 @@ import { createAssociationSync } from '../src/fhir/associations.js';
 import type { FhirGateway } from '../src/fhir/gateway.js';
 import { createIdentityService } from '../src/fhir/identity.js';
 import type { FhirStore } from '../src/fhir/store.js';
+import type { SubjectCache } from '../src/fhir/subject-cache.js';
 import type { Logger } from '../src/logger.js';
 import type { MappingSet } from '../src/mapping/index.js';
 import type { Metrics } from '../src/metrics.js';
@@ -41,6 +42,8 @@ export interface WorkerDeps {
   readonly associations: AssociationStore;
   readonly mappings: () => MappingSet;
   readonly fhirStore: FhirStore;
+  /** Patients and Devices known to exist, shared with fhirStore (src/fhir/subject-cache.ts). */
+  readonly subjects?: SubjectCache;
   /** The one FHIR gateway (reads, searches, merges, association syncs). */
   readonly fhir: FhirGateway;
   /** Required when this process runs the "analytics" stage. */
@@ -147,6 +150,7 @@ export function startWorkers(deps: WorkerDeps): RunningWorkers {
         config,
         store: deps.fhirStore,
         fhir: deps.fhir,
+        ...(deps.subjects ? { subjects: deps.subjects } : {}),
         log,
         ...(deps.metrics ? { metrics: deps.metrics } : {}),
         associationSync: createAssociationSync({

@@ -35,6 +35,15 @@ export const ROLLUP_HOUR_STATE = 'vitals_1h_state';
 export const ROLLUP_MINUTE_VIEW = 'vitals_1m';
 export const ROLLUP_HOUR_VIEW = 'vitals_1h';
 
+/**
+ * The physical name of a table the materialized views read or write. On one node
+ * every table is its own (the identity). On a cluster (schema-cluster.ts) the views
+ * work on each shard's local tables, so that each shard recomputes the buckets of
+ * its own patients.
+ */
+export type LocalName = (table: string) => string;
+const SAME: LocalName = (t) => t;
+
 /** The aggregates of one bucket, plus the content version `v` (see the header). */
 const AGG_TUPLE = `Tuple(
     n UInt64, sum Float64, min Nullable(Float64), max Nullable(Float64),
@@ -47,20 +56,29 @@ export function latestViews(db: string): string[] {
 SELECT * FROM ${db}.observations FINAL`,
     `CREATE VIEW IF NOT EXISTS ${db}.components_latest AS
 SELECT * FROM ${db}.observation_components FINAL`,
-    // Every numeric point: an Observation's value or one of its components'.
-    // Rows without a number stay in, so that a version that loses its value
-    // still moves the bucket's content version.
-    `CREATE VIEW IF NOT EXISTS ${db}.vital_points AS
+    vitalPointsView(db, 'vital_points'),
+  ];
+}
+
+/**
+ * Every numeric point: an Observation's value or one of its components'. Rows
+ * without a number stay in, so that a version that loses its value still moves
+ * the bucket's content version. `local` names the tables it reads (see LocalName).
+ */
+export function vitalPointsView(db: string, name: string, local: LocalName = SAME): string {
+  return `CREATE VIEW IF NOT EXISTS ${db}.${name} AS
 SELECT id AS point_id, id AS observation_id, patient_id, device_id, code, effective_start,
        value_num AS value, value_ucum AS unit, template_version, fhir_committed_at
-FROM ${db}.observations FINAL
+FROM ${db}.${local('observations')} FINAL
 UNION ALL
 SELECT concat(c.observation_id, '#', toString(c.component_index)) AS point_id, c.observation_id,
        c.patient_id, c.device_id, c.code, c.effective_start, c.value_num AS value,
        c.value_ucum AS unit, c.template_version, c.fhir_committed_at
-FROM ${db}.observation_components AS c FINAL`,
-  ];
+FROM ${db}.${local('observation_components')} AS c FINAL`;
 }
+
+/** The rollups' reading view on one node; a cluster's views read vital_points_local. */
+export const VITAL_POINTS_VIEW = 'vital_points';
 
 function stateTable(db: string, name: string): string {
   return `CREATE TABLE IF NOT EXISTS ${db}.${name} (
@@ -75,8 +93,8 @@ ORDER BY (patient_id, code, bucket)`;
 }
 
 /** The touched keys of one grain, from the inserted block (the MV's source). */
-function touched(db: string, grain: 'minute' | 'hour', columns: string): string {
-  return `SELECT ${columns} FROM ${db}.${ROLLUP_TOUCH_TABLE} WHERE grain = '${grain}'`;
+function touched(db: string, grain: 'minute' | 'hour', columns: string, local: LocalName): string {
+  return `SELECT ${columns} FROM ${db}.${local(ROLLUP_TOUCH_TABLE)} WHERE grain = '${grain}'`;
 }
 
 /**
@@ -93,11 +111,12 @@ function rollupView(
   name: string,
   target: string,
   recompute: string,
+  local: LocalName,
 ): string {
-  return `CREATE MATERIALIZED VIEW IF NOT EXISTS ${db}.${name} TO ${db}.${target} AS
+  return `CREATE MATERIALIZED VIEW IF NOT EXISTS ${db}.${name} TO ${db}.${local(target)} AS
 SELECT t.patient_id AS patient_id, t.code AS code, t.bucket AS bucket,
        argMaxState(CAST((r.n, r.sum, r.min, r.max, r.last, r.last_at, r.unit, r.v) AS ${AGG_TUPLE}), r.v) AS agg
-FROM (${touched(db, grain, 'DISTINCT patient_id, code, bucket')}) AS t
+FROM (${touched(db, grain, 'DISTINCT patient_id, code, bucket', local)}) AS t
 INNER JOIN (
 ${recompute}
 ) AS r ON r.patient_id = t.patient_id AND r.code = t.code AND r.bucket = t.bucket
@@ -106,6 +125,7 @@ GROUP BY patient_id, code, bucket`;
 
 const MINUTE_RECOMPUTE = (
   db: string,
+  local: LocalName,
 ) => `  SELECT patient_id, code, toDateTime(toStartOfMinute(effective_start), 'UTC') AS bucket,
          count(value) AS n,
          ifNull(sum(value), 0) AS sum,
@@ -115,14 +135,17 @@ const MINUTE_RECOMPUTE = (
          maxIf(effective_start, value IS NOT NULL) AS last_at,
          anyIf(unit, value IS NOT NULL) AS unit,
          sum(toUInt64(toUnixTimestamp64Milli(fhir_committed_at))) AS v
-  FROM ${db}.vital_points
-  WHERE (patient_id, code) IN (${touched(db, 'minute', 'patient_id, code')})
-    AND effective_start >= (${touched(db, 'minute', 'min(bucket)')})
-    AND effective_start < (${touched(db, 'minute', 'max(bucket)')}) + INTERVAL 1 MINUTE
-    AND (patient_id, code, toDateTime(toStartOfMinute(effective_start), 'UTC')) IN (${touched(db, 'minute', 'patient_id, code, bucket')})
+  FROM ${db}.${local(VITAL_POINTS_VIEW)}
+  WHERE (patient_id, code) IN (${touched(db, 'minute', 'patient_id, code', local)})
+    AND effective_start >= (${touched(db, 'minute', 'min(bucket)', local)})
+    AND effective_start < (${touched(db, 'minute', 'max(bucket)', local)}) + INTERVAL 1 MINUTE
+    AND (patient_id, code, toDateTime(toStartOfMinute(effective_start), 'UTC')) IN (${touched(db, 'minute', 'patient_id, code, bucket', local)})
   GROUP BY patient_id, code, bucket`;
 
-const HOUR_RECOMPUTE = (db: string) => `  SELECT patient_id, code, toStartOfHour(minute) AS bucket,
+const HOUR_RECOMPUTE = (
+  db: string,
+  local: LocalName,
+) => `  SELECT patient_id, code, toStartOfHour(minute) AS bucket,
          sum(a.n) AS n,
          sum(a.sum) AS sum,
          min(a.min) AS min,
@@ -133,11 +156,11 @@ const HOUR_RECOMPUTE = (db: string) => `  SELECT patient_id, code, toStartOfHour
          sum(a.v) AS v
   FROM (
     SELECT patient_id, code, bucket AS minute, argMaxMerge(agg) AS a
-    FROM ${db}.${ROLLUP_MINUTE_STATE}
-    WHERE (patient_id, code) IN (${touched(db, 'hour', 'patient_id, code')})
-      AND bucket >= (${touched(db, 'hour', 'min(bucket)')})
-      AND bucket < (${touched(db, 'hour', 'max(bucket)')}) + INTERVAL 1 HOUR
-      AND (patient_id, code, toStartOfHour(bucket)) IN (${touched(db, 'hour', 'patient_id, code, bucket')})
+    FROM ${db}.${local(ROLLUP_MINUTE_STATE)}
+    WHERE (patient_id, code) IN (${touched(db, 'hour', 'patient_id, code', local)})
+      AND bucket >= (${touched(db, 'hour', 'min(bucket)', local)})
+      AND bucket < (${touched(db, 'hour', 'max(bucket)', local)}) + INTERVAL 1 HOUR
+      AND (patient_id, code, toStartOfHour(bucket)) IN (${touched(db, 'hour', 'patient_id, code, bucket', local)})
     GROUP BY patient_id, code, bucket
   )
   GROUP BY patient_id, code, bucket`;
@@ -156,7 +179,8 @@ FROM (
 WHERE a.n > 0`;
 }
 
-export function rollupStatements(db: string): string[] {
+/** The tables of the rollups: the touch table (engine Null) and the two state tables. */
+export function rollupTables(db: string): string[] {
   return [
     `CREATE TABLE IF NOT EXISTS ${db}.${ROLLUP_TOUCH_TABLE} (
   grain LowCardinality(String),
@@ -167,9 +191,32 @@ export function rollupStatements(db: string): string[] {
 ENGINE = Null`,
     stateTable(db, ROLLUP_MINUTE_STATE),
     stateTable(db, ROLLUP_HOUR_STATE),
-    rollupView(db, 'minute', 'vitals_1m_mv', ROLLUP_MINUTE_STATE, MINUTE_RECOMPUTE(db)),
-    rollupView(db, 'hour', 'vitals_1h_mv', ROLLUP_HOUR_STATE, HOUR_RECOMPUTE(db)),
+  ];
+}
+
+/** The materialized views that recompute touched buckets; `local` names what they read and write. */
+export function rollupMaterializedViews(db: string, local: LocalName = SAME): string[] {
+  return [
+    rollupView(
+      db,
+      'minute',
+      'vitals_1m_mv',
+      ROLLUP_MINUTE_STATE,
+      MINUTE_RECOMPUTE(db, local),
+      local,
+    ),
+    rollupView(db, 'hour', 'vitals_1h_mv', ROLLUP_HOUR_STATE, HOUR_RECOMPUTE(db, local), local),
+  ];
+}
+
+/** What analysts read: vitals_1m and vitals_1h. */
+export function rollupReadViews(db: string): string[] {
+  return [
     readView(db, ROLLUP_MINUTE_VIEW, ROLLUP_MINUTE_STATE, 'minute'),
     readView(db, ROLLUP_HOUR_VIEW, ROLLUP_HOUR_STATE, 'hour'),
   ];
+}
+
+export function rollupStatements(db: string): string[] {
+  return [...rollupTables(db), ...rollupMaterializedViews(db), ...rollupReadViews(db)];
 }

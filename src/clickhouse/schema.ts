@@ -27,10 +27,24 @@
 import { PipelineError } from '../errors.js';
 import { deviceAssociationsTable } from './associations.js';
 import {
+  assertClusterName,
+  clusterAlter,
+  clusterTable,
+  localName,
+  nodeTableName,
+  onCluster,
+  type ClusterLayout,
+} from './schema-cluster.js';
+import {
   latestViews,
+  rollupMaterializedViews,
+  rollupReadViews,
   rollupStatements,
+  rollupTables,
+  vitalPointsView,
   ROLLUP_HOUR_STATE,
   ROLLUP_MINUTE_STATE,
+  VITAL_POINTS_VIEW,
 } from './schema-rollups.js';
 import {
   deviceMessagesTable,
@@ -90,15 +104,56 @@ const CODE_AND_VALUE_COLUMNS = `
   value_code ${LC},
   data_absent_reason ${LC},`;
 
-/** The ordered migrations for `database`. Append new versions; never edit an applied one. */
-export function migrations(database: string): readonly Migration[] {
+/**
+ * How each migration's statements are laid out: as written on one node, or for a
+ * cluster (schema-cluster.ts). One list of migrations serves both.
+ */
+interface Layout {
+  /** A CREATE TABLE of a builder. */
+  table(statement: string): string[];
+  /** An ALTER TABLE. */
+  alter(statement: string): string[];
+  /** The exact-read views and the rollups (migration 5). */
+  views(db: string): string[];
+}
+
+const SINGLE_NODE: Layout = {
+  table: (s) => [s],
+  alter: (s) => [s],
+  views: (db) => [...latestViews(db), ...rollupStatements(db)],
+};
+
+function clusterLayoutOf(layout: ClusterLayout): Layout {
+  return {
+    table: (s) => clusterTable(s, layout),
+    alter: (s) => clusterAlter(s, layout),
+    // Analysts' views read the Distributed tables; the rollups' own view and
+    // materialized views work on each shard's local tables (schema-cluster.ts).
+    views: (db) => [
+      ...latestViews(db).map((s) => onCluster(s, layout)),
+      onCluster(vitalPointsView(db, localName(VITAL_POINTS_VIEW), localName), layout),
+      ...rollupTables(db).flatMap((s) => clusterTable(s, layout)),
+      ...rollupMaterializedViews(db, localName).map((s) => onCluster(s, layout)),
+      ...rollupReadViews(db).map((s) => onCluster(s, layout)),
+    ],
+  };
+}
+
+/**
+ * The ordered migrations for `database`, on one node or on `cluster`
+ * (CLICKHOUSE_CLUSTER). Append new versions; never edit an applied one.
+ */
+export function migrations(database: string, cluster?: string): readonly Migration[] {
   const db = `\`${assertDatabaseName(database)}\``;
+  const L =
+    cluster === undefined
+      ? SINGLE_NODE
+      : clusterLayoutOf({ database, cluster: assertClusterName(cluster) });
   return [
     {
       version: 1,
       description: 'observations: one row per Observation (latest FHIR version wins)',
-      statements: [
-        `CREATE TABLE IF NOT EXISTS ${db}.${OBSERVATIONS_TABLE} (
+      statements: L.table(`CREATE TABLE IF NOT EXISTS ${db}.${OBSERVATIONS_TABLE} (
   id String,
   identifier_system ${LC},
   identifier_value String,
@@ -123,14 +178,12 @@ export function migrations(database: string): readonly Migration[] {
 )
 ENGINE = ReplacingMergeTree(fhir_committed_at)
 PARTITION BY toYYYYMM(effective_start)
-ORDER BY (patient_id, code, effective_start, id)`,
-      ],
+ORDER BY (patient_id, code, effective_start, id)`),
     },
     {
       version: 2,
       description: 'observation_components: one row per Observation.component',
-      statements: [
-        `CREATE TABLE IF NOT EXISTS ${db}.${COMPONENTS_TABLE} (
+      statements: L.table(`CREATE TABLE IF NOT EXISTS ${db}.${COMPONENTS_TABLE} (
   observation_id String,
   component_index UInt16,
   patient_id String,${CODE_AND_VALUE_COLUMNS}
@@ -141,45 +194,51 @@ ORDER BY (patient_id, code, effective_start, id)`,
 )
 ENGINE = ReplacingMergeTree(fhir_committed_at)
 PARTITION BY toYYYYMM(effective_start)
-ORDER BY (patient_id, code, effective_start, observation_id, component_index)`,
-      ],
+ORDER BY (patient_id, code, effective_start, observation_id, component_index)`),
     },
     {
       version: 3,
       description:
         'samples (one row per SampledData point); id index; component device; code displays',
       statements: [
-        samplesTable(db),
-        observationIdIndex(db, OBSERVATIONS_TABLE),
+        ...L.table(samplesTable(db)),
+        ...L.alter(observationIdIndex(db, OBSERVATIONS_TABLE)),
         // Components carry their Observation's device, for per-device and per-unit analytics.
-        `ALTER TABLE ${db}.${COMPONENTS_TABLE} ADD COLUMN IF NOT EXISTS device_id String AFTER patient_id`,
+        ...L.alter(
+          `ALTER TABLE ${db}.${COMPONENTS_TABLE} ADD COLUMN IF NOT EXISTS device_id String AFTER patient_id`,
+        ),
         // The display of the LOINC and of the MDC coding, beside their codes.
-        ...[OBSERVATIONS_TABLE, COMPONENTS_TABLE].map(
-          (t) =>
+        ...[OBSERVATIONS_TABLE, COMPONENTS_TABLE].flatMap((t) =>
+          L.alter(
             `ALTER TABLE ${db}.${t} ADD COLUMN IF NOT EXISTS loinc_display LowCardinality(String) AFTER loinc_code, ` +
-            `ADD COLUMN IF NOT EXISTS mdc_display LowCardinality(String) AFTER mdc_code`,
+              `ADD COLUMN IF NOT EXISTS mdc_display LowCardinality(String) AFTER mdc_code`,
+          ),
         ),
       ],
     },
     {
       version: 4,
       description: 'device_messages: every accepted MQTT message and its outcome',
-      statements: [deviceMessagesTable(db)],
+      statements: L.table(deviceMessagesTable(db)),
     },
     {
       version: 5,
       description: 'exact-read views; per-minute and per-hour rollups kept by materialized views',
-      statements: [...latestViews(db), ...rollupStatements(db)],
+      statements: L.views(db),
     },
     {
       version: 6,
       description: 'reference data: screening ranges per code, device care units',
-      statements: [referenceRangesTable(db), seedReferenceRanges(db), deviceUnitsTable(db)],
+      statements: [
+        ...L.table(referenceRangesTable(db)),
+        seedReferenceRanges(db),
+        ...L.table(deviceUnitsTable(db)),
+      ],
     },
     {
       version: 7,
       description: 'device_associations: which patient each device served, and when',
-      statements: [deviceAssociationsTable(db)],
+      statements: L.table(deviceAssociationsTable(db)),
     },
   ];
 }
@@ -188,6 +247,8 @@ ORDER BY (patient_id, code, effective_start, observation_id, component_index)`,
 export interface RetentionOptions {
   readonly rawDays: number;
   readonly rollupDays: number;
+  /** CLICKHOUSE_CLUSTER: the TTLs go on each node's tables, ON CLUSTER. */
+  readonly cluster?: string;
 }
 
 /** Each table with a TTL and the DateTime column it counts from. */
@@ -223,38 +284,63 @@ export async function applyRetention(
     `SELECT name, engine_full FROM system.tables WHERE database = '${database}'`,
   );
   const engines = new Map(rows.map((r) => [r.name, r.engine_full]));
+  const { cluster } = options;
   const altered: string[] = [];
   for (const t of retentionTargets(options)) {
     if (!Number.isInteger(t.days) || t.days < 0)
       throw new RangeError(`retention days must be >= 0, got ${t.days}`);
-    const engine = engines.get(t.table);
+    // On a cluster the rows, hence the TTL, are in the node tables (the contacted node's tell).
+    const engine = engines.get(cluster === undefined ? t.table : nodeTableName(t.table));
     if (engine === undefined || currentTtlDays(engine) === t.days) continue;
-    await exec.command(
+    const statement =
       t.days === 0
         ? `ALTER TABLE ${db}.${t.table} REMOVE TTL`
-        : `ALTER TABLE ${db}.${t.table} MODIFY TTL toDateTime(${t.column}) + INTERVAL ${t.days} DAY`,
-    );
+        : `ALTER TABLE ${db}.${t.table} MODIFY TTL toDateTime(${t.column}) + INTERVAL ${t.days} DAY`;
+    const laidOut =
+      cluster === undefined ? [statement] : clusterAlter(statement, { database, cluster });
+    for (const sql of laidOut) await exec.command(sql);
     altered.push(t.table);
   }
   return altered;
+}
+
+export interface ApplyMigrationsOptions {
+  /** CLICKHOUSE_CLUSTER: DDL ON CLUSTER, the record replicated to every node. */
+  readonly cluster?: string;
+  /** Default: migrations(database, cluster). */
+  readonly list?: readonly Migration[];
+}
+
+/**
+ * The statements that create the database and the migrations table. On a
+ * cluster both are ON CLUSTER and the table is replicated to every node, so a
+ * version applied from any node is recorded cluster-wide.
+ */
+export function migrationsTableStatements(database: string, cluster?: string): string[] {
+  const db = `\`${assertDatabaseName(database)}\``;
+  const createDatabase = `CREATE DATABASE IF NOT EXISTS ${db}`;
+  // ReplacingMergeTree: two processes migrating at once record a version twice, FINAL shows one.
+  const createTable = `CREATE TABLE IF NOT EXISTS ${db}.${MIGRATIONS_TABLE} (
+  version UInt32,
+  description String,
+  applied_at ${UTC_MS} DEFAULT now64(3)
+)
+ENGINE = ReplacingMergeTree
+ORDER BY version`;
+  if (cluster === undefined) return [createDatabase, createTable];
+  const layout = { database, cluster: assertClusterName(cluster) };
+  return [onCluster(createDatabase, layout), ...clusterTable(createTable, layout)];
 }
 
 /** Creates the migrations table, then applies the pending versions in order. Returns those applied. */
 export async function applyMigrations(
   exec: MigrationExecutor,
   database: string,
-  list: readonly Migration[] = migrations(database),
+  options: ApplyMigrationsOptions = {},
 ): Promise<number[]> {
   const db = `\`${assertDatabaseName(database)}\``;
-  await exec.command(`CREATE DATABASE IF NOT EXISTS ${db}`);
-  // ReplacingMergeTree: two processes migrating at once record a version twice, FINAL shows one.
-  await exec.command(`CREATE TABLE IF NOT EXISTS ${db}.${MIGRATIONS_TABLE} (
-  version UInt32,
-  description String,
-  applied_at ${UTC_MS} DEFAULT now64(3)
-)
-ENGINE = ReplacingMergeTree
-ORDER BY version`);
+  const list = options.list ?? migrations(database, options.cluster);
+  for (const sql of migrationsTableStatements(database, options.cluster)) await exec.command(sql);
   const rows = await exec.queryRows<{ version: number | string }>(
     `SELECT version FROM ${db}.${MIGRATIONS_TABLE} FINAL`,
   );
@@ -271,4 +357,26 @@ ORDER BY version`);
     applied.push(m.version);
   }
   return applied;
+}
+
+/** The tables that derive from FHIR, emptied before a rebuild by backfill (device_messages stays). */
+export const FHIR_DERIVED_TABLES = [
+  OBSERVATIONS_TABLE,
+  COMPONENTS_TABLE,
+  SAMPLES_TABLE,
+  ROLLUP_MINUTE_STATE,
+  ROLLUP_HOUR_STATE,
+] as const;
+
+/** TRUNCATE statements for FHIR_DERIVED_TABLES; on a cluster, each node's tables ON CLUSTER. */
+export function wipeStatements(database: string, cluster?: string): string[] {
+  const db = `\`${assertDatabaseName(database)}\``;
+  return FHIR_DERIVED_TABLES.map((t) =>
+    cluster === undefined
+      ? `TRUNCATE TABLE IF EXISTS ${db}.${t}`
+      : onCluster(`TRUNCATE TABLE IF EXISTS ${db}.${nodeTableName(t)}`, {
+          database,
+          cluster: assertClusterName(cluster),
+        }),
+  );
 }

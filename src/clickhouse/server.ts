@@ -43,6 +43,8 @@ export interface ServerConnection {
   readonly username: string;
   readonly password: string;
   readonly database: string;
+  /** CLICKHOUSE_CLUSTER: the writer inserts through Distributed tables (see CLUSTER_WRITER_SETTINGS). */
+  readonly cluster?: string | undefined;
   /** The analysts' account, and their time limit (the request ends 10 s after it). */
   readonly analyst: {
     readonly username: string;
@@ -56,6 +58,19 @@ const ANALYST_TIMEOUT_MARGIN_MS = 10_000;
 
 // Both engines answer alike: 64-bit integers as JSON strings (the server default, made explicit).
 const SETTINGS: ClickHouseSettings = { output_format_json_quote_64bit_integers: 1 };
+
+/**
+ * The writer's settings on a cluster (schema-cluster.ts, "Rollups"): an insert
+ * into a Distributed table returns once every shard has the rows, not when they
+ * are queued on the contacted node (so the rollup touch that follows finds
+ * them, and an acknowledged write is stored), and goes to the first healthy
+ * replica of each shard in the order of remote_servers (so the touch lands
+ * where the rows did).
+ */
+export const CLUSTER_WRITER_SETTINGS: ClickHouseSettings = {
+  insert_distributed_sync: 1,
+  load_balancing: 'in_order',
+};
 
 const defaultFactory: ServerClientFactory = (o) =>
   createClient({
@@ -102,7 +117,9 @@ export function openServerDriver(
   factory: ServerClientFactory = defaultFactory,
 ): Promise<ClickHouseDriver> {
   assertDatabaseName(conn.database);
-  const { analyst: analystAccount, ...writer } = conn;
+  const { analyst: analystAccount, cluster, ...writer } = conn;
+  const writerSettings: ClickHouseSettings =
+    cluster === undefined ? SETTINGS : { ...SETTINGS, ...CLUSTER_WRITER_SETTINGS };
   const client: ClickHouseClient = factory({ ...writer });
   let analystClient: ClickHouseClient | undefined;
   const analyst = () =>
@@ -138,13 +155,15 @@ export function openServerDriver(
       }
     },
     async command(sql) {
-      await guard('write', () => client.command({ query: sql, clickhouse_settings: SETTINGS }));
+      await guard('write', () =>
+        client.command({ query: sql, clickhouse_settings: writerSettings }),
+      );
     },
     query(sql: string, format: QueryFormat) {
       // exec with our own FORMAT clause: clickhouse-js's query() does not know PrettyCompact.
       const statement = `${sql.trim().replace(/;+\s*$/, '')}\nFORMAT ${format}`;
       return guard('read', async () => {
-        const res = await client.exec({ query: statement, clickhouse_settings: SETTINGS });
+        const res = await client.exec({ query: statement, clickhouse_settings: writerSettings });
         return readAll(res.stream);
       });
     },
@@ -187,7 +206,7 @@ export function openServerDriver(
           table,
           values: [...rows],
           format: 'JSONEachRow',
-          clickhouse_settings: SETTINGS,
+          clickhouse_settings: writerSettings,
         }),
       );
     },

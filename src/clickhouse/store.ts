@@ -41,13 +41,15 @@ import {
 import { DEVICE_ASSOCIATIONS_TABLE, type DeviceAssociationRow } from './associations.js';
 import { deviceMessageRow } from './messages.js';
 import { touchedBuckets } from './rollup-touch.js';
-import { ROLLUP_HOUR_STATE, ROLLUP_MINUTE_STATE, ROLLUP_TOUCH_TABLE } from './schema-rollups.js';
+import { ROLLUP_TOUCH_TABLE } from './schema-rollups.js';
 import { DEVICE_MESSAGES_TABLE, SAMPLES_TABLE } from './schema-tables.js';
 import {
   applyMigrations,
   applyRetention,
   assertDatabaseName,
+  wipeStatements,
   COMPONENTS_TABLE,
+  FHIR_DERIVED_TABLES,
   OBSERVATIONS_TABLE,
   type RetentionOptions,
 } from './schema.js';
@@ -62,6 +64,7 @@ export type ClickHouseConfig = Pick<
   Partial<
     Pick<
       ClickHouseSettings,
+      | 'cluster'
       | 'retentionDays'
       | 'rollupRetentionDays'
       | 'queryTimeoutS'
@@ -160,6 +163,11 @@ export type ServerClientFactory = (options: {
 }) => ClickHouseClient;
 
 export interface AnalyticsStoreOptions {
+  /**
+   * CLICKHOUSE_CLUSTER: the schema is laid out on this cluster (schema-cluster.ts);
+   * reads and writes keep the plain names, which are the Distributed tables there.
+   */
+  readonly cluster?: string;
   /** Rows per INSERT statement (default 10 000): bounds one request's size. */
   readonly insertBatchRows?: number;
   /** TTLs applied by migrate (default: keep everything). */
@@ -180,11 +188,15 @@ const MEMORY_LIMIT_EXCEEDED = 241;
 
 /**
  * ClickHouse error codes meaning "the engine cannot serve now", not "this SQL is
- * wrong": IO, memory, space, timeouts, overload, network, authentication.
+ * wrong": IO, memory, space, timeouts, overload, network, authentication; on a
+ * cluster also a replica set that cannot take a quorum insert now (285
+ * TOO_FEW_LIVE_REPLICAS, 286 UNSATISFIED_QUORUM_FOR_PREVIOUS_WRITE, 319
+ * UNKNOWN_STATUS_OF_INSERT: retried, the insert dedupes) and an ON CLUSTER
+ * statement some host has not run in time (159).
  */
 const UNAVAILABLE_CODES = new Set([
-  74, 75, 76, 159, 192, 194, 202, 209, 210, 236, 241, 242, 243, 252, 279, 394, 425, 473, 516, 999,
-  1000, 1002,
+  74, 75, 76, 159, 192, 194, 202, 209, 210, 236, 241, 242, 243, 252, 279, 285, 286, 319, 394, 425,
+  473, 516, 999, 1000, 1002,
 ]);
 
 /** "Code: 60. DB::Exception: … (UNKNOWN_TABLE)" → "UNKNOWN_TABLE". */
@@ -278,6 +290,7 @@ export function storeOverDriver(
   assertDatabaseName(database);
   const batchRows = options.insertBatchRows ?? 10_000;
   const retention = options.retention ?? { rawDays: 0, rollupDays: 0 };
+  const cluster = options.cluster;
   const log = logger?.child({ component: 'clickhouse' });
   let pending: Promise<ClickHouseDriver> | undefined;
   let closed = false;
@@ -303,8 +316,8 @@ export function storeOverDriver(
       const d = await driver();
       await d.createDatabase(database);
       const exec = { command: (sql: string) => d.command(sql), queryRows };
-      const applied = await applyMigrations(exec, database);
-      const ttlChanged = await applyRetention(exec, database, retention);
+      const applied = await applyMigrations(exec, database, { cluster });
+      const ttlChanged = await applyRetention(exec, database, { ...retention, cluster });
       log?.info(
         { database, applied, ttlChanged },
         applied.length || ttlChanged.length ? 'schema updated' : 'schema up to date',
@@ -388,15 +401,11 @@ export function storeOverDriver(
 
     async wipeObservations() {
       const d = await driver();
-      const tables = [
-        OBSERVATIONS_TABLE,
-        COMPONENTS_TABLE,
-        SAMPLES_TABLE,
-        ROLLUP_MINUTE_STATE,
-        ROLLUP_HOUR_STATE,
-      ];
-      for (const t of tables) await d.command(`TRUNCATE TABLE IF EXISTS \`${database}\`.${t}`);
-      log?.warn({ event: 'mirror-wiped', tables }, 'observation tables emptied');
+      for (const sql of wipeStatements(database, cluster)) await d.command(sql);
+      log?.warn(
+        { event: 'mirror-wiped', tables: [...FHIR_DERIVED_TABLES] },
+        'observation tables emptied',
+      );
     },
 
     async query(sql, format = 'JSONEachRow') {
@@ -453,6 +462,7 @@ export function createAnalyticsStore(
               username: config.user,
               password: config.password,
               database: config.database,
+              cluster: config.cluster,
               analyst: {
                 username: setting('analystUser'),
                 password: setting('analystPassword'),
@@ -461,8 +471,14 @@ export function createAnalyticsStore(
             },
             options.serverClientFactory,
           );
+  if (config.cluster !== undefined && url === undefined)
+    throw new PipelineError(
+      'ConfigInvalid',
+      'CLICKHOUSE_CLUSTER needs CLICKHOUSE_URL: the embedded engine is one node',
+    );
   return storeOverDriver(open, config.database, logger, {
     retention: { rawDays: config.retentionDays ?? 0, rollupDays: config.rollupRetentionDays ?? 0 },
+    ...(config.cluster === undefined ? {} : { cluster: config.cluster }),
     ...options,
   });
 }

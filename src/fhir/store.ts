@@ -6,19 +6,21 @@
  *    (our deterministic id) only when its reference says it may be
  *    (FHIR_CREATE_PATIENTS, or an association that marked it new); otherwise
  *    PatientNotFound: a mistyped id never becomes a phantom Patient. Found
- *    Patients are remembered per process (bounded). Devices are written from
- *    their association history (associations.ts), never from an Observation.
+ *    Patients are remembered per process, bounded and for a time
+ *    (subject-cache.ts). Devices are written from their association history
+ *    (associations.ts), never from an Observation.
  *  - writeObservations(obs): one batch Bundle of `PUT Observation/{id}` (create
  *    or update, idempotent); returns one outcome per entry, in order — a
  *    rejected entry never fails its neighbours.
  * Throws PipelineError FhirUnavailable when the whole request failed transiently.
  */
 import type { BundleEntry, Observation, OperationOutcome, Patient } from 'fhir/r4.js';
-import { LRUCache } from 'lru-cache';
+import { SETTINGS } from '../config.js';
 import { PipelineError } from '../errors.js';
 import type { PatientRef } from '../queues.js';
 import { statusError } from './errors.js';
 import { versionFromEtag, type FhirGateway } from './gateway.js';
+import { createSubjectCache, type SubjectCache } from './subject-cache.js';
 
 export type EntryOutcome =
   | {
@@ -50,6 +52,12 @@ export interface FhirStore {
 export interface FhirStoreOptions {
   /** Most Patients remembered as existing. */
   readonly knownPatients?: number;
+  /**
+   * Which Patients are known to exist, for how long (subject-cache.ts), shared
+   * with the FHIR writer, which forgets one the server says is gone. Default: a
+   * cache of its own, knownPatients entries for FHIR_SUBJECT_CACHE_TTL_S's default.
+   */
+  readonly subjects?: SubjectCache;
 }
 
 /** "201 Created" → 201 (FHIR R4 Bundle.entry.response.status). */
@@ -65,16 +73,21 @@ function outcomeHasCode(outcome: unknown, code: string): boolean {
 }
 
 export function createFhirStore(gateway: FhirGateway, options: FhirStoreOptions = {}): FhirStore {
-  const known = new LRUCache<string, true>({ max: options.knownPatients ?? 100_000 });
+  const known =
+    options.subjects ??
+    createSubjectCache({
+      ttlMs: SETTINGS.fhir.subjectCacheTtlS.default * 1000,
+      max: options.knownPatients ?? 100_000,
+    });
   /** Ensures in progress, so concurrent jobs for one patient share one request. */
   const inFlight = new Map<string, Promise<void>>();
 
   function ensureOne(p: PatientRef): Promise<void> {
-    if (known.has(p.id)) return Promise.resolve();
+    if (known.has('Patient', p.id)) return Promise.resolve();
     let pending = inFlight.get(p.id);
     if (!pending) {
       pending = ensurePatient(p)
-        .then(() => void known.set(p.id, true))
+        .then(() => known.remember('Patient', p.id))
         .finally(() => inFlight.delete(p.id));
       inFlight.set(p.id, pending);
     }
