@@ -49,8 +49,14 @@ describe('a Redis Cluster of three masters', () => {
       });
 
     // 1. W1: normalize + FHIR; W2: every stage. Two brokers.
-    const w1 = spawnIomt('worker', iomtEnv({ ...base, stages: 'normalize,fhir' }), 'W1');
-    const w2 = spawnIomt('worker', iomtEnv({ ...base, extra: { LOG_LEVEL: 'debug' } }), 'W2');
+    // Debug level: each job's 'normalized' line shows which worker did it.
+    const debug = { LOG_LEVEL: 'debug' };
+    const w1 = spawnIomt(
+      'worker',
+      iomtEnv({ ...base, stages: 'normalize,fhir', extra: debug }),
+      'W1',
+    );
+    const w2 = spawnIomt('worker', iomtEnv({ ...base, extra: debug }), 'W2');
     const b1 = spawnIomt('broker', iomtEnv(base), 'B1');
     const b2 = spawnIomt('broker', iomtEnv(base), 'B2');
     const [port1, port2] = await Promise.all([
