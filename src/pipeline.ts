@@ -12,6 +12,7 @@ import {
   type DeviceService,
 } from './devices/index.js';
 import { PipelineError, toPipelineError } from './errors.js';
+import { createAdaptiveLimit } from './fhir/adaptive-limit.js';
 import { createFhirGateway, type FhirGateway } from './fhir/gateway.js';
 import { createFhirStore, type FhirStore } from './fhir/store.js';
 import type { Logger } from './logger.js';
@@ -102,7 +103,9 @@ export async function startPipeline(
   let templatesVersion: string | undefined;
   // One FHIR gateway for the whole process: every request to the server goes through it.
   const fhir = createFhirGateway({ baseUrl: config.fhir.url, timeoutMs: config.fhir.timeoutMs });
-  const fhirStore = createFhirStore(fhir);
+  const fhirStore = createFhirStore(fhir, {
+    limit: createAdaptiveLimit({ max: config.fhir.concurrencyMax }),
+  });
   const devices = createDeviceService(config, redis, queues, fhirStore);
   // SUBSCRIBE holds a connection of its own (sessions of re-keyed devices end at once).
   const revocationRedis = roles.includes('broker') ? createRedis(config.redis.url) : undefined;
