@@ -33,7 +33,7 @@
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
-import { createServer } from 'node:net';
+import { createConnection, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
@@ -334,6 +334,43 @@ async function startMosquitto(): Promise<{ url: string; proc?: ChildProcess }> {
   return { url: process.env.MOSQUITTO_URL ?? 'mqtt://127.0.0.1:1883' };
 }
 
+/** `iomt broker` on `port` (the bench's Redis prefix and limits, from the environment). */
+async function startBrokerProcess(config: Config, port: number): Promise<ChildProcess> {
+  const proc = spawn(process.execPath, ['bin/iomt.mjs', 'broker'], {
+    stdio: ['ignore', 'ignore', 'inherit'],
+    env: {
+      ...process.env,
+      QUEUE_PREFIX: config.redis.prefix,
+      MQTT_HOST: '127.0.0.1',
+      MQTT_PORT: String(port),
+      MQTT_DEVICE_MAX_RATE: String(config.mqtt.deviceMaxRate),
+      MQTT_DEVICE_BURST: String(config.mqtt.deviceBurst),
+      MQTT_AUTH_MAX_PENDING_PER_ADDRESS: String(config.mqtt.authMaxPendingPerAddress),
+      MQTT_AUTH_MAX_PENDING: String(config.mqtt.authMaxPending),
+      MQTT_AUTH_MAX_WAIT_MS: String(config.mqtt.authMaxWaitMs),
+      LOG_LEVEL: 'warn',
+    },
+  });
+  for (let i = 0; i < 600; i++) {
+    if (proc.exitCode !== null) throw new Error(`iomt broker exited with ${proc.exitCode}`);
+    const open = await new Promise<boolean>((resolve) => {
+      const s = createConnection(port, '127.0.0.1');
+      s.once('connect', () => (s.destroy(), resolve(true)));
+      s.once('error', () => resolve(false));
+    });
+    if (open) return proc;
+    await sleep(100);
+  }
+  proc.kill();
+  throw new Error('iomt broker did not listen within 60 s');
+}
+
+/** Resident set of a process, bytes (/proc/<pid>/status VmRSS). */
+function rssOf(pid: number): number {
+  const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  return m ? Number(m[1]) * 1024 : NaN;
+}
+
 async function enrolAll(p: Pipeline, ids: readonly string[], patientOf: (id: string) => string) {
   return pool(ids, 4, async (id) => {
     const { secret } = await p.devices.add(id, {
@@ -426,9 +463,14 @@ async function main(): Promise<void> {
   }
   mosq.proc?.kill();
   {
-    const brokerOnly = await startPipeline(config, ['broker'], log);
+    // Our broker role in a process of its own, as deployed (and as Mosquitto runs):
+    // the 1,000 bench clients must not share its event loop. This process only
+    // enrols the devices and counts what reached Redis.
+    const brokerOnly = await startPipeline(config, [], log);
+    const brokerPort = await freePort();
+    const brokerProc = await startBrokerProcess(config, brokerPort);
     try {
-      const url = `mqtt://127.0.0.1:${brokerOnly.broker!.port}`;
+      const url = `mqtt://127.0.0.1:${brokerPort}`;
       const t0 = process.hrtime.bigint();
       const secrets = await enrolAll(brokerOnly, ackIds, (id) => `${id}-p`);
       const pubs = await connectAll(url, ackIds, secrets);
@@ -464,8 +506,14 @@ async function main(): Promise<void> {
         `Mosquitto ${f0(mosqBurst)} acks/s (throttle raised)`,
       );
       for (const p of fewPubs) p.client.end(true);
+      line(
+        'Broker process RSS (ack phase)',
+        `${(rssOf(brokerProc.pid!) / 2 ** 20).toFixed(0)} MB`,
+        '(its own process; no baseline)',
+      );
       await brokerOnly.queues.ingest.obliterate({ force: true });
     } finally {
+      brokerProc.kill();
       await brokerOnly.close();
     }
   }

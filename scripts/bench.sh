@@ -39,5 +39,5 @@ npx tsx bench/end-to-end.ts "$@"
 
 if [ -z "$short" ]; then
   echo "== bench: the analytics mirror's own ceiling (embedded ClickHouse, rollups included)"
-  npx tsx bench/analytics-mirror.ts
+  npx tsx bench/analytics-mirror.ts --hours 4
 fi

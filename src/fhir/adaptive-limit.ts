@@ -4,12 +4,14 @@
  * concurrency-limits "Vegas" limit do): a slow server is not flooded, a fast
  * one is not starved.
  *
- *  - The signal is latency per entry (ms / Observation), so Bundles of any size
- *    compare. `best` is the lowest of the last `window` requests: the server's
- *    cost without queueing (it is re-learned as the window slides, so one lucky
- *    request does not pin it for ever).
- *  - Additive increase: after `limit` requests in a row no slower than
- *    `tolerance` × best, one more slot (up to `max`).
+ *  - The signal: a request is slow when both its latency and its latency per
+ *    entry exceed `tolerance` × the lowest of the last `window` requests (the
+ *    server's cost without queueing, re-learned as the window slides, so one
+ *    lucky request does not pin it for ever). Both, because a Bundle has a fixed
+ *    cost: a small Bundle is dear per entry but quick, a large one slow but
+ *    cheap per entry; queueing at the server makes both worse.
+ *  - Additive increase: after `limit` requests in a row that are not slow, one
+ *    more slot (up to `max`).
  *  - Multiplicative decrease: a request slower than that, or an overload answer
  *    (429, 503, a timeout: `overloaded()`), halves the limit (down to `min`), at
  *    most once per `limit` completions, so a burst of slow answers from one
@@ -48,7 +50,7 @@ export function createAdaptiveLimit(options: AdaptiveLimitOptions): AdaptiveLimi
   let inFlight = 0;
   let fastInRow = 0;
   let sinceDecrease = 0;
-  const recent: number[] = []; // ms per entry, the last `windowSize` requests
+  const recent: { readonly ms: number; readonly perEntry: number }[] = []; // the last `windowSize`
   const waiting: (() => void)[] = [];
 
   function release(): void {
@@ -66,12 +68,15 @@ export function createAdaptiveLimit(options: AdaptiveLimitOptions): AdaptiveLimi
     limit = Math.max(min, Math.floor(limit / 2));
   }
 
-  function record(perEntry: number): void {
-    recent.push(perEntry);
+  function record(ms: number, entries: number): void {
+    const perEntry = ms / Math.max(1, entries);
+    recent.push({ ms, perEntry });
     if (recent.length > windowSize) recent.shift();
     sinceDecrease++;
-    const best = Math.min(...recent);
-    if (recent.length > 1 && perEntry > best * tolerance) return decrease();
+    const bestMs = Math.min(...recent.map((r) => r.ms));
+    const bestPerEntry = Math.min(...recent.map((r) => r.perEntry));
+    if (recent.length > 1 && ms > bestMs * tolerance && perEntry > bestPerEntry * tolerance)
+      return decrease();
     if (++fastInRow >= limit) {
       fastInRow = 0;
       limit = Math.min(max, limit + 1);
@@ -91,7 +96,7 @@ export function createAdaptiveLimit(options: AdaptiveLimitOptions): AdaptiveLimi
       const started = now();
       try {
         const value = await fn();
-        record((now() - started) / Math.max(1, entries));
+        record(now() - started, entries);
         return value;
       } catch (err) {
         sinceDecrease++;

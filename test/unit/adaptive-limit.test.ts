@@ -28,7 +28,7 @@ describe('the adaptive limit', () => {
   it('halves after an answer much slower per entry than the best, once per round', async () => {
     const { limit, request } = clocked(8, 8);
     for (let i = 0; i < 10; i++) await request(100);
-    await request(500); // 5× the best per entry: queueing at the server
+    await request(500); // 5× the best, per entry too: queueing at the server
     expect(limit.limit).toBe(4);
     await request(500); // the same round: no second decrease
     expect(limit.limit).toBe(4);
@@ -38,6 +38,13 @@ describe('the adaptive limit', () => {
     const { limit, request } = clocked(8, 4);
     for (let i = 0; i < 10; i++) await request(100, 100);
     await request(200, 200);
+    expect(limit.limit).toBeGreaterThanOrEqual(4);
+  });
+
+  it('a small Bundle, dear per entry but quick, is not slow', async () => {
+    const { limit, request } = clocked(8, 4);
+    for (let i = 0; i < 10; i++) await request(1000, 200);
+    await request(150, 10); // 3× the per-entry cost, but a seventh of the time
     expect(limit.limit).toBeGreaterThanOrEqual(4);
   });
 
