@@ -158,6 +158,12 @@ try {
   console.log(
     `mirrored: ${total} Observations (${rows[0]?.n} rows) in ${inserts.length} batches of ${BATCH}`,
   );
+  // The mirror's ceiling: Observations per second of insert time (rollups
+  // included), to set beside the FHIR ceiling of bench/end-to-end.ts.
+  const insertSeconds = inserts.reduce((a, b) => a + b, 0) / 1000;
+  console.log(
+    `ceiling: ${(total / insertSeconds).toFixed(0)} Observations/s into the embedded engine, rollups included (one insert at a time)`,
+  );
   console.log('\nwrite, per batch            p50          p95');
   console.log(
     `  insert with rollups   ${ms(percentile(inserts, 0.5)).padStart(10)}   ${ms(percentile(inserts, 0.95)).padStart(10)}`,

@@ -392,7 +392,13 @@ export const SETTINGS = {
       'FHIR_BATCH_SIZE',
       200,
       int(1, 5000),
-      'Most Observations in one batch Bundle.',
+      'Most Observations in one transaction Bundle (measured best on HAPI: docs/performance.md).',
+    ),
+    concurrencyMax: setting(
+      'FHIR_CONCURRENCY_MAX',
+      8,
+      int(1, 256),
+      'Most write Bundles a worker process keeps in flight; the number in flight adapts below it to the server latency (AIMD, docs/performance.md).',
     ),
     timeoutMs: setting(
       'FHIR_TIMEOUT_MS',

@@ -12,6 +12,7 @@ import {
   type DeviceService,
 } from './devices/index.js';
 import { PipelineError, toPipelineError } from './errors.js';
+import { createAdaptiveLimit } from './fhir/adaptive-limit.js';
 import { createConfiguredFhirGateway, type FhirGateway } from './fhir/gateway.js';
 import { createFhirStore, type FhirStore } from './fhir/store.js';
 import { createSubjectCache } from './fhir/subject-cache.js';
@@ -112,7 +113,10 @@ export async function startPipeline(
   // Which Patients and Devices exist, for FHIR_SUBJECT_CACHE_TTL_S: the store's
   // Patient checks and the FHIR writer's Device syncs, which forgets what the server lost.
   const subjects = createSubjectCache({ ttlMs: config.fhir.subjectCacheTtlS * 1000 });
-  const fhirStore = createFhirStore(fhir, { subjects });
+  const fhirStore = createFhirStore(fhir, {
+    subjects,
+    limit: createAdaptiveLimit({ max: config.fhir.concurrencyMax }),
+  });
   const devices = createDeviceService(config, redis, queues, fhirStore);
   // SUBSCRIBE holds a connection of its own (sessions of re-keyed devices end at once).
   const revocationRedis = roles.includes('broker') ? createRedis(config.redis.url) : undefined;

@@ -1,10 +1,14 @@
 /**
- * Per-entry outcomes even when a server refuses a whole batch. FHIR R4 batch
- * entries succeed or fail on their own (http://hl7.org/fhir/R4/http.html#brules),
- * but a server may still answer 400 for the whole Bundle when one entry does not
- * parse (HAPI: "HAPI-0450: Failed to parse request body"). Then the batch is split
- * in halves until the refused entries stand alone, so one bad Observation never
- * fails its neighbours: k bad entries among n cost about 2·k·log2(n) requests.
+ * Per-entry outcomes even when the server refuses a whole transaction. A FHIR
+ * transaction is all or nothing (http://hl7.org/fhir/R4/http.html#trules): one
+ * entry the server refuses (a reference to a missing resource, a value that
+ * does not parse: HAPI-0450, HAPI-1094…) fails the Bundle with one 4xx. Then the
+ * Bundle is split in halves until the refused entries stand alone, so the good
+ * entries commit and only the bad ones are dead-lettered with their code: k bad
+ * entries among n cost about 2·k·log2(n) requests, and an all-good Bundle (the
+ * usual case) costs one. (A batch retry of the Bundle would cost one request
+ * but HAPI writes batches several times slower, docs/performance.md, and a
+ * Bundle that does not parse is refused whole as a batch too.)
  *
  * Contract: in — Observations; out — one EntryOutcome per input, in order.
  * Throws only what is transient for the whole request (FhirUnavailable).

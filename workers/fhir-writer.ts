@@ -2,11 +2,13 @@
  * The FHIR stage (queue "fhir" → "analytics"). Writes the Devices the job names
  * from their association history (Device.patient, DeviceUseStatements:
  * fhir/associations.ts) and ensures the Patients exist (created only where
- * allowed), then writes Observations as batch Bundles of idempotent PUTs and
+ * allowed), then writes Observations as transaction Bundles of idempotent PUTs
+ * (all chunks of a job at once, as many in flight as the adaptive limit allows) and
  * decides per entry (the runner, runner.ts, writes the decisions):
  *  - accepted → the stored version goes to the "analytics" job, with the
  *    outcomes of the messages now settled;
- *  - refused (FhirRejected, PatientNotFound…) → a dead letter with the
+ *  - refused (FhirRejected, PatientNotFound…; a refused transaction is split to
+ *    isolate its bad entries, fhir-batch.ts) → a dead letter with the
  *    Observation and its message's outcome, so a replay can settle it;
  *  - transient (network, 429/5xx, conflicts) → the retry remainder: only those
  *    entries are written again (re-PUTting an accepted one changes nothing).
@@ -181,39 +183,47 @@ export function createFhirWriterStage(deps: FhirWriterDeps): Stage<FhirJobData> 
         else writable.push(env);
       }
       const size = deps.config.fhir.batchSize;
-      for (let i = 0; i < writable.length; i += size) {
-        const chunk = writable.slice(i, i + size);
-        let outcomes;
-        try {
-          outcomes = await writeRestoringSubjects(
+      const chunks: ObservationEnvelope[][] = [];
+      for (let i = 0; i < writable.length; i += size) chunks.push(writable.slice(i, i + size));
+      // All chunks at once: the store's adaptive limit decides how many Bundles
+      // are really in flight (src/fhir/adaptive-limit.ts), across jobs.
+      const written = await Promise.all(
+        chunks.map((chunk) =>
+          writeRestoringSubjects(
             chunk,
             job.data.patients ?? [],
             (c) => writeChunk(c, (o) => writeIsolated(deps.store, o), merger),
             restoreDeps,
-          );
-        } catch (err) {
+          ).then(
+            (outcomes) => ({ outcomes }),
+            (err: unknown) => ({ error: toPipelineError(err) }),
+          ),
+        ),
+      );
+      written.forEach((w, c) => {
+        const chunk = chunks[c]!;
+        if ('error' in w) {
           // The whole request failed transiently: the chunk is tried again later.
-          const e = toPipelineError(err);
-          if (!e.retryable) throw e;
-          transient ??= e;
+          if (!w.error.retryable) throw w.error;
+          transient ??= w.error;
           retry.push(...chunk);
-          continue;
+          return;
         }
-        outcomes.forEach((outcome, j) => {
+        w.outcomes.forEach((outcome, j) => {
           const env = chunk[j];
           if (!env) return;
           if (outcome.ok) {
             deps.metrics?.fhirResources.inc({ outcome: savedOutcome(outcome) });
             // A merge stores more than it brought; the representation is what the server stored.
-            const written = outcome.written ?? outcome.resource ?? env.observation;
+            const stored = outcome.written ?? outcome.resource ?? env.observation;
             // A no-change answer echoes the request; a merge result lacks the server's meta.
-            if (outcome.unchanged || written.meta?.lastUpdated === undefined)
+            if (outcome.unchanged || stored.meta?.lastUpdated === undefined)
               reread.add(env.observation.id ?? '');
             const meta = {
-              ...written.meta,
+              ...stored.meta,
               ...(outcome.versionId ? { versionId: outcome.versionId } : {}),
             };
-            committed.push({ ...env, observation: { ...written, meta } });
+            committed.push({ ...env, observation: { ...stored, meta } });
           } else if (outcome.error.retryable) {
             transient ??= outcome.error;
             retry.push(env);
@@ -221,7 +231,7 @@ export function createFhirWriterStage(deps: FhirWriterDeps): Stage<FhirJobData> 
             dead.push(deadObservation('fhir', job, env, outcome.error));
           }
         });
-      }
+      });
       const committedAt = Date.now();
       for (const env of committed) {
         deps.metrics?.endToEndSeconds.observe((committedAt - env.provenance.receivedAt) / 1000);

@@ -1,6 +1,6 @@
 /**
  * The FHIR writer's split between plain and grouped Observations. Plain ones
- * go in batch Bundles of idempotent PUTs; grouped ones (windows, correlation
+ * go in transaction Bundles of idempotent PUTs; grouped ones (windows, correlation
  * groups: envelope.merge) are merged into the stored Observation one by one
  * (src/fhir/merge.ts), in order, so two envelopes for one window in the same
  * job both land.

@@ -9,15 +9,24 @@
  *    Patients are remembered per process, bounded and for a time
  *    (subject-cache.ts). Devices are written from their association history
  *    (associations.ts), never from an Observation.
- *  - writeObservations(obs): one batch Bundle of `PUT Observation/{id}` (create
- *    or update, idempotent); returns one outcome per entry, in order — a
- *    rejected entry never fails its neighbours.
- * Throws PipelineError FhirUnavailable when the whole request failed transiently.
+ *  - writeObservations(obs): one transaction Bundle of `PUT Observation/{id}`
+ *    (create or update, idempotent; all or nothing), in flight only when the
+ *    adaptive limit (adaptive-limit.ts) has a slot. HAPI ingests a transaction
+ *    several times faster than a batch (docs/performance.md). An id twice in
+ *    one call is sent once (the last; a transaction refuses duplicates) and its
+ *    outcome given to both. A conflict with a concurrent transaction (409/412,
+ *    or HAPI's constraint violation on a concurrent first PUT of one id) is
+ *    tried again here, after a short jittered wait, `conflictAttempts` times.
+ *    Returns one outcome per entry, in order.
+ * Throws PipelineError: FhirUnavailable when the whole request failed
+ * transiently (Retry-After kept); FhirRejected when the server refused the
+ * transaction (fhir-batch.ts then isolates the refused entries).
  */
 import type { BundleEntry, Observation, OperationOutcome, Patient } from 'fhir/r4.js';
 import { SETTINGS } from '../config.js';
 import { PipelineError } from '../errors.js';
 import type { PatientRef } from '../queues.js';
+import { createAdaptiveLimit, type AdaptiveLimit } from './adaptive-limit.js';
 import { statusError } from './errors.js';
 import { versionFromEtag, type FhirGateway } from './gateway.js';
 import { createSubjectCache, type SubjectCache } from './subject-cache.js';
@@ -58,6 +67,33 @@ export interface FhirStoreOptions {
    * cache of its own, knownPatients entries for FHIR_SUBJECT_CACHE_TTL_S's default.
    */
   readonly subjects?: SubjectCache;
+  /** Write Bundles in flight, adapted to latency; default: up to 8. */
+  readonly limit?: AdaptiveLimit;
+  /** Tries of a transaction that conflicts with a concurrent one (default 5). */
+  readonly conflictAttempts?: number;
+  /** For tests: called on every conflict retried. */
+  readonly onConflict?: () => void;
+}
+
+/**
+ * A transaction that lost a race with a concurrent one: 409/412, or (HAPI, two
+ * first PUTs of one id at once) a unique-constraint violation, which HAPI may
+ * answer as 400 or 500 (HAPI-0550 / HAPI-0825 / "constraint").
+ */
+export function isConflict(err: unknown): boolean {
+  if (!(err instanceof PipelineError)) return false;
+  if (!err.code.startsWith('Fhir')) return false;
+  const status = err.details.status;
+  if (status === 409 || status === 412) return true;
+  return /HAPI-0550|HAPI-0825|constraint \[|unique constraint|duplicate key/i.test(err.message);
+}
+
+/** 429, 503, 504, a timeout or a refused connection: the server asks for less. */
+export function isOverload(err: unknown): boolean {
+  if (!(err instanceof PipelineError) || err.code !== 'FhirUnavailable') return false;
+  const status = err.details.status;
+  if (status === 429 || status === 503 || status === 504) return true;
+  return status === undefined && /timed out|ECONNREFUSED|ECONNRESET/.test(err.message);
 }
 
 /** "201 Created" → 201 (FHIR R4 Bundle.entry.response.status). */
@@ -79,6 +115,8 @@ export function createFhirStore(gateway: FhirGateway, options: FhirStoreOptions 
       ttlMs: SETTINGS.fhir.subjectCacheTtlS.default * 1000,
       max: options.knownPatients ?? 100_000,
     });
+  const limit = options.limit ?? createAdaptiveLimit({ max: 8 });
+  const conflictAttempts = options.conflictAttempts ?? 5;
   /** Ensures in progress, so concurrent jobs for one patient share one request. */
   const inFlight = new Map<string, Promise<void>>();
 
@@ -118,6 +156,69 @@ export function createFhirStore(gateway: FhirGateway, options: FhirStoreOptions 
     }
   }
 
+  async function transactionWithRetries(observations: readonly Observation[]) {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await limit.run(observations.length, () => transaction(observations), isOverload);
+      } catch (err) {
+        if (!isConflict(err)) throw err;
+        if (attempt >= conflictAttempts) {
+          const e = err as PipelineError;
+          throw new PipelineError('FhirUnavailable', `${e.message} (after ${attempt} tries)`, {
+            details: e.details,
+            cause: err,
+          });
+        }
+        options.onConflict?.();
+        // Jittered, growing: the concurrent transaction commits meanwhile.
+        await new Promise((r) => setTimeout(r, (20 + Math.random() * 80) * attempt));
+      }
+    }
+  }
+
+  async function transaction(observations: readonly Observation[]): Promise<EntryOutcome[]> {
+    const response = await gateway.transaction(
+      observations.map((o): BundleEntry => ({
+        resource: o,
+        request: { method: 'PUT', url: `Observation/${o.id ?? ''}` },
+      })),
+      // The stored version per entry, for the ClickHouse mirror (it saves a re-read).
+      { representation: true },
+    );
+    const entries = response.entry ?? [];
+    if (entries.length !== observations.length) {
+      throw new PipelineError(
+        'FhirUnavailable',
+        `transaction response has ${entries.length} entries for ${observations.length} requests`,
+      );
+    }
+    return entries.map((e, i): EntryOutcome => {
+      const status = entryStatus(e.response?.status);
+      if (status >= 200 && status < 300) {
+        const versionId = versionFromEtag(e.response?.etag);
+        const unchanged = outcomeHasCode(e.response?.outcome, 'SUCCESSFUL_UPDATE_NO_CHANGE');
+        return {
+          ok: true,
+          status,
+          created: status === 201,
+          unchanged,
+          ...(versionId ? { versionId } : {}),
+          ...(e.resource?.resourceType === 'Observation'
+            ? { resource: e.resource as Observation }
+            : {}),
+        };
+      }
+      return {
+        ok: false,
+        error: statusError(
+          status,
+          `Observation/${observations[i]?.id ?? '?'}`,
+          e.response?.outcome,
+        ),
+      };
+    });
+  }
+
   return {
     async ensurePatients(patients) {
       for (const p of patients) await ensureOne(p);
@@ -129,46 +230,14 @@ export function createFhirStore(gateway: FhirGateway, options: FhirStoreOptions 
 
     async writeObservations(observations) {
       if (observations.length === 0) return [];
-      const response = await gateway.batch(
-        observations.map((o): BundleEntry => ({
-          resource: o,
-          request: { method: 'PUT', url: `Observation/${o.id ?? ''}` },
-        })),
-        // The stored version per entry, for the ClickHouse mirror.
-        { representation: true },
-      );
-      const entries = response.entry ?? [];
-      if (entries.length !== observations.length) {
-        throw new PipelineError(
-          'FhirUnavailable',
-          `batch response has ${entries.length} entries for ${observations.length} requests`,
-        );
-      }
-      return entries.map((e, i): EntryOutcome => {
-        const status = entryStatus(e.response?.status);
-        if (status >= 200 && status < 300) {
-          const versionId = versionFromEtag(e.response?.etag);
-          const unchanged = outcomeHasCode(e.response?.outcome, 'SUCCESSFUL_UPDATE_NO_CHANGE');
-          return {
-            ok: true,
-            status,
-            created: status === 201,
-            unchanged,
-            ...(versionId ? { versionId } : {}),
-            ...(e.resource?.resourceType === 'Observation'
-              ? { resource: e.resource as Observation }
-              : {}),
-          };
-        }
-        return {
-          ok: false,
-          error: statusError(
-            status,
-            `Observation/${observations[i]?.id ?? '?'}`,
-            e.response?.outcome,
-          ),
-        };
-      });
+      // A transaction refuses one id twice: send the last, answer both.
+      const lastAt = new Map<string, number>();
+      observations.forEach((o, i) => lastAt.set(o.id ?? '', i));
+      const unique = [...lastAt.values()].sort((a, b) => a - b);
+      const entries = await transactionWithRetries(unique.map((i) => observations[i]!));
+      const byId = new Map<string, EntryOutcome>();
+      unique.forEach((at, j) => byId.set(observations[at]!.id ?? '', entries[j]!));
+      return observations.map((o) => byId.get(o.id ?? '')!);
     },
 
     async readObservations(ids) {

@@ -1,0 +1,132 @@
+/**
+ * Why is one Observation shape slower than another on HAPI? Writes the same
+ * Observations as batch or transaction Bundles, with or without a Device
+ * reference, and prints Observations/s beside what PostgreSQL did for each
+ * Observation (statements by table, from pg_stat_user_tables deltas, and
+ * commits from pg_stat_database) — the SQL-level view of HAPI's write path
+ * without restarting it with SQL logging. Findings: docs/performance.md.
+ *
+ *   npx tsx bench/hapi-write-probe.ts --fhir http://127.0.0.1:8095/fhir --db hapi [--count 1000] [--size 200] [--inflight 4]
+ */
+import { execFileSync } from 'node:child_process';
+import { parseArgs } from 'node:util';
+import type { BundleEntry, Observation } from 'fhir/r4.js';
+import { createFhirGateway } from '../src/fhir/gateway.js';
+
+const { values: args } = parseArgs({
+  options: {
+    fhir: { type: 'string', default: 'http://127.0.0.1:8095/fhir' },
+    db: { type: 'string', default: 'hapi' },
+    count: { type: 'string', default: '1000' },
+    size: { type: 'string', default: '200' },
+    inflight: { type: 'string', default: '4' },
+    variants: { type: 'string', default: 'batch,batch+device,transaction,transaction+device' },
+  },
+});
+const COUNT = Number(args.count);
+const SIZE = Number(args.size);
+const INFLIGHT = Number(args.inflight);
+const run = Date.now().toString(36);
+const gateway = createFhirGateway({ baseUrl: args.fhir, timeoutMs: 300_000 });
+
+function sql(q: string): string {
+  return execFileSync('psql', ['-h', '127.0.0.1', '-U', 'postgres', '-d', args.db, '-Atc', q], {
+    encoding: 'utf8',
+  });
+}
+
+/** Index and sequential scans, inserts, updates, deletes per table; commits. */
+function counters(): Map<string, number> {
+  const m = new Map<string, number>();
+  for (const line of sql(
+    `SELECT relname, coalesce(seq_scan,0)+coalesce(idx_scan,0), n_tup_ins, n_tup_upd, n_tup_del FROM pg_stat_user_tables
+     UNION ALL SELECT '(commits)', xact_commit, 0, 0, 0 FROM pg_stat_database WHERE datname = current_database()`,
+  )
+    .trim()
+    .split('\n')) {
+    const [t, scans, ins, upd, del] = line.split('|');
+    m.set(`${t} scans`, Number(scans));
+    m.set(`${t} ins`, Number(ins));
+    m.set(`${t} upd`, Number(upd));
+    m.set(`${t} del`, Number(del));
+  }
+  return m;
+}
+
+function observation(i: number, variant: string, patient: string, device: string): Observation {
+  return {
+    resourceType: 'Observation',
+    id: `probe-${run}-${variant.replace('+', '-')}-${i}`,
+    meta: { source: 'urn:iomt:probe', tag: [{ system: 'urn:iomt:template', code: 'probe-v1' }] },
+    status: 'final',
+    code: { coding: [{ system: 'http://loinc.org', code: '8867-4' }] },
+    subject: { reference: `Patient/${patient}` },
+    ...(variant.endsWith('+device') ? { device: { reference: `Device/${device}` } } : {}),
+    effectiveDateTime: new Date(Date.now() - i * 1000).toISOString(),
+    valueQuantity: {
+      value: 60 + (i % 40),
+      unit: '/min',
+      system: 'http://unitsofmeasure.org',
+      code: '/min',
+    },
+  };
+}
+
+async function main(): Promise<void> {
+  const patient = `probe-${run}-p`;
+  const device = `probe-${run}-d`;
+  await gateway.update({ resourceType: 'Patient', id: patient });
+  await gateway.update({
+    resourceType: 'Device',
+    id: device,
+    patient: { reference: `Patient/${patient}` },
+  });
+  // Warm-up: the JIT and the connection pool.
+  await gateway.transaction(
+    Array.from({ length: 50 }, (_, i): BundleEntry => {
+      const o = observation(i, 'warm', patient, device);
+      return { resource: o, request: { method: 'PUT', url: `Observation/${o.id}` } };
+    }),
+  );
+  for (const variant of args.variants.split(',')) {
+    const type = variant.startsWith('batch') ? 'batch' : 'transaction';
+    const bundles: BundleEntry[][] = [];
+    for (let i = 0; i < COUNT; i += SIZE)
+      bundles.push(
+        Array.from({ length: Math.min(SIZE, COUNT - i) }, (_, k) => {
+          const o = observation(i + k, variant, patient, device);
+          return { resource: o, request: { method: 'PUT', url: `Observation/${o.id}` } };
+        }),
+      );
+    const before = counters();
+    const started = performance.now();
+    let next = 0;
+    await Promise.all(
+      Array.from({ length: INFLIGHT }, async () => {
+        while (next < bundles.length) {
+          const b = bundles[next++]!;
+          const r = await gateway[type](b, { representation: true });
+          const bad = (r.entry ?? []).filter((e) => !e.response?.status?.startsWith('20'));
+          if (bad.length > 0) throw new Error(`${variant}: ${bad.length} entries refused`);
+        }
+      }),
+    );
+    const seconds = (performance.now() - started) / 1000;
+    const after = counters();
+    const per = [...after]
+      .map(([k, v]) => [k, (v - (before.get(k) ?? 0)) / COUNT] as const)
+      .filter(([, v]) => v >= 0.05)
+      .sort((a, b) => b[1] - a[1])
+      .map(([k, v]) => `${k} ${v.toFixed(2)}`);
+    console.log(`${variant.padEnd(20)} ${(COUNT / seconds).toFixed(0).padStart(5)} Observations/s`);
+    console.log(`  per Observation: ${per.join(', ')}`);
+  }
+}
+
+main().then(
+  () => process.exit(0),
+  (err: unknown) => {
+    console.error(err);
+    process.exit(1);
+  },
+);
