@@ -16,7 +16,7 @@ import { afterAll, describe, expect, inject, it } from 'vitest';
 import { enrol, uniqueId, withDevices } from '../support/harness.js';
 import { startRedisCluster, until, type TestCluster } from '../support/redis-topologies.js';
 import { Fleet } from './support/fleet.js';
-import { iomtEnv, ready, ROOT, spawnIomt, stopAll } from './support/processes.js';
+import { iomtEnv, ROOT, startTwoByTwo, stopAll } from './support/processes.js';
 import {
   expectOnceInClickHouse,
   expectOnceInFhirAndDrained,
@@ -48,27 +48,16 @@ describe('a Redis Cluster of three masters', () => {
         env: { ...process.env, ...iomtEnv(base) },
       });
 
-    // 1. W1: normalize + FHIR; W2: every stage. Two brokers.
-    // Debug level: each job's 'normalized' line shows which worker did it.
-    const debug = { LOG_LEVEL: 'debug' };
-    const w1 = spawnIomt(
-      'worker',
-      iomtEnv({ ...base, stages: 'normalize,fhir', extra: debug }),
-      'W1',
-    );
-    const w2 = spawnIomt('worker', iomtEnv({ ...base, extra: debug }), 'W2');
-    const b1 = spawnIomt('broker', iomtEnv(base), 'B1');
-    const b2 = spawnIomt('broker', iomtEnv(base), 'B2');
-    const [port1, port2] = await Promise.all([
-      ready(b1, 'broker'),
-      ready(b2, 'broker'),
-      ready(w1, 'worker'),
-      ready(w2, 'worker'),
-    ]);
+    // 1. W1: normalize + FHIR. W2: normalize + FHIR + the ClickHouse mirror (one owner).
+    const {
+      workers: [w1, w2],
+      brokers: [b1, b2],
+      urls,
+    } = await startTwoByTwo(base);
 
     // 2. Eight devices over two brokers; every acknowledged message once, end to end.
     fleet = await Fleet.register(redisUrl, prefix, 8);
-    await fleet.connect([`mqtt://127.0.0.1:${port1}`, `mqtt://127.0.0.1:${port2}`]);
+    await fleet.connect(urls);
     await fleet.publish(400, 2);
     await fleet.allAcked(60_000);
     expect(fleet.acked).toHaveLength(400);
@@ -105,7 +94,7 @@ describe('a Redis Cluster of three masters', () => {
     const loner = uniqueId('chaos-loner');
     const patient = uniqueId('chaos-loner-pat');
     const secret = await withDevices(redisUrl, prefix, (p) => enrol(p, loner, undefined));
-    const client = await mqtt.connectAsync(`mqtt://127.0.0.1:${port1}`, {
+    const client = await mqtt.connectAsync(urls[0], {
       username: loner,
       password: secret,
       clientId: uniqueId(loner),

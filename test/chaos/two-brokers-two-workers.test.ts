@@ -10,7 +10,7 @@ import path from 'node:path';
 import { afterAll, describe, expect, inject, it } from 'vitest';
 import { uniqueId } from '../support/harness.js';
 import { Fleet } from './support/fleet.js';
-import { dropPrefix, iomtEnv, ready, spawnIomt, stopAll } from './support/processes.js';
+import { dropPrefix, startTwoByTwo, stopAll } from './support/processes.js';
 import { expectOnceInClickHouse, expectOnceInFhirAndDrained } from './support/verify.js';
 
 const fhirUrl = inject('fhirUrl');
@@ -30,27 +30,17 @@ describe('two brokers and two workers on one Redis', () => {
   it('deliver everything, nothing twice', async () => {
     dir = await mkdtemp(path.join(tmpdir(), 'iomt-chaos-scale-'));
     const base = { redisUrl, prefix, fhirUrl, chdbPath: path.join(dir, 'chdb') };
-    const debug = { LOG_LEVEL: 'debug' };
 
     // 1. W1: normalize + FHIR. W2: normalize + FHIR + the ClickHouse mirror (one owner).
-    const w1 = spawnIomt(
-      'worker',
-      iomtEnv({ ...base, stages: 'normalize,fhir', extra: debug }),
-      'W1',
-    );
-    const w2 = spawnIomt('worker', iomtEnv({ ...base, extra: debug }), 'W2');
-    const b1 = spawnIomt('broker', iomtEnv(base), 'B1');
-    const b2 = spawnIomt('broker', iomtEnv(base), 'B2');
-    const [port1, port2] = await Promise.all([
-      ready(b1, 'broker'),
-      ready(b2, 'broker'),
-      ready(w1, 'worker'),
-      ready(w2, 'worker'),
-    ]);
+    const {
+      workers: [w1, w2],
+      brokers: [b1, b2],
+      urls,
+    } = await startTwoByTwo(base);
 
     // 2. Eight devices, alternating between the brokers.
     fleet = await Fleet.register(redisUrl, prefix, 8);
-    await fleet.connect([`mqtt://127.0.0.1:${port1}`, `mqtt://127.0.0.1:${port2}`]);
+    await fleet.connect(urls);
     await fleet.publish(500, 2);
     await fleet.allAcked(60_000);
     expect(fleet.acked).toHaveLength(500);

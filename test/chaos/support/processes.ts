@@ -341,3 +341,36 @@ export async function dropPrefix(redisUrl: string, prefix: string): Promise<void
     redis.disconnect();
   }
 }
+
+/**
+ * Two workers and two brokers on one Redis (whatever topology `base.redisUrl`
+ * names): W1 normalizes and writes FHIR, W2 runs every stage (the ClickHouse
+ * mirror has one owner). Workers log at debug level, so each job's
+ * 'normalized' line shows which worker did it. Returns once all four are ready.
+ */
+export async function startTwoByTwo(base: IomtEnvOptions): Promise<{
+  workers: [IomtProcess, IomtProcess];
+  brokers: [IomtProcess, IomtProcess];
+  urls: [string, string];
+}> {
+  const debug = { ...base.extra, LOG_LEVEL: 'debug' };
+  const w1 = spawnIomt(
+    'worker',
+    iomtEnv({ ...base, stages: 'normalize,fhir', extra: debug }),
+    'W1',
+  );
+  const w2 = spawnIomt('worker', iomtEnv({ ...base, extra: debug }), 'W2');
+  const b1 = spawnIomt('broker', iomtEnv(base), 'B1');
+  const b2 = spawnIomt('broker', iomtEnv(base), 'B2');
+  const [port1, port2] = await Promise.all([
+    ready(b1, 'broker'),
+    ready(b2, 'broker'),
+    ready(w1, 'worker'),
+    ready(w2, 'worker'),
+  ]);
+  return {
+    workers: [w1, w2],
+    brokers: [b1, b2],
+    urls: [`mqtt://127.0.0.1:${port1}`, `mqtt://127.0.0.1:${port2}`],
+  };
+}
