@@ -6,6 +6,7 @@ import { DevicesPage } from './devices';
 import { PatientPage } from './patient';
 import { PipelinePage } from './pipeline';
 import { WorkbenchPage } from './workbench';
+import { TextField } from './fields';
 
 interface Session {
   actor: string;
@@ -138,27 +139,23 @@ function SignIn({ onSignedIn }: { onSignedIn: (s: Session) => void }) {
     <main class="signin">
       <h1>IoMT operator console</h1>
       <form onSubmit={(e) => void submit(e)}>
-        <label>
-          Your name (recorded in the audit trail)
-          <input
-            name="name"
-            autocomplete="username"
-            value={name}
-            onInput={(e) => setName(e.currentTarget.value)}
-            required
-          />
-        </label>
-        <label>
-          Admin token
-          <input
-            name="token"
-            type="password"
-            autocomplete="current-password"
-            value={token}
-            onInput={(e) => setToken(e.currentTarget.value)}
-            required
-          />
-        </label>
+        <TextField
+          label="Your name (recorded in the audit trail)"
+          name="name"
+          autocomplete="username"
+          value={name}
+          onValue={setName}
+          required
+        />
+        <TextField
+          label="Admin token"
+          name="token"
+          type="password"
+          autocomplete="current-password"
+          value={token}
+          onValue={setToken}
+          required
+        />
         <button type="submit" disabled={busy}>
           Sign in
         </button>

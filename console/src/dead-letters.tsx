@@ -1,5 +1,6 @@
 import { useEffect, useState } from 'preact/hooks';
 import { api, errorText, when } from './api';
+import { TextField } from './fields';
 
 interface Summary {
   id: string;
@@ -157,14 +158,8 @@ export function DeadLettersPage({ selected }: { selected: string | undefined }) 
           void load();
         }}
       >
-        <label>
-          Code
-          <input name="code" value={code} onInput={(e) => setCode(e.currentTarget.value)} />
-        </label>
-        <label>
-          Device
-          <input name="device" value={device} onInput={(e) => setDevice(e.currentTarget.value)} />
-        </label>
+        <TextField label="Code" name="code" value={code} onValue={setCode} />
+        <TextField label="Device" name="device" value={device} onValue={setDevice} />
         <label>
           Stage
           <select name="stage" value={stage} onChange={(e) => setStage(e.currentTarget.value)}>

@@ -1,5 +1,6 @@
 import { useEffect, useState } from 'preact/hooks';
 import { api, errorText, mask, when } from './api';
+import { TextField, Checkbox } from './fields';
 
 interface Device {
   deviceId: string;
@@ -180,15 +181,13 @@ function AddDevice({ actor, onAdded }: { actor: string; onAdded: () => void }) {
     <details class="add">
       <summary>Add a device</summary>
       <form onSubmit={(e) => void submit(e)}>
-        <label>
-          Device id
-          <input
-            name="deviceId"
-            value={deviceId}
-            onInput={(e) => setDeviceId(e.currentTarget.value)}
-            required
-          />
-        </label>
+        <TextField
+          label="Device id"
+          name="deviceId"
+          value={deviceId}
+          onValue={setDeviceId}
+          required
+        />
         <label>
           Kind
           <select name="kind" value={kind} onChange={(e) => setKind(e.currentTarget.value)}>
@@ -196,23 +195,13 @@ function AddDevice({ actor, onAdded }: { actor: string; onAdded: () => void }) {
             <option value="gateway">gateway</option>
           </select>
         </label>
-        <label>
-          Patient (optional)
-          <input
-            name="patient"
-            value={patient}
-            onInput={(e) => setPatient(e.currentTarget.value)}
-          />
-        </label>
-        <label class="inline">
-          <input
-            type="checkbox"
-            name="newPatient"
-            checked={newPatient}
-            onChange={(e) => setNewPatient(e.currentTarget.checked)}
-          />{' '}
-          The patient is new (the pipeline may create it)
-        </label>
+        <TextField label="Patient (optional)" name="patient" value={patient} onValue={setPatient} />
+        <Checkbox
+          label="The patient is new (the pipeline may create it)"
+          name="newPatient"
+          checked={newPatient}
+          onChecked={setNewPatient}
+        />
         <button type="submit">Add device</button>
         {error && (
           <p role="alert" class="error">
@@ -344,28 +333,20 @@ function DeviceDetail({
         }}
       >
         <h3>Assign a patient</h3>
-        <label>
-          Patient
-          <input
-            name="assign-patient"
-            value={patient}
-            onInput={(e) => setPatient(e.currentTarget.value)}
-            required
-          />
-        </label>
-        <label class="inline">
-          <input
-            type="checkbox"
-            name="assign-new"
-            checked={newPatient}
-            onChange={(e) => setNewPatient(e.currentTarget.checked)}
-          />{' '}
-          The patient is new
-        </label>
-        <label>
-          Note
-          <input name="note" value={note} onInput={(e) => setNote(e.currentTarget.value)} />
-        </label>
+        <TextField
+          label="Patient"
+          name="assign-patient"
+          value={patient}
+          onValue={setPatient}
+          required
+        />
+        <Checkbox
+          label="The patient is new"
+          name="assign-new"
+          checked={newPatient}
+          onChecked={setNewPatient}
+        />
+        <TextField label="Note" name="note" value={note} onValue={setNote} />
         <button type="submit">Assign from now</button>{' '}
         <button
           type="button"

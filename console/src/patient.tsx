@@ -1,6 +1,7 @@
 import { useEffect, useRef, useState } from 'preact/hooks';
 import uPlot from 'uplot';
 import { api, currentCsrfToken, errorText, when } from './api';
+import { TextField } from './fields';
 
 interface Row {
   code: string;
@@ -102,15 +103,7 @@ export function PatientPage({ patientId }: { patientId: string | undefined }) {
           location.hash = `#/patient/${encodeURIComponent(input.trim())}`;
         }}
       >
-        <label>
-          Patient id
-          <input
-            name="patient"
-            value={input}
-            onInput={(e) => setInput(e.currentTarget.value)}
-            required
-          />
-        </label>{' '}
+        <TextField label="Patient id" name="patient" value={input} onValue={setInput} required />{' '}
         <button type="submit">Show vitals</button>
       </form>
       {error && (

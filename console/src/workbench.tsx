@@ -1,5 +1,6 @@
 import { useEffect, useRef, useState } from 'preact/hooks';
 import { api, ApiError, errorText, when } from './api';
+import { TextField, Checkbox } from './fields';
 
 interface SourceFile {
   file: string;
@@ -310,14 +311,7 @@ export function WorkbenchPage({
               <a href="#/dead-letters">dead letters</a> page.
             </p>
           )}
-          <label>
-            Device id
-            <input
-              name="debug-device"
-              value={deviceId}
-              onInput={(e) => setDeviceId(e.currentTarget.value)}
-            />
-          </label>
+          <TextField label="Device id" name="debug-device" value={deviceId} onValue={setDeviceId} />
           <label>
             Message
             <textarea
@@ -335,26 +329,21 @@ export function WorkbenchPage({
       {result && <DebugView result={result} />}
       <h2>Propose, activate, roll back</h2>
       <div class="lifecycle">
-        <label>
-          Note for the audit
-          <input
-            name="lifecycle-note"
-            value={note}
-            onInput={(e) => setNote(e.currentTarget.value)}
-          />
-        </label>
+        <TextField
+          label="Note for the audit"
+          name="lifecycle-note"
+          value={note}
+          onValue={setNote}
+        />
         <button type="button" onClick={() => void propose()} disabled={!validation?.ok}>
           Propose these templates
         </button>{' '}
-        <label class="inline">
-          <input
-            type="checkbox"
-            name="accept-changes"
-            checked={acceptChanges}
-            onChange={(e) => setAcceptChanges(e.currentTarget.checked)}
-          />{' '}
-          Accept changed Observations in the shadow run
-        </label>
+        <Checkbox
+          label="Accept changed Observations in the shadow run"
+          name="accept-changes"
+          checked={acceptChanges}
+          onChecked={setAcceptChanges}
+        />
         <button type="button" onClick={() => void activate()} disabled={!proposed}>
           Activate {proposed ? `version ${proposed}` : ''} through the gates
         </button>{' '}
