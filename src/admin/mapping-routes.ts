@@ -33,7 +33,7 @@ import { compileSources, formatProblem, type SourceFile } from '../mapping/load.
 import type { Config } from '../config.js';
 import type { FhirGateway } from '../fhir/gateway.js';
 import type { Resource } from 'fhir/r4.js';
-import { debugJson } from '../cli/commands/mapping-debug.js';
+import { debugJson } from '../mapping/index.js';
 import { normalizePolicy } from '../mapping/index.js';
 
 export interface MappingRoutesDeps {

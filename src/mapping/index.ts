@@ -70,6 +70,7 @@ export type { DeviceTemplateSpec, FhirTemplateSpec, Measurement, MessageMeta } f
 export { checkMedTechTemplates } from './medtech-import.js';
 export type { ImportReport } from './medtech-import.js';
 export { debugMessage, traceMessage } from './debug.js';
+export { debugJson, type DebugJson } from './debug-json.js';
 export type { DebugInput, DebugReport } from './debug.js';
 export { startTemplateActivation } from './hot-reload.js';
 export type { ReloadMetrics, TemplateActivation, TemplateStatus } from './hot-reload.js';

@@ -22,7 +22,7 @@ import {
   type LocatedProblem,
 } from '../../mapping/index.js';
 import { checkFailed, fail, type Program } from '../common.js';
-import { debugJson } from './mapping-debug.js';
+import { debugJson } from '../../mapping/index.js';
 import { registerLifecycle } from './mapping-lifecycle.js';
 
 const write = (s: string): void => void process.stdout.write(`${s}\n`);

@@ -5,15 +5,11 @@
  * the code the message is refused with. Runs the worker's path
  * (normalizeMessage) with the same bindings as the text debugger.
  */
-import { toPipelineError } from '../../errors.js';
-import {
-  traceMessage,
-  type DebugInput,
-  type IdentityClaim,
-  type MappingSet,
-  type ResolvedIdentity,
-  type TraceEvent,
-} from '../../mapping/index.js';
+import { toPipelineError } from '../errors.js';
+import type { MappingSet } from './compile.js';
+import { traceMessage, type DebugInput } from './debug.js';
+import type { TraceEvent } from './device-mapping.js';
+import type { IdentityClaim, ResolvedIdentity } from './identity.js';
 
 interface TemplateTrace {
   template: string;
