@@ -105,7 +105,12 @@ export async function startPipeline(
   const redis = createRedis(config.redis.url);
   const workerRedis = roles.includes('worker') ? createRedis(config.redis.url, true) : undefined;
   const queues = createQueues(redis, queuePrefix(config.redis.url, config.redis.prefix));
-  if (config.redis.waitAof && roles.includes('broker')) await checkWaitAof(redis);
+  if (config.redis.waitAof && roles.includes('broker'))
+    await checkWaitAof(redis).catch((err: unknown) => {
+      redis.disconnect();
+      workerRedis?.disconnect();
+      throw err;
+    });
   const registry = new DeviceRegistry(redis, config.redis.prefix);
   const associations = new AssociationStore(redis, config.redis.prefix);
   metrics.setQueueDepthSource(() => queueDepths(queues));
