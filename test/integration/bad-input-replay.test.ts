@@ -1,8 +1,9 @@
 /**
  * `iomt dlq` against the real pipeline: dead letters are listed and filtered by
  * code, device and time, shown with their raw payload, replayed into the stage
- * that failed once the cause is fixed — a FHIR-side fix for a resource the
- * server refused (replayed into the FHIR stage, not mapped again), a template
+ * that failed once the cause is fixed — a Patient deleted on the server that
+ * the pipeline may not re-create, restored by the operator (replayed into the
+ * FHIR stage, not mapped again), a template
  * fix for a message no template matched (proposed and activated, then mapped
  * again) — and purged.
  */
@@ -14,8 +15,8 @@ import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { readCandidate } from '../../src/mapping/index.js';
 import {
-  enrol,
   connectDevice,
+  ENROL_SINCE_MS,
   fhirSearch,
   HARNESS_ADMIN_TOKEN,
   publish,
@@ -111,9 +112,27 @@ beforeAll(async () => {
   dir = await mkdtemp(path.join(tmpdir(), 'iomt-dlq-'));
   h = await startHarness({
     fhirUrl,
-    overrides: { redis: { prefix }, mappings: { dir: await mappingsDir('before', false) } },
+    overrides: {
+      redis: { prefix },
+      mappings: { dir: await mappingsDir('before', false) },
+      // The Patient is the hospital's: the pipeline may not create it (again).
+      fhir: { createPatients: false },
+    },
   });
-  secret = await enrol(h.pipeline, deviceId, patientId);
+  const created = await rest('PUT', `Patient/${patientId}`, {
+    resourceType: 'Patient',
+    id: patientId,
+  });
+  expect(created.ok).toBe(true);
+  secret = (
+    await h.pipeline.devices.add(deviceId, {
+      actor: 'test',
+      source: 'api',
+      patient: patientId,
+      newPatient: false,
+      at: Date.now() - ENROL_SINCE_MS,
+    })
+  ).secret;
 });
 
 afterAll(async () => {
@@ -133,7 +152,6 @@ function rest(method: string, path_: string, body?: unknown) {
 describe('iomt dlq', () => {
   const pumpReading = { timestamp: at(3), kind: 'infusion-pump', rate: 12.5 };
   const hrReading = { timestamp: at(2), heartRate: 81 };
-  let device: unknown;
   let patient: unknown;
 
   it('lists dead letters by code, device and time, and shows the raw payload', async () => {
@@ -144,7 +162,6 @@ describe('iomt dlq', () => {
     // 2. Someone deletes them on the FHIR server (what references them first: references
     //    block deletes — the Observation, and the association's DeviceUseStatement).
     patient = await (await rest('GET', `Patient/${patientId}`)).json();
-    device = await (await rest('GET', `Device/dev-${deviceId}`)).json();
     const statements = await fhirSearch(fhirUrl, 'DeviceUseStatement', {
       device: `Device/dev-${deviceId}`,
     });
@@ -155,8 +172,9 @@ describe('iomt dlq', () => {
       `Patient/${patientId}`,
     ])
       expect((await rest('DELETE', p)).ok).toBe(true);
-    // 3. Two failures: no template for the pump; HAPI refuses a reading whose Patient and
-    //    Device are deleted (it names whichever reference it checks first).
+    // 3. Two failures: no template for the pump; a reading whose Patient is deleted on
+    //    the server, which the pipeline may not create: PatientNotFound, never invented
+    //    (the Device it may write again, from the association history).
     await publish(client, `devices/${deviceId}/telemetry`, pumpReading);
     await publish(client, `devices/${deviceId}/telemetry`, hrReading);
     client.end(true);
@@ -170,12 +188,10 @@ describe('iomt dlq', () => {
     // 4. Filters.
     const all = await dlq('list', '--device', deviceId);
     expect(all.stdout).toMatch(/\tnormalize\tTemplateNotMatched\t/);
-    expect(all.stdout).toMatch(
-      /\tfhir\tFhirRejected\t.*HTTP 400 — HAPI-1096: Resource (Patient|Device)\//,
-    );
+    expect(all.stdout).toMatch(/\tfhir\tPatientNotFound\t/);
     expect(all.stdout).toMatch(/2 of 2 dead letter\(s\)/);
     expect(
-      ids((await dlq('list', '--device', deviceId, '--code', 'FhirRejected')).stdout),
+      ids((await dlq('list', '--device', deviceId, '--code', 'PatientNotFound')).stdout),
     ).toHaveLength(1);
     expect(ids((await dlq('list', '--device', deviceId, '--since', '10m')).stdout)).toHaveLength(2);
     expect(ids((await dlq('list', '--device', deviceId, '--until', '10m')).stdout)).toHaveLength(0);
@@ -198,10 +214,9 @@ describe('iomt dlq', () => {
   });
 
   it('replays a refused Observation into the FHIR stage once the server-side cause is fixed', async () => {
-    // The operator restores Patient and Device, then replays.
+    // The operator restores the Patient, then replays (the pipeline writes the Device).
     expect((await rest('PUT', `Patient/${patientId}`, patient)).ok).toBe(true);
-    expect((await rest('PUT', `Device/dev-${deviceId}`, device)).ok).toBe(true);
-    const r = await dlq('replay', '--device', deviceId, '--code', 'FhirRejected');
+    const r = await dlq('replay', '--device', deviceId, '--code', 'PatientNotFound');
     expect(r.stdout).toContain('replayed 1 (normalize 0, fhir 1, analytics 0)');
     const found = await waitFor(observations, (o) => o.length === 1, 30_000, 'the Observation');
     expect(found[0]).toMatchObject({ valueQuantity: { value: 81 } });
