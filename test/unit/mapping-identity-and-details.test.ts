@@ -7,68 +7,23 @@
  * worker's input policy in the debugger and fixtures.
  * (Units, special values, plausibility: mapping-units-and-special-values.test.ts.)
  */
-import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import type { Observation, Quantity } from 'fhir/r4.js';
+import type { Observation } from 'fhir/r4.js';
 import { beforeAll, describe, expect, it } from 'vitest';
-import type { PipelineError } from '../../src/errors.js';
 import {
-  bindingResolver,
   compileSources,
   debugMessage,
   DEFAULT_POLICY,
-  loadMappings,
   normalizeMessage,
   runFixture,
   type MappingSet,
-  type NormalizeResult,
 } from '../../src/mapping/index.js';
+import { AT, quantity, RECEIVED, useLibraryMappings } from '../support/library-mappings.js';
 
-const dir = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../mappings');
-const AT = '2026-11-26T09:00:00.000Z';
-const RECEIVED = Date.parse('2026-11-26T09:00:05Z');
+const { normalize, refusal, observations, only, mappings: library } = useLibraryMappings();
 let mappings: MappingSet;
-
-beforeAll(async () => {
-  const r = await loadMappings(dir);
-  if (!r.ok) throw new Error(JSON.stringify(r.problems));
-  mappings = r.mappings;
+beforeAll(() => {
+  mappings = library();
 });
-
-async function normalize(body: unknown, deviceId = 'dev-1'): Promise<NormalizeResult> {
-  return normalizeMessage(mappings, {
-    payload: JSON.stringify(body),
-    meta: { deviceId, topic: `devices/${deviceId}/telemetry`, receivedAt: RECEIVED },
-    patientId: 'p-1',
-    identifierSystem: 'urn:iomt:observation',
-    resolveIdentity: bindingResolver({ patientId: 'p-1' }),
-  });
-}
-
-async function refusal(body: unknown): Promise<PipelineError> {
-  try {
-    await normalize(body);
-  } catch (err) {
-    return err as PipelineError;
-  }
-  throw new Error('expected the message to be refused');
-}
-
-async function observations(body: unknown): Promise<Observation[]> {
-  return (await normalize(body)).observations.map((o) => o.observation);
-}
-
-async function only(body: unknown, type?: string): Promise<Observation> {
-  const out = await normalize(body);
-  const picked = out.observations.filter((o) => type === undefined || o.templateName === type);
-  expect(picked).toHaveLength(1);
-  return picked[0]!.observation;
-}
-
-const quantity = (o: { valueQuantity?: Quantity }) => {
-  const q = o.valueQuantity;
-  return q ? [q.value, q.code] : undefined;
-};
 
 describe('identities that never merge two readings', () => {
   it('two types sharing a first code (8310-5) give two Observations', async () => {
