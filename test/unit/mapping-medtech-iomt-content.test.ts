@@ -343,10 +343,24 @@ describe('HrAndSteps collections (NormalizationTests with data_CollectionContent
   // Given the token as the event's Body, the template as written yields what MedTech's
   // service would: nothing (docs/mappings.md, "What still differs").
   it.each(cases)(
-    'JmesPath: %s — on the envelope, `to_array(@)[?heartrate]` matches nothing',
-    async (_name, token) => {
+    'JmesPath: %s — on the envelope, `to_array(@)[?heartrate]` matches nothing; reading Body, it gives what MedTech asserts',
+    async (_name, token, expected) => {
       const out = await mapWith(jmesPath, tokens[token], 'abc', NONE);
       expect(out.readings).toEqual([]);
+      // The migration docs/mappings.md gives: match on Body, as MedTech's service needed too.
+      const migrated = loaded(
+        [
+          {
+            kind: 'device',
+            text: text(
+              'template-tests/data_CollectionContentTemplateHrAndStepsJmesPath.json',
+            ).replaceAll('to_array(@)', 'to_array(Body)'),
+          },
+        ],
+        false,
+      );
+      const fixed = await mapWith(migrated, tokens[token], 'abc', NONE);
+      expect(fixed.readings.map(asMedTech)).toEqual(expected);
     },
   );
 });
