@@ -4,72 +4,28 @@
  * results MedTech's C# tests assert. docs/mappings.md lists every case.
  */
 import { createHash } from 'node:crypto';
-import { readFileSync } from 'node:fs';
-import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config.js';
 import type { PipelineError } from '../../src/errors.js';
 import { compileExpression } from '../../src/mapping/expressions.js';
 import {
   checkMedTechTemplates,
-  compileSources,
-  DEFAULT_POLICY,
-  mapMessage,
   messageEnvelope,
   normalizeMessage,
   parseEnvelopePolicy,
-  type EnvelopePolicy,
   type MappingSet,
-  type Reading,
 } from '../../src/mapping/index.js';
-
-const dir = path.join(
-  path.dirname(fileURLToPath(import.meta.url)),
-  '../fixtures/medtech/iomt-fhir',
-);
-// Some of iomt-fhir's inputs start with a byte-order mark, as Json.NET allows.
-const text = (f: string) => readFileSync(path.join(dir, f), 'utf8').replace(/^\uFEFF/, '');
-
-/** A single template file of MedTech's tests, inside a collection as a mapping file holds it. */
-function collection(kind: 'device' | 'fhir', ...files: string[]): string {
-  return JSON.stringify({
-    templateType: kind === 'device' ? 'CollectionContent' : 'CollectionFhir',
-    template: files.map((f) => JSON.parse(text(f)) as unknown),
-  });
-}
-
-function load(
-  sources: { kind: 'device' | 'fhir'; text: string; file?: string }[],
-  requireFhirTemplates = true,
-) {
-  return compileSources(
-    sources.map((s, i) => ({ file: s.file ?? `${s.kind}/${i}.json`, kind: s.kind, text: s.text })),
-    dir,
-    { requireFhirTemplates },
-  );
-}
-
-function loaded(sources: Parameters<typeof load>[0], requireFhirTemplates = true): MappingSet {
-  const r = load(sources, requireFhirTemplates);
-  if (!r.ok) throw new Error(JSON.stringify(r.problems, null, 2));
-  return r.mappings;
-}
-
-const ANY_TIME = {
-  ...DEFAULT_POLICY,
-  input: {
-    ...DEFAULT_POLICY.input,
-    maxAgeMs: Number.MAX_SAFE_INTEGER,
-    maxFutureMs: Number.MAX_SAFE_INTEGER,
-  },
-};
-
-const meta = (deviceId: string, receivedAt = '2026-01-01T00:00:00Z') => ({
-  deviceId,
-  topic: `devices/${deviceId}/telemetry`,
-  receivedAt: Date.parse(receivedAt),
-});
+import {
+  ANY_TIME,
+  asMedTech,
+  collection,
+  EVENTHUB,
+  load,
+  loaded,
+  mapWith,
+  meta,
+  text,
+} from '../support/medtech-iomt.js';
 
 /** A device template producing `type` with the given values from the body. */
 function deviceFor(type: string, values: string[]): string {
@@ -213,29 +169,6 @@ describe('categories, and a template with neither value nor components (CodeValu
     expect(o.code.coding?.[0]?.code).toBe('code');
   });
 });
-
-/** A reading as MedTech's tests look at it: type, time, device, properties. */
-function asMedTech(r: Reading) {
-  return {
-    type: r.type,
-    occurrenceTimeUtc: r.occurrenceTime,
-    deviceId: r.deviceId,
-    properties: Object.entries(r.values).map(([name, value]) => ({ name, value })),
-  };
-}
-
-async function mapWith(
-  mappings: MappingSet,
-  payload: unknown,
-  deviceId: string,
-  policy: EnvelopePolicy,
-  topic?: string,
-) {
-  const m = { ...meta(deviceId), ...(topic ? { topic } : {}) };
-  return mapMessage(mappings, payload, m, { envelope: messageEnvelope(payload, m, policy) });
-}
-
-const EVENTHUB: EnvelopePolicy = { source: 'eventhub' };
 
 describe('IotJsonPathContent over a bridged IoT Hub event (IotJsonPathContentTemplateTests)', () => {
   const single = loaded(
@@ -578,6 +511,47 @@ describe('JMESPath custom functions with MedTech number semantics (Microsoft.Hea
       expect(loads).toBe(false);
     },
   );
+  // FromUnixTimestampTests, FromUnixTimestampMillisecondsTests: UnixTimestampe_Parsing_Succeeds
+  // (MedTech formats the date "yyyy-MM-ddTHH:mm:ssz"; the function yields that text here).
+  it.each([
+    ['fromUnixTimestamp(timestamp)', 0, '1970-01-01T00:00:00+0'],
+    ['fromUnixTimestamp(timestamp)', 1625677200, '2021-07-07T17:00:00+0'],
+    ['fromUnixTimestamp(timestamp)', -1, '1969-12-31T23:59:59+0'],
+    ['fromUnixTimestampMs(timestamp)', 0, '1970-01-01T00:00:00+0'],
+    ['fromUnixTimestampMs(timestamp)', 1000, '1970-01-01T00:00:01+0'],
+    ['fromUnixTimestampMs(timestamp)', 1626799080000, '2021-07-20T16:38:00+0'],
+    ['fromUnixTimestampMs(timestamp)', -1000, '1969-12-31T23:59:59+0'],
+  ])('%s with %d = %s', (expression, timestamp, date) => {
+    expect(run(expression, { timestamp })).toBe(date);
+  });
+
+  it.each(
+    ['fromUnixTimestamp', 'fromUnixTimestampMs'].flatMap((fn) =>
+      ['badData', [1, 2, 3], { value: 1 }].map((timestamp) => [fn, timestamp] as const),
+    ),
+  )('%s(timestamp) with %j is an error (Bad_Data_Throws_Exception)', (fn, timestamp) => {
+    expect(() => run(`${fn}(timestamp)`, { timestamp })).toThrow();
+  });
+
+  it.each([
+    'fromUnixTimestamp()',
+    'fromUnixTimestamp(timestamp, extraParam)',
+    'fromUnixTimestampMs()',
+    'fromUnixTimestampMs(timestamp, extraParam)',
+  ])('%s does not load or run (Invalid_Argument_Count_Throws_Exception)', (expression) => {
+    const r = compileExpression({ value: expression, language: 'jmespath' });
+    const runs =
+      r.ok &&
+      (() => {
+        try {
+          r.expression.evaluate({ timestamp: 0 }, { msg: {}, meta: meta('d') });
+          return true;
+        } catch {
+          return false;
+        }
+      })();
+    expect(runs).toBe(false);
+  });
 });
 
 /** MedTech compatibility mode: iomt-fhir's R4 and Ingest unit tests on identity and shape. */
