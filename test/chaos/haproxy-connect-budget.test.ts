@@ -6,16 +6,25 @@
  * in Redis) counts one client address across both brokers, and one address
  * spent does not lock out another: the brokers see the client's address, not
  * the balancer's. A connection straight to a broker, without the header, is
- * closed before MQTT.
+ * closed before MQTT. On the TLS listener the header comes before the TLS
+ * handshake (HAProxy passes TLS through; the broker terminates it).
  */
+import { readFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { afterAll, describe, expect, it } from 'vitest';
+import { connect as tlsConnect } from 'node:tls';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { uniqueId } from '../support/harness.js';
 import { startHaproxy, type RunningHaproxy } from '../support/haproxy-tcp.js';
-import { connectPacket, rawConnect, rawSocket } from '../integration/security-fixtures.js';
-import { Fleet } from './support/fleet.js';
+import {
+  connectPacket,
+  makePki,
+  rawConnect,
+  rawSocket,
+  type Pki,
+} from '../integration/security-fixtures.js';
+import { Fleet, type Device } from './support/fleet.js';
 import {
   dropPrefix,
   freePort,
@@ -23,6 +32,7 @@ import {
   ready,
   spawnIomt,
   stopAll,
+  type IomtProcess,
   type LogLine,
 } from './support/processes.js';
 
@@ -31,12 +41,16 @@ const prefix = uniqueId('chaos-lb-budget');
 const MAX_FAILURES = 4;
 let dir: string;
 let haproxy: RunningHaproxy | undefined;
+let haproxyTls: RunningHaproxy | undefined;
+let pki: Pki;
 
 afterAll(async () => {
   await haproxy?.close();
+  await haproxyTls?.close();
   await stopAll();
   await dropPrefix(redisUrl, prefix);
   if (dir) await rm(dir, { recursive: true, force: true });
+  if (pki) await rm(pki.dir, { recursive: true, force: true });
 });
 
 /** One CONNECT through HAProxy from `localAddress`; the CONNACK return code. */
@@ -57,32 +71,63 @@ async function attempt(
 const refusals = (logs: readonly LogLine[], reason: string, address: string) =>
   logs.filter((l) => l.event === 'connect-refused' && l.reason === reason && l.address === address);
 
+let b1: IomtProcess;
+let b2: IomtProcess;
+let p1: number;
+let p2: number;
+let device: Device;
+
+/** The TLS port a broker logged. */
+const tlsPortOf = async (b: IomtProcess) =>
+  Number(
+    (
+      await b.waitForLog(
+        (l) => l.event === 'broker-listening' && l.transport === 'tls',
+        60_000,
+        'TLS listener',
+      )
+    ).port,
+  );
+
+beforeAll(async () => {
+  dir = await mkdtemp(path.join(tmpdir(), 'iomt-chaos-lb-budget-'));
+  pki = await makePki();
+  const env = iomtEnv({
+    redisUrl,
+    prefix,
+    fhirUrl: 'http://127.0.0.1:9/fhir',
+    chdbPath: path.join(dir, 'chdb'),
+    extra: {
+      MQTT_PROXY_PROTOCOL: 'v2',
+      MQTT_PROXY_TRUSTED: '127.0.0.1',
+      MQTT_AUTH_MAX_FAILURES: String(MAX_FAILURES),
+      MQTT_AUTH_FAILURE_WINDOW_MS: '600000',
+      MQTT_TLS_PORT: '0',
+      MQTT_TLS_CERT_FILE: pki.serverCert,
+      MQTT_TLS_KEY_FILE: pki.serverKey,
+    },
+  });
+
+  // Two brokers on one Redis (TCP and TLS listeners), a HAProxy in front of
+  // each kind (round robin, send-proxy-v2).
+  b1 = spawnIomt('broker', env, 'B1');
+  b2 = spawnIomt('broker', env, 'B2');
+  [p1, p2] = (await Promise.all([ready(b1, 'broker'), ready(b2, 'broker')])) as [number, number];
+  haproxy = await startHaproxy(await freePort(), [
+    { name: 'b1', port: p1 },
+    { name: 'b2', port: p2 },
+  ]);
+  haproxyTls = await startHaproxy(await freePort(), [
+    { name: 'b1', port: await tlsPortOf(b1) },
+    { name: 'b2', port: await tlsPortOf(b2) },
+  ]);
+  const fleet = await Fleet.register(redisUrl, prefix, 1);
+  device = fleet.devices[0]!;
+}, 300_000);
+
 describe('two brokers behind HAProxy with the PROXY protocol', () => {
   it('count failed CONNECTs per real client address across both brokers', async () => {
-    dir = await mkdtemp(path.join(tmpdir(), 'iomt-chaos-lb-budget-'));
-    const env = iomtEnv({
-      redisUrl,
-      prefix,
-      fhirUrl: 'http://127.0.0.1:9/fhir',
-      chdbPath: path.join(dir, 'chdb'),
-      extra: {
-        MQTT_PROXY_PROTOCOL: 'v2',
-        MQTT_PROXY_TRUSTED: '127.0.0.1',
-        MQTT_AUTH_MAX_FAILURES: String(MAX_FAILURES),
-        MQTT_AUTH_FAILURE_WINDOW_MS: '600000',
-      },
-    });
-
-    // 1. Two brokers on one Redis, HAProxy in front (round robin, send-proxy-v2).
-    const b1 = spawnIomt('broker', env, 'B1');
-    const b2 = spawnIomt('broker', env, 'B2');
-    const [p1, p2] = await Promise.all([ready(b1, 'broker'), ready(b2, 'broker')]);
-    haproxy = await startHaproxy(await freePort(), [
-      { name: 'b1', port: p1! },
-      { name: 'b2', port: p2! },
-    ]);
-    const fleet = await Fleet.register(redisUrl, prefix, 1);
-    const device = fleet.devices[0]!;
+    if (!haproxy) throw new Error('HAProxy did not start');
 
     // 2. Wrong secrets from 127.0.0.2, one after another: round robin spreads
     //    them over both brokers; the shared budget refuses the fifth and later.
@@ -134,8 +179,8 @@ describe('two brokers behind HAProxy with the PROXY protocol', () => {
 
     // 5. Straight to a broker, without a PROXY header: closed before any CONNACK,
     //    and from an address that is not the balancer's: closed at accept.
-    expect(await attempt(p1!, '127.0.0.1', device.deviceId, device.secret)).toBe('closed');
-    expect(await attempt(p2!, '127.0.0.4', device.deviceId, device.secret)).toBe('closed');
+    expect(await attempt(p1, '127.0.0.1', device.deviceId, device.secret)).toBe('closed');
+    expect(await attempt(p2, '127.0.0.4', device.deviceId, device.secret)).toBe('closed');
     await b1.waitForLog(
       (l) => l.event === 'connect-refused' && l.reason === 'missing-proxy-header',
       10_000,
@@ -150,4 +195,38 @@ describe('two brokers behind HAProxy with the PROXY protocol', () => {
       'untrusted-proxy',
     );
   }, 240_000);
+  it('read the header before the TLS handshake, passed through HAProxy', async () => {
+    if (!haproxyTls) throw new Error('HAProxy did not start');
+    // A TLS client from 127.0.0.5: HAProxy passes the TLS bytes through after its header.
+    const tlsAttempt = async (password: string) => {
+      const raw = await rawSocket(haproxyTls!.port, '127.0.0.5');
+      const socket = tlsConnect({
+        socket: raw,
+        ca: readFileSync(pki.caCert),
+        servername: 'localhost',
+      });
+      await new Promise<void>((resolve, reject) => {
+        socket.once('secureConnect', resolve);
+        socket.once('error', reject);
+      });
+      socket.on('error', () => undefined);
+      try {
+        return (await rawConnect(socket, connectPacket(uniqueId('c'), device.deviceId, password)))
+          .returnCode;
+      } finally {
+        socket.destroy();
+      }
+    };
+    expect(await tlsAttempt(device.secret)).toBe(0);
+    expect(await tlsAttempt('wrong-secret')).toBe(5);
+    await Promise.any(
+      [b1, b2].map((b) =>
+        b.waitForLog(
+          (l) => refusals([l], 'unknown-device-or-wrong-secret', '127.0.0.5').length === 1,
+          10_000,
+          'a wrong secret over TLS refused for 127.0.0.5',
+        ),
+      ),
+    );
+  });
 });
