@@ -17,8 +17,8 @@
  * within 107 bytes, spec 2.1; v2 is 16 bytes plus the length in bytes 15-16,
  * spec 2.2); aedes-protocol-decoder (proxy-protocol-js) parses it. The bytes
  * after the header are pushed back onto the socket for TLS or MQTT to read.
- * A v2 LOCAL or v1 UNKNOWN header (the balancer's own health check) carries no
- * client address and is refused like a missing one: HAProxy's plain TCP check
+ * A v2 LOCAL or v1 UNKNOWN header (a balancer's own health check) names no
+ * client and is refused (`invalid-proxy-header`); HAProxy's plain TCP check
  * opens and closes without sending anything, which is not counted.
  */
 import { BlockList, isIPv6, type Socket } from 'node:net';
@@ -144,8 +144,11 @@ export function readProxyHeader(
     } catch {
       details = undefined;
     }
-    // isProxy 0: the library could not read an address from it (malformed, LOCAL, UNKNOWN).
-    if (!details || details.isProxy === 0 || !details.ipAddress) {
+    // isProxy 0: the library could not read an address from it (malformed, UNKNOWN).
+    // A v2 LOCAL command (low nibble of byte 13 is 0, spec 2.2) must not be
+    // believed whatever addresses follow; the library does not look at it.
+    const local = header[0] === 0x0d && ((header[12] ?? 0) & 0x0f) !== 0x01;
+    if (!details || details.isProxy === 0 || !details.ipAddress || local) {
       return refuse('invalid-proxy-header');
     }
     cleanup();
