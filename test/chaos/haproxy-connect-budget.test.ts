@@ -9,11 +9,13 @@
  * closed before MQTT. On the TLS listener the header comes before the TLS
  * handshake (HAProxy passes TLS through; the broker terminates it).
  */
+import { execFile } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { connect as tlsConnect } from 'node:tls';
+import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { uniqueId } from '../support/harness.js';
 import { startHaproxy, type RunningHaproxy } from '../support/haproxy-tcp.js';
@@ -228,5 +230,13 @@ describe('two brokers behind HAProxy with the PROXY protocol', () => {
         ),
       ),
     );
+  });
+  it('documents a HAProxy config that HAProxy accepts (deploy/haproxy/mqtt.cfg)', async () => {
+    const { stdout } = await promisify(execFile)('haproxy', [
+      '-c',
+      '-f',
+      path.resolve('deploy/haproxy/mqtt.cfg'),
+    ]);
+    expect(stdout).toContain('Configuration file is valid');
   });
 });
