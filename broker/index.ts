@@ -1,7 +1,9 @@
 /**
  * The MQTT broker role: aedes with our hooks. Every connection first passes
- * the socket gate (idle sockets per address) and the frame guard (no packet
- * over the size limit is buffered); then
+ * the PROXY header check when MQTT_PROXY_PROTOCOL asks for one (the client's
+ * address behind a load balancer, proxy-protocol.ts), the socket gate (idle
+ * sockets per address) and the frame guard (no packet over the size limit is
+ * buffered); then
  *   CONNECT meets   preConnect    — protocol level (MQTT 5 refusals logged and counted)
  *                   authenticate  — budgets reserved first, then certificate or
  *                                   secret (bounded pool), then the client id

@@ -11,7 +11,9 @@
  * a header is never read (a client could write one and claim any address). So
  * when on, the port must be reachable from the load balancer only;
  * MQTT_PROXY_TRUSTED (addresses or CIDR ranges) also closes, at accept, any
- * connection that does not come from one of them.
+ * connection that does not come from one of them. Until its header arrives a
+ * socket's client is unknown, so the idle-socket cap counts it only from then
+ * on; MQTT_CONNECT_TIMEOUT_MS bounds the wait, MQTT_PROXY_TRUSTED who may open one.
  *
  * This module only frames the header (how many bytes it has: v1 ends with CRLF
  * within 107 bytes, spec 2.1; v2 is 16 bytes plus the length in bytes 15-16,
