@@ -1,7 +1,9 @@
 /**
  * The MQTT broker role: aedes with our hooks. Every connection first passes
- * the socket gate (idle sockets per address) and the frame guard (no packet
- * over the size limit is buffered); then
+ * the PROXY header check when MQTT_PROXY_PROTOCOL asks for one (the client's
+ * address behind a load balancer, proxy-protocol.ts), the socket gate (idle
+ * sockets per address) and the frame guard (no packet over the size limit is
+ * buffered); then
  *   CONNECT meets   preConnect    — protocol level (MQTT 5 refusals logged and counted)
  *                   authenticate  — budgets reserved first, then certificate or
  *                                   secret (bounded pool), then the client id
@@ -53,6 +55,7 @@ import { DeviceThrottle } from './rate-limits.js';
 import { SecretCheckPool } from './secret-check-pool.js';
 import { SessionStore } from './session-store.js';
 import { startRevocation, type RunningRevocation } from './revocation.js';
+import { peerOfSocket } from './proxy-protocol.js';
 import { normalizeAddress, SocketGate } from './socket-gate.js';
 
 export { IngestBatcher } from './ingest-batcher.js';
@@ -364,9 +367,7 @@ export async function startBroker(options: BrokerOptions): Promise<RunningBroker
           code: 'PayloadTooLarge',
           deviceId: deviceOf(client)?.deviceId ?? null,
           reason: violation,
-          address: normalizeAddress(
-            (stream as { remoteAddress?: string }).remoteAddress ?? req?.socket.remoteAddress,
-          ),
+          address: peerOfSocket(req?.socket ?? (stream as { remoteAddress?: string })).address,
           limit: maxFrame,
         },
         'packet refused before buffering',
@@ -377,7 +378,21 @@ export async function startBroker(options: BrokerOptions): Promise<RunningBroker
   let listeners: Listener[];
   try {
     listeners = await startListeners(config, handle, maxFrame, log, {
-      admitSocket: (socket) => gate.admit(socket),
+      admitSocket: (socket, peer) => gate.admit(socket, peer),
+      onProxyRefused: (reason, address) => {
+        metrics?.connectionsRefused.inc({ reason });
+        if (!socketLogged.first(`${reason}|${address}`)) return;
+        log.warn(
+          {
+            event: 'connect-refused',
+            code: 'NotAuthorized',
+            reason,
+            address,
+            mode: m.proxyProtocol,
+          },
+          `connection closed: no valid PROXY header from a trusted load balancer (MQTT_PROXY_PROTOCOL, MQTT_PROXY_TRUSTED; logged once per ${FLOOD_LOG_INTERVAL_MS / 1000} s, counted always)`,
+        );
+      },
       onTlsError: (reason, address) => {
         metrics?.connectionsRefused.inc({ reason: 'tls-handshake-failed' });
         log.warn(

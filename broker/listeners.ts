@@ -1,8 +1,10 @@
 /**
  * The broker's listeners: MQTT over TCP (always), over TLS (when a certificate
  * and key are configured; optionally with client certificates) and over
- * WebSocket (when MQTT_WS_PORT is set). Every listener accepts TCP itself and
- * asks `admitSocket` first (the idle-socket cap per address, socket-gate.ts);
+ * WebSocket (when MQTT_WS_PORT is set). Every listener accepts TCP itself; the
+ * TCP and TLS listeners read the PROXY header first when MQTT_PROXY_PROTOCOL
+ * asks for one (proxy-protocol.ts), then every listener asks `admitSocket`
+ * (the idle-socket cap per client address, socket-gate.ts);
  * only an admitted socket goes on to the TLS handshake, the HTTP upgrade, and
  * then the frame guard before aedes sees a byte. The TLS handshake and the
  * upgrade's headers must arrive within MQTT_CONNECT_TIMEOUT_MS.
@@ -18,6 +20,14 @@ import type { Config } from '../src/config.js';
 import { PipelineError } from '../src/errors.js';
 import type { Logger } from '../src/logger.js';
 import { listen } from './listen.js';
+import {
+  peerOfSocket,
+  readProxyHeader,
+  trustedProxies,
+  type Peer,
+  type ProxyGateOptions,
+  type ProxyRefusal,
+} from './proxy-protocol.js';
 
 export type ConnectionHandler = (stream: Duplex, req?: IncomingMessage) => void;
 
@@ -58,17 +68,33 @@ export function tlsOptions(mqtt: Config['mqtt']): TlsOptions | undefined {
 }
 
 export interface ListenerHooks {
-  /** Called for each accepted socket; false means the socket was refused (and destroyed). */
-  readonly admitSocket: (socket: Socket) => boolean;
-  /** A TLS handshake failed. */
-  readonly onTlsError: (reason: string, address: string | undefined) => void;
+  /**
+   * Called for each accepted socket with its client's address (from the PROXY
+   * header when there is one); false means the socket was refused (and destroyed).
+   */
+  readonly admitSocket: (socket: Socket, peer: Peer) => boolean;
+  /** A TLS handshake failed; `address` is the client's. */
+  readonly onTlsError: (reason: string, address: string) => void;
+  /** A connection was closed for its PROXY header or its balancer's address. */
+  readonly onProxyRefused: (reason: ProxyRefusal, address: string) => void;
 }
 
-/** A TCP server that admits each socket, then hands it to `next` (a TLS or HTTP server). */
-function acceptInto(next: Server, admit: (socket: Socket) => boolean): Server {
-  return createTcpServer((socket) => {
-    if (admit(socket)) next.emit('connection', socket);
-  });
+type Accept = (socket: Socket, next: (socket: Socket) => void) => void;
+
+/** Admits a socket, after its PROXY header when `proxy` is given, then hands it to `next`. */
+function acceptor(hooks: ListenerHooks, proxy: ProxyGateOptions | undefined): Accept {
+  return (socket, next) => {
+    const admit = (peer: Peer) => {
+      if (hooks.admitSocket(socket, peer)) next(socket);
+    };
+    if (proxy) readProxyHeader(socket, proxy, admit);
+    else admit(peerOfSocket(socket));
+  };
+}
+
+/** A TCP server that accepts each socket, then hands it to `next` (a TLS or HTTP server). */
+function acceptInto(next: Server, accept: Accept): Server {
+  return createTcpServer((socket) => accept(socket, (s) => next.emit('connection', s)));
 }
 
 export async function startListeners(
@@ -80,10 +106,18 @@ export async function startListeners(
 ): Promise<Listener[]> {
   const { mqtt } = config;
   const started: Listener[] = [];
+  const direct = acceptor(hooks, undefined);
+  const proxied =
+    mqtt.proxyProtocol === 'off'
+      ? direct
+      : acceptor(hooks, {
+          mode: mqtt.proxyProtocol,
+          trusted: trustedProxies(mqtt.proxyTrusted),
+          timeoutMs: mqtt.connectTimeoutMs,
+          onRefused: hooks.onProxyRefused,
+        });
   try {
-    const tcp = createTcpServer((socket) => {
-      if (hooks.admitSocket(socket)) handle(socket);
-    });
+    const tcp = createTcpServer((socket) => proxied(socket, handle));
     const tcpPort = await listen(tcp, mqtt.port, mqtt.host, 'MQTT_PORT');
     started.push({ kind: 'tcp', port: tcpPort, close: () => closeServer(tcp) });
 
@@ -94,9 +128,9 @@ export async function startListeners(
         (socket) => handle(socket),
       );
       server.on('tlsClientError', (err, socket) =>
-        hooks.onTlsError(err.message, socket.remoteAddress),
+        hooks.onTlsError(err.message, peerOfSocket(socket).address),
       );
-      const front = acceptInto(server, hooks.admitSocket);
+      const front = acceptInto(server, proxied);
       const port = await listen(front, mqtt.tlsPort, mqtt.host, 'MQTT_TLS_PORT');
       started.push({ kind: 'tls', port, close: () => closeServer(front) });
     }
@@ -109,7 +143,8 @@ export async function startListeners(
       // ws refuses larger WebSocket messages before buffering them (close code 1009).
       const wss = new WebSocketServer({ server: http, maxPayload: maxFrameBytes + 16 });
       wss.on('connection', (ws, req) => handle(createWebSocketStream(ws), req));
-      const front = acceptInto(http, hooks.admitSocket);
+      // WebSocket is not behind the PROXY protocol: a TCP balancer in front of it hides the client.
+      const front = acceptInto(http, direct);
       const port = await listen(front, mqtt.wsPort, mqtt.host, 'MQTT_WS_PORT');
       started.push({
         kind: 'ws',

@@ -13,7 +13,7 @@
 import type { AedesOptions, Client, ConnectPacket } from 'aedes';
 import type { Logger } from '../src/logger.js';
 import type { Metrics } from '../src/metrics.js';
-import { normalizeAddress } from './socket-gate.js';
+import { peerOfSocket, type Peer } from './proxy-protocol.js';
 
 type PreConnectHandler = NonNullable<AedesOptions['preConnect']>;
 
@@ -30,15 +30,15 @@ export function wantsAnonymousSession(client: Client): boolean {
   return anonymousPersistent.has(client);
 }
 
-/** The peer of a TCP or TLS socket, or of the HTTP request a WebSocket came in on. */
-export function peerOf(client: Client): { address: string; port: number | undefined } {
+/**
+ * The client of a TCP or TLS socket, or of the HTTP request a WebSocket came
+ * in on: the address its PROXY header named, when it had one.
+ */
+export function peerOf(client: Client): Peer {
   const conn = client.conn as { remoteAddress?: string; remotePort?: number };
   const req = (client as { req?: { socket?: { remoteAddress?: string; remotePort?: number } } })
     .req;
-  return {
-    address: normalizeAddress(conn.remoteAddress ?? req?.socket?.remoteAddress),
-    port: conn.remotePort ?? req?.socket?.remotePort,
-  };
+  return peerOfSocket(conn.remoteAddress === undefined && req?.socket ? req.socket : conn);
 }
 
 export function createPreConnect(log: Logger, metrics?: Metrics): PreConnectHandler {

@@ -38,16 +38,26 @@ export class SocketGate {
     this.#onRefused = options.onRefused;
   }
 
-  /** For a listener's accept: true when the socket may go on, false when it was destroyed. */
-  admit(socket: Socket): boolean {
-    const address = normalizeAddress(socket.remoteAddress);
+  /**
+   * For a listener's accept: true when the socket may go on, false when it was
+   * destroyed. `peer` is the client's address (behind a balancer, from the
+   * PROXY header); by default the socket's own peer.
+   */
+  admit(
+    socket: Socket,
+    peer: { address: string | undefined; port: number | undefined } = {
+      address: socket.remoteAddress,
+      port: socket.remotePort,
+    },
+  ): boolean {
+    const address = normalizeAddress(peer.address);
     const idle = this.#idle.get(address) ?? 0;
     if (idle >= this.#max) {
       socket.destroy();
       this.#onRefused(address);
       return false;
     }
-    const key = `${address}|${socket.remotePort ?? ''}`;
+    const key = `${address}|${peer.port ?? ''}`;
     this.#idle.set(address, idle + 1);
     this.#sockets.set(key, address);
     socket.once('close', () => this.#release(key));

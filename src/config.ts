@@ -6,6 +6,7 @@
  *
  * docs/configuration.md documents every key (a test keeps the two in step).
  */
+import { isIP } from 'node:net';
 import { CLUSTER_NAME } from './clickhouse/schema-cluster.js';
 import { PipelineError } from './errors.js';
 import { DEFAULT_LIMITS, parseLimits } from './mapping/plausibility.js';
@@ -93,6 +94,25 @@ const stageList: Parser<readonly WorkerStage[]> = (raw) => {
   return items as WorkerStage[];
 };
 
+/** Comma-separated IP addresses or CIDR ranges (MQTT_PROXY_TRUSTED). */
+const addressList: Parser<readonly string[]> = (raw) => {
+  const items = raw
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
+  const bad = items.filter((item) => {
+    const [address = '', bits, extra] = item.split('/');
+    const family = isIP(address);
+    if (family === 0 || extra !== undefined) return true;
+    if (bits === undefined) return false;
+    const n = Number(bits);
+    return !/^\d+$/.test(bits) || n > (family === 4 ? 32 : 128);
+  });
+  if (bad.length > 0)
+    throw new Error(`expected IP addresses or CIDR ranges, got "${bad.join('", "')}"`);
+  return items;
+};
+
 const optionalUrl =
   (...protocols: readonly string[]): Parser<string | undefined> =>
   (raw) =>
@@ -136,7 +156,7 @@ export const SETTINGS = {
       'REDIS_WAIT_AOF',
       false,
       bool,
-      "Before a PUBACK, wait until the master has fsynced the job to its append-only file (Redis WAITAOF; needs appendonly yes).",
+      'Before a PUBACK, wait until the master has fsynced the job to its append-only file (Redis WAITAOF; needs appendonly yes).',
     ),
     waitTimeoutMs: setting(
       'REDIS_WAIT_TIMEOUT_MS',
@@ -201,6 +221,18 @@ export const SETTINGS = {
       undefined as number | undefined,
       optionalInt(0, 65535),
       'MQTT over WebSocket port (unset = no WebSocket listener; 0 picks a free port).',
+    ),
+    proxyProtocol: setting(
+      'MQTT_PROXY_PROTOCOL',
+      'off',
+      oneOf('off', 'v1', 'v2', 'any'),
+      'PROXY protocol header required on the TCP and TLS listeners (off, v1, v2, any): behind a TCP load balancer, the client address it names is the one limits and logs use. When on, the port must be reachable from the load balancer only.',
+    ),
+    proxyTrusted: setting(
+      'MQTT_PROXY_TRUSTED',
+      [] as readonly string[],
+      addressList,
+      'Comma-separated addresses or CIDR ranges of the load balancers allowed to connect when MQTT_PROXY_PROTOCOL is on (empty = any).',
     ),
     connectTimeoutMs: setting(
       'MQTT_CONNECT_TIMEOUT_MS',

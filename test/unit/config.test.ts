@@ -48,6 +48,21 @@ describe('loadConfig', () => {
     expect(error?.message).toContain('MQTT_PORT: expected an integer, got "abc"');
   });
 
+  it('reads the PROXY protocol settings: a mode, and balancer addresses or CIDR ranges', () => {
+    const c = loadConfig({
+      MQTT_PROXY_PROTOCOL: 'v2',
+      MQTT_PROXY_TRUSTED: '10.0.1.5, 10.0.2.0/24,fd00::/8',
+    });
+    expect(c.mqtt.proxyProtocol).toBe('v2');
+    expect(c.mqtt.proxyTrusted).toEqual(['10.0.1.5', '10.0.2.0/24', 'fd00::/8']);
+    expect(loadConfig({}).mqtt.proxyProtocol).toBe('off');
+    expect(() =>
+      loadConfig({ MQTT_PROXY_PROTOCOL: 'yes', MQTT_PROXY_TRUSTED: 'lb.local,10.0.0.0/33' }),
+    ).toThrow(
+      /MQTT_PROXY_PROTOCOL: expected one of off, v1, v2, any.*MQTT_PROXY_TRUSTED: expected IP addresses or CIDR ranges, got "lb.local", "10.0.0.0\/33"/s,
+    );
+  });
+
   it('refuses unknown override keys', () => {
     expect(() => loadConfig({}, { mqtt: { prot: 1 } as never })).toThrow(
       /override "mqtt.prot": unknown setting/,
