@@ -136,7 +136,7 @@ export const SETTINGS = {
       'REDIS_WAIT_AOF',
       false,
       bool,
-      "Before a PUBACK, wait until the master has fsynced the job to its append-only file (Redis WAITAOF; needs appendonly yes).",
+      'Before a PUBACK, wait until the master has fsynced the job to its append-only file (Redis WAITAOF; needs appendonly yes).',
     ),
     waitTimeoutMs: setting(
       'REDIS_WAIT_TIMEOUT_MS',

@@ -1,0 +1,202 @@
+/**
+ * OpenTelemetry traces through the real pipeline: a real mqtt.js device
+ * publishes, the real broker, workers, HAPI (behind a recording proxy) and
+ * embedded ClickHouse process it, and a real OTLP/HTTP receiver in this test
+ * takes the exported spans. One trace spans broker → normalize → FHIR → mirror,
+ * HAPI receives the FHIR span's traceparent, no span holds the patient id or a
+ * payload value, and with tracing off nothing is exported or sent.
+ */
+import type { MqttClient } from 'mqtt';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import {
+  connectDevice,
+  enrol,
+  fhirSearch,
+  publish,
+  startHarness,
+  uniqueId,
+  waitFor,
+  type Harness,
+} from '../support/harness.js';
+import {
+  startOtlpReceiver,
+  type OtlpReceiver,
+  type ReceivedSpan,
+} from '../support/otlp-receiver.js';
+import { startRecordingProxy, type RecordingProxy } from '../support/recording-http-proxy.js';
+
+const fhirUrl = inject('fhirUrl');
+// A reading from the last hour, on a whole minute (the input policy refuses far-off clocks).
+const at = new Date(Math.floor(Date.now() / 60_000) * 60_000 - 30 * 60_000).toISOString();
+// Values no span attribute could hold by chance.
+const HEART_RATE = 73;
+const SPO2 = 96.25;
+
+async function observationCount(patientId: string): Promise<number> {
+  const bundle = await fhirSearch(fhirUrl, 'Observation', { subject: `Patient/${patientId}` });
+  return bundle.entry?.length ?? 0;
+}
+
+function only(spans: readonly ReceivedSpan[], what: string): ReceivedSpan {
+  expect(spans, what).toHaveLength(1);
+  return spans[0]!;
+}
+
+describe('traces on (OTEL_TRACES_EXPORTER=otlp)', () => {
+  let receiver: OtlpReceiver;
+  let proxy: RecordingProxy;
+  let h: Harness;
+  let client: MqttClient | undefined;
+  const deviceId = uniqueId('traced');
+  const patientId = uniqueId('patient');
+  let secret: string;
+
+  beforeAll(async () => {
+    receiver = await startOtlpReceiver();
+    proxy = await startRecordingProxy(new URL(fhirUrl), ['traceparent']);
+    h = await startHarness({
+      fhirUrl: proxy.url,
+      overrides: { tracing: { exporter: 'otlp', endpoint: receiver.url } },
+    });
+    secret = await enrol(h.pipeline, deviceId, `Patient/${patientId}`);
+    client = await connectDevice(h.mqttUrl, deviceId, secret);
+  });
+
+  afterAll(async () => {
+    client?.end(true);
+    await h?.close();
+    await proxy?.close();
+    await receiver?.close();
+  });
+
+  it('follows one message from the broker through normalize, FHIR and the mirror in one trace', async () => {
+    expect(h.pipeline.tracing.enabled).toBe(true);
+    // 1. A device publishes one QoS 1 message; its two Observations reach HAPI.
+    await publish(client!, `devices/${deviceId}/telemetry`, {
+      timestamp: at,
+      heartRate: HEART_RATE,
+      spo2: SPO2,
+    });
+    await waitFor(
+      () => observationCount(patientId),
+      (n) => n >= 2,
+      60_000,
+      'Observations',
+    );
+
+    // 2. The spans arrive at the receiver (the SDK exports in batches, every 5 s).
+    const spans = receiver.spans;
+    const byName = (name: string, parent?: ReceivedSpan) =>
+      spans.filter((s) => s.name === name && (!parent || s.parentSpanId === parent.spanId));
+    await waitFor(
+      () => {
+        const root = spans.find((s) => s.name === 'ingest enqueue');
+        const fhir = root && byName('fhir').find((s) => s.traceId === root.traceId);
+        return Promise.resolve(fhir !== undefined && byName('analytics', fhir).length > 0);
+      },
+      (done) => done,
+      60_000,
+      'the analytics span of the message trace',
+    );
+
+    // 3. One trace: broker enqueue (root) → normalize → fhir → analytics.
+    const root = only(byName('ingest enqueue'), 'one ingest job, one root span');
+    expect(root.parentSpanId).toBe('');
+    expect(root.service).toBe('iomt-all');
+    expect(root.attributes['messaging.batch.message_count']).toBe(1);
+    const normalize = only(byName('normalize', root), 'normalize span, child of the enqueue span');
+    const fhir = only(byName('fhir', normalize), 'fhir span, child of the normalize span');
+    const mirror = byName('analytics', fhir)[0]!;
+    for (const s of [normalize, fhir, mirror]) {
+      expect(s.traceId).toBe(root.traceId);
+      expect(s.attributes['iomt.stage']).toBe(s.name);
+      expect(s.status.code ?? 0).not.toBe(2); // STATUS_CODE_ERROR
+    }
+    expect(mirror.attributes['messaging.destination.name']).toBe('analytics');
+
+    // 4. The FHIR transaction is a client span of the fhir stage, and HAPI got its traceparent.
+    const transaction = only(byName('FHIR transaction', fhir), 'one transaction Bundle');
+    expect(transaction.attributes['http.request.method']).toBe('POST');
+    expect(transaction.attributes['http.response.status_code']).toBe(200);
+    const sent = proxy.requests.filter((r) => r.method === 'POST' && r.path.startsWith('/fhir'));
+    expect(sent.map((r) => r.headers.traceparent)).toContain(
+      `00-${root.traceId}-${transaction.spanId}-01`,
+    );
+    // Every FHIR request of this trace carried the traceparent of its own span.
+    const ofTrace = spans.filter((s) => s.traceId === root.traceId && s.name.startsWith('FHIR '));
+    const carried = new Set(proxy.requests.map((r) => r.headers.traceparent));
+    for (const s of ofTrace) expect(carried).toContain(`00-${root.traceId}-${s.spanId}-01`);
+
+    // 5. The worker's log lines for the job carry the OpenTelemetry trace id.
+    expect(
+      h.logs.some((l) => l.event === 'normalized' && l.traceId === root.traceId),
+      'the normalize log line carries the trace id',
+    ).toBe(true);
+
+    // 6. No span anywhere holds the patient id, the device id, its secret or a payload value.
+    const exported = receiver.bodies.join('\n');
+    for (const secretValue of [patientId, deviceId, secret, String(SPO2)])
+      expect(exported.includes(secretValue), `an export holds ${secretValue}`).toBe(false);
+    for (const s of spans)
+      for (const v of [
+        ...Object.values(s.attributes),
+        ...s.events.flatMap((e) => Object.values(e.attributes)),
+      ])
+        expect([HEART_RATE, SPO2]).not.toContain(v);
+  });
+});
+
+describe('traces off (the default)', () => {
+  let receiver: OtlpReceiver;
+  let proxy: RecordingProxy;
+  let h: Harness | undefined;
+  let client: MqttClient | undefined;
+
+  beforeAll(async () => {
+    receiver = await startOtlpReceiver();
+    proxy = await startRecordingProxy(new URL(fhirUrl), ['traceparent']);
+  });
+
+  afterAll(async () => {
+    client?.end(true);
+    await h?.close();
+    await proxy?.close();
+    await receiver?.close();
+  });
+
+  it('exports nothing and sends no traceparent, even with an endpoint set', async () => {
+    const deviceId = uniqueId('untraced');
+    const patientId = uniqueId('patient');
+    // 1. The endpoint is set, the exporter left at its default (none).
+    h = await startHarness({
+      fhirUrl: proxy.url,
+      roles: ['broker', 'worker'],
+      overrides: {
+        tracing: { endpoint: receiver.url },
+        worker: { stages: ['normalize', 'fhir'] },
+      },
+    });
+    expect(h.pipeline.config.tracing.exporter).toBe('none');
+    expect(h.pipeline.tracing.enabled).toBe(false);
+    const secret = await enrol(h.pipeline, deviceId, `Patient/${patientId}`);
+    client = await connectDevice(h.mqttUrl, deviceId, secret);
+
+    // 2. A message goes all the way to HAPI.
+    await publish(client, `devices/${deviceId}/telemetry`, { timestamp: at, heartRate: 64 });
+    await waitFor(
+      () => observationCount(patientId),
+      (n) => n >= 1,
+      60_000,
+      'Observation',
+    );
+
+    // 3. Closing would flush any buffered span: still nothing reached the receiver.
+    client.end(true);
+    client = undefined;
+    await h.close();
+    h = undefined;
+    expect(receiver.requests()).toBe(0);
+    expect(proxy.requests.length).toBeGreaterThan(0);
+    expect(proxy.requests.filter((r) => r.headers.traceparent !== undefined)).toEqual([]);
+  });
+});
