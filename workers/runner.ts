@@ -75,11 +75,11 @@ export function createRunner<T extends Retried & Traced>(
 
   // Every job a stage adds goes through here: each carries the stage's span.
   async function apply(job: Job<T>, r: StageResult<T>, span: TraceSpan): Promise<void> {
-    const traced = span.traceparent !== undefined ? { traceparent: span.traceparent } : {};
+    const traced = <D extends Traced>(data: D): D =>
+      span.traceparent === undefined ? data : { ...data, traceparent: span.traceparent };
     for (const n of r.next) {
-      if (n.queue === 'fhir')
-        await ports.fhir.add(n.name, { ...n.data, ...traced }, { jobId: n.jobId });
-      else await ports.analytics.add(n.name, { ...n.data, ...traced }, { jobId: n.jobId });
+      if (n.queue === 'fhir') await ports.fhir.add(n.name, traced(n.data), { jobId: n.jobId });
+      else await ports.analytics.add(n.name, traced(n.data), { jobId: n.jobId });
     }
     for (const d of r.deadLetters)
       span.event('dead-letter', { 'iomt.error.code': d.error.code, 'iomt.stage': d.error.stage });

@@ -140,14 +140,18 @@ export function createFhirGateway(options: FhirGatewayOptions): FhirGateway {
   const server = new URL(base);
   const serverPort = Number(server.port) || (server.protocol === 'https:' ? 443 : 80);
 
-  /** One request (and its one resend after a 401) as a client span: method, server, status. */
+  /**
+   * One request (and its one resend after a 401) as a client span: method,
+   * server, status. Only inside a traced job: readiness probes and admin reads
+   * would otherwise make a trace each.
+   */
   async function send(
     method: 'GET' | 'PUT' | 'POST',
     path: string,
     what: string,
     init: { body?: unknown; headers?: Record<string, string>; signal?: AbortSignal } = {},
   ): Promise<Answer> {
-    if (!tracing.enabled) return sendTraced(method, path, what, init, undefined);
+    if (!tracing.inSpan()) return sendTraced(method, path, what, init, undefined);
     const span = tracing.start(`FHIR ${what}`, {
       kind: 'client',
       attributes: {

@@ -92,6 +92,7 @@ export function createOtlpTracing(options: TracingOptions): Tracing {
       const ctx = (span as { ctx?: Context }).ctx;
       return ctx ? running.run(ctx, fn) : fn();
     },
+    inSpan: () => running.getStore() !== undefined,
     async close() {
       await provider.shutdown();
     },

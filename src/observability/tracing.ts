@@ -73,6 +73,8 @@ export interface Tracing {
   start(name: string, options?: SpanOptions): TraceSpan;
   /** Runs `fn` with `span` as the running span (it follows awaits). */
   within<T>(span: TraceSpan, fn: () => Promise<T>): Promise<T>;
+  /** Whether a span is running here (inside `within`). */
+  inSpan(): boolean;
   /** Exports what is buffered, then stops. */
   close(): Promise<void>;
 }
@@ -91,6 +93,7 @@ export const TRACING_OFF: Tracing = {
   enabled: false,
   start: () => NO_SPAN,
   within: (_span, fn) => fn(),
+  inSpan: () => false,
   close: () => Promise.resolve(),
 };
 
