@@ -160,6 +160,42 @@ describe('traces on (OTEL_TRACES_EXPORTER=otlp)', () => {
       ])
         expect([HEART_RATE, SPO2]).not.toContain(v);
   });
+
+  it('records the trace on a dead letter: its trace id, the span that dead-lettered it, an event with the code', async () => {
+    // 1. A message that is not JSON is dead-lettered by the normalize stage.
+    await publish(client!, `devices/${deviceId}/telemetry`, 'not json {');
+    const dead = await waitFor(
+      async () =>
+        (await h.pipeline.queues.deadLetter.getWaiting()).filter(
+          (j) => j.data.deviceId === deviceId,
+        ),
+      (l) => l.length === 1,
+      60_000,
+      'the dead letter',
+    );
+    const letter = dead[0]!.data;
+    expect(letter.stage).toBe('normalize');
+
+    // 2. Its traceId is the trace of its ingest job; its traceparent the normalize span.
+    const spans = receiver.spans;
+    const normalize = () =>
+      spans.find((s) => s.name === 'normalize' && s.traceId === letter.traceId);
+    await waitFor(
+      () => Promise.resolve(normalize() !== undefined),
+      (found) => found,
+      60_000,
+      'the normalize span of the dead letter',
+    );
+    const span = normalize()!;
+    const root = spans.find((s) => s.spanId === span.parentSpanId);
+    expect(root?.name).toBe('ingest enqueue');
+    expect(letter.traceparent).toBe(`00-${letter.traceId}-${span.spanId}-01`);
+    expect(span.attributes['iomt.dead_letters']).toBe(1);
+    expect(span.events).toContainEqual({
+      name: 'dead-letter',
+      attributes: { 'iomt.error.code': letter.code, 'iomt.stage': 'normalize' },
+    });
+  });
 });
 
 describe('traces off (the default)', () => {
