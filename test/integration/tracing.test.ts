@@ -8,6 +8,9 @@
  */
 import type { MqttClient } from 'mqtt';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { loadConfig } from '../../src/config.js';
+import { createConfiguredFhirGateway } from '../../src/fhir/gateway.js';
+import { createTracing } from '../../src/observability/tracing.js';
 import {
   connectDevice,
   enrol,
@@ -250,5 +253,43 @@ describe('traces off (the default)', () => {
     expect(receiver.requests()).toBe(0);
     expect(proxy.requests.length).toBeGreaterThan(0);
     expect(proxy.requests.filter((r) => r.headers.traceparent !== undefined)).toEqual([]);
+  });
+});
+
+describe('FHIR_SEND_TRACEPARENT', () => {
+  it('false keeps the FHIR client span but sends no traceparent header; true sends it', async () => {
+    const receiver = await startOtlpReceiver();
+    const proxy = await startRecordingProxy(new URL(fhirUrl), ['traceparent']);
+    try {
+      for (const send of [false, true]) {
+        // 1. A gateway built as the pipeline builds it, tracing on.
+        const config = loadConfig(
+          {},
+          {
+            fhir: { url: proxy.url },
+            tracing: { exporter: 'otlp', endpoint: receiver.url, fhirTraceparent: send },
+          },
+        );
+        const tracing = await createTracing({ settings: config.tracing, serviceName: 'test' });
+        const gateway = createConfiguredFhirGateway(config, tracing);
+        // 2. One request inside a stage-like span.
+        const stage = tracing.start('fhir');
+        await tracing.within(stage, () => gateway.capabilities());
+        stage.end();
+        await tracing.close();
+        const request = proxy.requests.at(-1)!;
+        expect(request.path).toBe('/fhir/metadata');
+        const client = receiver.spans.find(
+          (s) => s.name === 'FHIR metadata' && s.traceId === stage.traceId,
+        );
+        expect(client?.parentSpanId).toBeTruthy();
+        expect(request.headers.traceparent).toBe(
+          send ? `00-${stage.traceId}-${client!.spanId}-01` : undefined,
+        );
+      }
+    } finally {
+      await proxy.close();
+      await receiver.close();
+    }
   });
 });
