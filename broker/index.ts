@@ -34,6 +34,7 @@ import type { DeviceRegistry } from '../src/devices/registry.js';
 import type { ErrorCode } from '../src/errors.js';
 import type { Logger } from '../src/logger.js';
 import type { Metrics } from '../src/metrics.js';
+import type { Tracing } from '../src/observability/tracing.js';
 import type { TelemetryMessage } from '../src/queues.js';
 import { createAuthenticate, deviceOf, refusedAtConnect } from './authenticate.js';
 import {
@@ -75,6 +76,8 @@ export interface BrokerOptions {
   readonly redis?: RedisConnection;
   readonly log: Logger;
   readonly metrics?: Metrics;
+  /** A root span per ingest job (tracing on: src/observability/tracing.ts). */
+  readonly tracing?: Tracing;
   /**
    * A Redis connection for SUBSCRIBE: re-keyed, unassigned or removed devices'
    * sessions end at once (revocation.ts). Absent: only at their next CONNECT.
@@ -160,6 +163,7 @@ export async function startBroker(options: BrokerOptions): Promise<RunningBroker
     },
     maxMessages: m.batchMaxMessages,
     ...(backpressure ? { gate: backpressure } : {}),
+    ...(options.tracing ? { tracing: options.tracing } : {}),
   });
   const throttle = new DeviceThrottle({ ratePerSecond: m.deviceMaxRate, burst: m.deviceBurst });
 

@@ -8,13 +8,18 @@
  * Contract: enqueue(message) → resolves when durable, rejects (QueueUnavailable)
  * when Redis refused the write; the caller then withholds the PUBACK.
  *
+ * Tracing on: each job is one trace, whose root span ("ingest enqueue") runs
+ * from its oldest message's arrival to the job stored; the job carries that
+ * span as its `traceparent` and its trace id as `traceId`.
+ *
  * An admission gate (backpressure.ts) may ask a job write to wait: the
  * messages keep gathering meanwhile, so the job, when it goes, takes them all
  * (up to maxMessages).
  */
 import { randomUUID } from 'node:crypto';
 import { PipelineError } from '../src/errors.js';
-import type { IngestJobData, TelemetryMessage } from '../src/queues.js';
+import { TRACING_OFF, type Tracing } from '../src/observability/tracing.js';
+import { QUEUE, type IngestJobData, type TelemetryMessage } from '../src/queues.js';
 import type { AdmissionGate } from './backpressure.js';
 
 /** The one thing the batcher needs from a queue: store a job durably. */
@@ -30,6 +35,8 @@ export interface IngestBatcherOptions {
   readonly maxInFlight?: number;
   /** Asked before each job write (backpressure); absent: jobs go at once. */
   readonly gate?: AdmissionGate;
+  /** Spans per job (tracing on); absent: none. */
+  readonly tracing?: Tracing;
   readonly now?: () => number;
 }
 
@@ -46,6 +53,7 @@ export class IngestBatcher {
   readonly #maxMessages: number;
   readonly #maxInFlight: number;
   readonly #gate: AdmissionGate | undefined;
+  readonly #tracing: Tracing;
   readonly #now: () => number;
   #pending: Pending[] = [];
   #inFlight = 0;
@@ -58,6 +66,7 @@ export class IngestBatcher {
     this.#maxMessages = options.maxMessages;
     this.#maxInFlight = options.maxInFlight ?? 2;
     this.#gate = options.gate;
+    this.#tracing = options.tracing ?? TRACING_OFF;
     this.#now = options.now ?? Date.now;
   }
 
@@ -110,14 +119,31 @@ export class IngestBatcher {
       }
       const batch = this.#pending.splice(0, this.#maxMessages);
       this.#inFlight++;
-      const data: IngestJobData = { traceId: randomUUID(), messages: batch.map((p) => p.message) };
+      const span = this.#tracing.start('ingest enqueue', {
+        kind: 'producer',
+        startTime: batch[0]!.at,
+        attributes: {
+          'messaging.system': 'bullmq',
+          'messaging.operation.type': 'send',
+          'messaging.destination.name': QUEUE.ingest,
+          'messaging.batch.message_count': batch.length,
+        },
+      });
+      const data: IngestJobData = {
+        traceId: span.traceId ?? randomUUID(),
+        ...(span.traceparent !== undefined ? { traceparent: span.traceparent } : {}),
+        messages: batch.map((p) => p.message),
+      };
       this.#sink
         .add('batch', data)
         .then(
           () => {
+            span.end();
             for (const p of batch) p.resolve();
           },
           (err: unknown) => {
+            span.fail('QueueUnavailable');
+            span.end();
             const e = new PipelineError(
               'QueueUnavailable',
               `could not store messages in Redis: ${(err as Error).message}`,

@@ -763,6 +763,32 @@ export const SETTINGS = {
       "Observability server of this process, whatever its roles: /metrics, /healthz and /readyz, with the admin API's token rule (unset = none; the admin role serves them on ADMIN_PORT too; 0 picks a free port).",
     ),
   },
+  tracing: {
+    exporter: setting(
+      'OTEL_TRACES_EXPORTER',
+      'none',
+      oneOf('none', 'otlp'),
+      'OpenTelemetry traces: none (the default: no exporter, no network, nothing recorded) or otlp (OTLP/HTTP JSON to OTEL_EXPORTER_OTLP_ENDPOINT; docs/operations.md, traces).',
+    ),
+    endpoint: setting(
+      'OTEL_EXPORTER_OTLP_ENDPOINT',
+      'http://localhost:4318',
+      url('http:', 'https:'),
+      'OTLP/HTTP collector base URL; spans go to its /v1/traces. Used only when OTEL_TRACES_EXPORTER=otlp.',
+    ),
+    serviceName: setting(
+      'OTEL_SERVICE_NAME',
+      undefined as string | undefined,
+      optionalStr,
+      "service.name of this process's spans (unset = iomt-<role>: iomt-broker, iomt-worker, iomt-admin, or iomt-all for every role).",
+    ),
+    fhirTraceparent: setting(
+      'FHIR_SEND_TRACEPARENT',
+      true,
+      bool,
+      'With traces on, send the W3C traceparent header on each FHIR request so the FHIR server can join the trace; false when the server or a gateway in front refuses unknown headers.',
+    ),
+  },
   log: {
     level: setting(
       'LOG_LEVEL',

@@ -30,7 +30,14 @@ import {
   MappingLifecycle,
 } from './mapping/lifecycle/index.js';
 import { createMetrics, type Metrics } from './metrics.js';
-import { readinessProbes, startRoleServer, type RunningRoleServer } from './observability/index.js';
+import {
+  createTracing,
+  readinessProbes,
+  serviceName,
+  startRoleServer,
+  type RunningRoleServer,
+  type Tracing,
+} from './observability/index.js';
 import {
   backlogJobs,
   createQueues,
@@ -68,6 +75,8 @@ export interface Pipeline {
   readonly templates: TemplateActivation | undefined;
   /** /metrics, /healthz and /readyz on METRICS_PORT (whatever the roles), when it is set. */
   readonly observability: RunningRoleServer | undefined;
+  /** OpenTelemetry traces (OTEL_TRACES_EXPORTER; off by default: no-ops). */
+  readonly tracing: Tracing;
   close(): Promise<void>;
 }
 
@@ -98,17 +107,29 @@ export async function startPipeline(
         'Set ADMIN_TOKEN (e.g. openssl rand -hex 32), or ADMIN_AUTH=none on a development machine.',
     );
   }
+  // Off by default: then a shared no-op, and the OpenTelemetry SDK is not even loaded.
+  const tracing = await createTracing({
+    settings: config.tracing,
+    serviceName: serviceName(config.tracing.serviceName, roles),
+  });
   // One FHIR gateway for the whole process: every request to the server goes through it.
   // Built first: unreadable FHIR_AUTH files or keys stop the start before any connection.
-  const fhir = createConfiguredFhirGateway(config);
+  let fhir: FhirGateway;
+  try {
+    fhir = createConfiguredFhirGateway(config, tracing);
+  } catch (err) {
+    await tracing.close();
+    throw err;
+  }
   const metrics = createMetrics();
   const redis = createRedis(config.redis.url);
   const workerRedis = roles.includes('worker') ? createRedis(config.redis.url, true) : undefined;
   const queues = createQueues(redis, queuePrefix(config.redis.url, config.redis.prefix));
   if (config.redis.waitAof && roles.includes('broker'))
-    await checkWaitAof(redis).catch((err: unknown) => {
+    await checkWaitAof(redis).catch(async (err: unknown) => {
       redis.disconnect();
       workerRedis?.disconnect();
+      await tracing.close();
       throw err;
     });
   const registry = new DeviceRegistry(redis, config.redis.prefix);
@@ -168,6 +189,8 @@ export async function startPipeline(
     await analyticsStore?.close();
     redis.disconnect();
     workerRedis?.disconnect();
+    // Last: the spans of everything above are exported before the process ends.
+    await tracing.close();
   };
 
   try {
@@ -235,6 +258,7 @@ export async function startPipeline(
         ...(analyticsStore ? { analyticsStore } : {}),
         log,
         metrics,
+        tracing,
       });
     }
     if (roles.includes('broker'))
@@ -246,6 +270,7 @@ export async function startPipeline(
         redis,
         log,
         metrics,
+        tracing,
         ...(revocationRedis ? { revocationSubscriber: revocationRedis } : {}),
       });
     if (roles.includes('admin'))
@@ -308,6 +333,7 @@ export async function startPipeline(
     workers,
     templates,
     observability,
+    tracing,
     close,
   };
 }

@@ -67,8 +67,18 @@ export interface Retried {
   readonly transientRetries?: number;
 }
 
-export interface IngestJobData extends Retried {
+/**
+ * What ties a job to its trace. `traceId` names the batch in logs and dead
+ * letters (a random UUID, or the OpenTelemetry trace id when tracing is on);
+ * `traceparent` (W3C Trace Context, tracing on only) is the span that added
+ * the job: the next stage's span is its child (src/observability/tracing.ts).
+ */
+export interface Traced {
   readonly traceId: string;
+  readonly traceparent?: string;
+}
+
+export interface IngestJobData extends Retried, Traced {
   readonly messages: readonly TelemetryMessage[];
 }
 
@@ -131,8 +141,7 @@ export interface MessageOutcome {
   readonly decidedAt: number;
 }
 
-export interface FhirJobData extends Retried {
-  readonly traceId: string;
+export interface FhirJobData extends Retried, Traced {
   /** Patients the Observations reference (Create mode; empty in the Lookup modes). */
   readonly patients: readonly PatientRef[];
   /**
@@ -150,8 +159,7 @@ export interface FhirJobData extends Retried {
   readonly associations?: readonly string[];
 }
 
-export interface AnalyticsJobData extends Retried {
-  readonly traceId: string;
+export interface AnalyticsJobData extends Retried, Traced {
   /** FHIR commit time, epoch milliseconds. */
   readonly committedAt: number;
   readonly observations: readonly ObservationEnvelope[];
@@ -161,8 +169,7 @@ export interface AnalyticsJobData extends Retried {
   readonly associations?: readonly DeviceAssociationRow[];
 }
 
-export interface DeadLetterJobData {
-  readonly traceId: string;
+export interface DeadLetterJobData extends Traced {
   readonly stage: Stage;
   readonly code: ErrorCode;
   /** The cause's message: written by us, never payload values. */

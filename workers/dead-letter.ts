@@ -27,10 +27,12 @@ export interface DeadLetterInput {
   readonly key: string;
 }
 
+/** `traceparent`: the span that dead-lettered them (tracing on), kept beside their traceId. */
 export async function deadLetter(
   queue: Queue<DeadLetterJobData>,
   items: readonly DeadLetterInput[],
   metrics?: Metrics,
+  traceparent?: string,
 ): Promise<void> {
   if (items.length === 0) return;
   await queue.addBulk(
@@ -38,6 +40,7 @@ export async function deadLetter(
       name: d.error.code,
       data: {
         traceId: d.traceId,
+        ...(traceparent !== undefined ? { traceparent } : {}),
         stage: d.error.stage,
         code: d.error.code,
         reason: d.error.message,

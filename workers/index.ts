@@ -25,7 +25,8 @@ import type { Logger } from '../src/logger.js';
 import type { MappingSet } from '../src/mapping/index.js';
 import type { Metrics } from '../src/metrics.js';
 import { backoffDelay, queuePrefix, type Queues } from '../src/queue-runtime.js';
-import type { Retried } from '../src/queues.js';
+import type { Tracing } from '../src/observability/tracing.js';
+import type { Retried, Traced } from '../src/queues.js';
 import { createAnalyticsStage } from './analytics-mirror.js';
 import { createFhirWriterStage } from './fhir-writer.js';
 import { createNormalizeStage } from './normalize.js';
@@ -50,6 +51,8 @@ export interface WorkerDeps {
   readonly analyticsStore?: AnalyticsStore;
   readonly log: Logger;
   readonly metrics?: Metrics;
+  /** A span per job run, child of the job's traceparent (tracing on). */
+  readonly tracing?: Tracing;
 }
 
 /** Stalls before BullMQ gives a job up as failed: high, because a stall is a crash, not bad data. */
@@ -65,13 +68,14 @@ export function startWorkers(deps: WorkerDeps): RunningWorkers {
   const stages = new Set(config.worker.stages);
   const workers: Worker[] = [];
 
-  function run<T extends Retried>(stage: Stage<T>): void {
+  function run<T extends Retried & Traced>(stage: Stage<T>): void {
     const runner = createRunner(stage, {
       fhir: queues.fhir,
       analytics: queues.analytics,
       deadLetter: queues.deadLetter,
       log,
       ...(deps.metrics ? { metrics: deps.metrics } : {}),
+      ...(deps.tracing ? { tracing: deps.tracing } : {}),
       retryCapMs: config.worker.retryCapMs,
       maxTransientRetries: config.worker.maxTransientRetries,
     });

@@ -12,12 +12,19 @@
  * everything it held (stage.wholeJobFailure). A remainder that keeps failing
  * transiently is dead-lettered after WORKER_MAX_TRANSIENT_RETRIES rounds, with
  * the transient code, so it can be replayed.
+ *
+ * Tracing on: each run of a job is a span named after the stage, child of the
+ * job's `traceparent`; every job it adds (next jobs, dead letters, outcomes)
+ * carries this span as its own `traceparent`, and the stage sees the trace id
+ * as the job's traceId (so a replayed or association job, which starts a new
+ * trace, still logs the id its trace has).
  */
 import { createHash } from 'node:crypto';
 import { DelayedError, type Job, type Queue } from 'bullmq';
 import { queueDecision, toPipelineError } from '../src/errors.js';
 import type { Logger } from '../src/logger.js';
 import type { Metrics } from '../src/metrics.js';
+import { TRACING_OFF, type TraceSpan, type Tracing } from '../src/observability/tracing.js';
 import { backoffDelay } from '../src/queue-runtime.js';
 import {
   JOB_ID,
@@ -26,6 +33,7 @@ import {
   type FhirJobData,
   type MessageOutcome,
   type Retried,
+  type Traced,
 } from '../src/queues.js';
 import { deadLetter } from './dead-letter.js';
 import type { Stage, StageJob, StageResult } from './stage.js';
@@ -36,6 +44,8 @@ export interface RunnerPorts {
   readonly deadLetter: Queue<DeadLetterJobData>;
   readonly log: Logger;
   readonly metrics?: Metrics;
+  /** A span per job run (tracing on); absent: none. */
+  readonly tracing?: Tracing;
   /** Longest wait between two retries, ms (WORKER_RETRY_MAX_DELAY_MS). */
   readonly retryCapMs: number;
   /** Rounds of transient retries of a remainder before it is dead-lettered. */
@@ -50,32 +60,52 @@ function digest(ids: readonly string[]): string {
   return h.digest('hex').slice(0, 16);
 }
 
-export interface StageRunner<T extends Retried> {
+export interface StageRunner<T extends Retried & Traced> {
   /** The BullMQ processor. */
   process(job: Job<T>, token?: string): Promise<void>;
 }
 
-export function createRunner<T extends Retried>(
+export function createRunner<T extends Retried & Traced>(
   stage: Stage<T>,
   ports: RunnerPorts,
 ): StageRunner<T> {
   const now = ports.now ?? Date.now;
   const random = ports.random ?? Math.random;
+  const tracing = ports.tracing ?? TRACING_OFF;
 
-  async function apply(job: Job<T>, r: StageResult<T>): Promise<void> {
+  // Every job a stage adds goes through here: each carries the stage's span.
+  async function apply(job: Job<T>, r: StageResult<T>, span: TraceSpan): Promise<void> {
+    const traced = <D extends Traced>(data: D): D =>
+      span.traceparent === undefined ? data : { ...data, traceparent: span.traceparent };
     for (const n of r.next) {
-      if (n.queue === 'fhir') await ports.fhir.add(n.name, n.data, { jobId: n.jobId });
-      else await ports.analytics.add(n.name, n.data, { jobId: n.jobId });
+      if (n.queue === 'fhir') await ports.fhir.add(n.name, traced(n.data), { jobId: n.jobId });
+      else await ports.analytics.add(n.name, traced(n.data), { jobId: n.jobId });
     }
-    await deadLetter(ports.deadLetter, r.deadLetters, ports.metrics);
-    if (r.outcomes.length > 0) await addOutcomes(job, r.outcomes);
+    for (const d of r.deadLetters)
+      span.event('dead-letter', { 'iomt.error.code': d.error.code, 'iomt.stage': d.error.stage });
+    await deadLetter(ports.deadLetter, r.deadLetters, ports.metrics, span.traceparent);
+    if (r.outcomes.length > 0) await addOutcomes(job, r.outcomes, span);
+    span.set({
+      'iomt.next_jobs': r.next.length,
+      'iomt.dead_letters': r.deadLetters.length,
+      'iomt.retried': r.retry !== undefined,
+    });
   }
 
-  async function addOutcomes(job: Job<T>, outcomes: readonly MessageOutcome[]): Promise<void> {
-    const data = job.data as { traceId?: string };
+  async function addOutcomes(
+    job: Job<T>,
+    outcomes: readonly MessageOutcome[],
+    span: TraceSpan,
+  ): Promise<void> {
     await ports.analytics.add(
       'messages',
-      { traceId: data.traceId ?? '', committedAt: now(), observations: [], messages: outcomes },
+      {
+        traceId: span.traceId ?? job.data.traceId,
+        ...(span.traceparent !== undefined ? { traceparent: span.traceparent } : {}),
+        committedAt: now(),
+        observations: [],
+        messages: outcomes,
+      },
       {
         jobId: JOB_ID.outcomesOf(
           stage.name,
@@ -86,73 +116,101 @@ export function createRunner<T extends Retried>(
     );
   }
 
-  function stageJob(job: Job<T>, data: T = job.data): StageJob<T> {
-    return { id: job.id ?? '', data };
+  // Tracing on: the stage sees the trace id as the job's traceId (logs join the trace).
+  function stageJob(job: Job<T>, span: TraceSpan, data: T = job.data): StageJob<T> {
+    const traceId = span.traceId ?? data.traceId;
+    return { id: job.id ?? '', data: traceId === data.traceId ? data : { ...data, traceId } };
+  }
+
+  async function run(job: Job<T>, span: TraceSpan, token: string | undefined): Promise<void> {
+    const started = performance.now();
+    try {
+      let r: StageResult<T>;
+      try {
+        r = await stage.run(stageJob(job, span));
+      } catch (err) {
+        const e = toPipelineError(err);
+        const attempts = job.opts.attempts ?? 1;
+        if (queueDecision(e).action === 'retry' && job.attemptsMade + 1 < attempts) throw e;
+        ports.log.warn(
+          {
+            event: 'job-dead-lettered',
+            stage: stage.name,
+            jobId: job.id,
+            code: e.code,
+            reason: e.message,
+          },
+          'job dead-lettered whole',
+        );
+        r = stage.wholeJobFailure(stageJob(job, span), e);
+      }
+      await apply(job, r, span);
+      if (!r.retry) return;
+
+      const rounds = (job.data.transientRetries ?? 0) + 1;
+      if (rounds > ports.maxTransientRetries) {
+        ports.log.warn(
+          {
+            event: 'retries-exhausted',
+            stage: stage.name,
+            jobId: job.id,
+            code: r.retry.error.code,
+            rounds,
+          },
+          'transient failures outlasted the retries: dead-lettered',
+        );
+        await apply(
+          job,
+          stage.wholeJobFailure(stageJob(job, span, r.retry.data), r.retry.error),
+          span,
+        );
+        return;
+      }
+      const delay = backoffDelay(rounds, r.retry.error, random, ports.retryCapMs);
+      ports.log.warn(
+        {
+          event: 'retry-remainder',
+          stage: stage.name,
+          jobId: job.id,
+          code: r.retry.error.code,
+          reason: r.retry.error.message,
+          rounds,
+          delayMs: delay,
+        },
+        'some entries failed transiently; rescheduling those',
+      );
+      // The job keeps only what is left; done or dead-lettered items are not redone.
+      await job.updateData({ ...r.retry.data, transientRetries: rounds });
+      await job.moveToDelayed(now() + delay, token);
+      throw new DelayedError();
+    } finally {
+      ports.metrics?.stageSeconds.observe(
+        { stage: stage.name },
+        (performance.now() - started) / 1000,
+      );
+    }
   }
 
   return {
     async process(job, token) {
-      const started = performance.now();
+      const span = tracing.start(stage.name, {
+        kind: 'consumer',
+        parent: job.data.traceparent,
+        attributes: {
+          'iomt.stage': stage.name,
+          'iomt.job.id': job.id ?? '',
+          'messaging.system': 'bullmq',
+          'messaging.operation.type': 'process',
+          'messaging.destination.name': stage.queue,
+        },
+      });
       try {
-        let r: StageResult<T>;
-        try {
-          r = await stage.run(stageJob(job));
-        } catch (err) {
-          const e = toPipelineError(err);
-          const attempts = job.opts.attempts ?? 1;
-          if (queueDecision(e).action === 'retry' && job.attemptsMade + 1 < attempts) throw e;
-          ports.log.warn(
-            {
-              event: 'job-dead-lettered',
-              stage: stage.name,
-              jobId: job.id,
-              code: e.code,
-              reason: e.message,
-            },
-            'job dead-lettered whole',
-          );
-          r = stage.wholeJobFailure(stageJob(job), e);
-        }
-        await apply(job, r);
-        if (!r.retry) return;
-
-        const rounds = (job.data.transientRetries ?? 0) + 1;
-        if (rounds > ports.maxTransientRetries) {
-          ports.log.warn(
-            {
-              event: 'retries-exhausted',
-              stage: stage.name,
-              jobId: job.id,
-              code: r.retry.error.code,
-              rounds,
-            },
-            'transient failures outlasted the retries: dead-lettered',
-          );
-          await apply(job, stage.wholeJobFailure(stageJob(job, r.retry.data), r.retry.error));
-          return;
-        }
-        const delay = backoffDelay(rounds, r.retry.error, random, ports.retryCapMs);
-        ports.log.warn(
-          {
-            event: 'retry-remainder',
-            stage: stage.name,
-            jobId: job.id,
-            code: r.retry.error.code,
-            reason: r.retry.error.message,
-            rounds,
-            delayMs: delay,
-          },
-          'some entries failed transiently; rescheduling those',
-        );
-        // The job keeps only what is left; done or dead-lettered items are not redone.
-        await job.updateData({ ...r.retry.data, transientRetries: rounds });
-        await job.moveToDelayed(now() + delay, token);
-        throw new DelayedError();
+        await tracing.within(span, () => run(job, span, token));
+      } catch (err) {
+        if (!(err instanceof DelayedError)) span.fail(toPipelineError(err).code);
+        throw err;
       } finally {
-        ports.metrics?.stageSeconds.observe(
-          { stage: stage.name },
-          (performance.now() - started) / 1000,
-        );
+        span.end();
       }
     },
   };

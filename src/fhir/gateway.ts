@@ -22,7 +22,8 @@
  */
 import type { Bundle, BundleEntry, OperationOutcome, Resource } from 'fhir/r4.js';
 import type { Config } from '../config.js';
-import { PipelineError } from '../errors.js';
+import { PipelineError, toPipelineError } from '../errors.js';
+import { TRACING_OFF, type Tracing } from '../observability/tracing.js';
 import { createFhirAuthorizer, type FhirAuthorizer } from './auth.js';
 import { fhirError, statusError } from './errors.js';
 
@@ -32,6 +33,10 @@ export interface FhirGatewayOptions {
   readonly timeoutMs: number;
   /** Authenticates each request (FHIR_AUTH); none when unset. */
   readonly auth?: FhirAuthorizer;
+  /** A client span per request (tracing on); absent: none. */
+  readonly tracing?: Tracing;
+  /** Send that span as the W3C `traceparent` header (FHIR_SEND_TRACEPARENT). */
+  readonly sendTraceparent?: boolean;
 }
 
 export interface UpdateAnswer<T> {
@@ -99,7 +104,8 @@ export interface FhirGateway {
 
 /** The process's gateway as the configuration says: FHIR_URL, FHIR_TIMEOUT_MS, FHIR_AUTH. */
 export function createConfiguredFhirGateway(
-  config: Pick<Config, 'fhir' | 'fhirAuth'>,
+  config: Pick<Config, 'fhir' | 'fhirAuth'> & Partial<Pick<Config, 'tracing'>>,
+  tracing: Tracing = TRACING_OFF,
 ): FhirGateway {
   const auth = createFhirAuthorizer(config.fhirAuth, config.fhir.url, {
     timeoutMs: config.fhir.timeoutMs,
@@ -108,6 +114,8 @@ export function createConfiguredFhirGateway(
     baseUrl: config.fhir.url,
     timeoutMs: config.fhir.timeoutMs,
     ...(auth !== undefined ? { auth } : {}),
+    tracing,
+    sendTraceparent: config.tracing?.fhirTraceparent ?? true,
   });
 }
 
@@ -128,11 +136,56 @@ interface Answer {
 export function createFhirGateway(options: FhirGatewayOptions): FhirGateway {
   const base = options.baseUrl.replace(/\/+$/, '');
 
+  const tracing = options.tracing ?? TRACING_OFF;
+  const server = new URL(base);
+  const serverPort = Number(server.port) || (server.protocol === 'https:' ? 443 : 80);
+
+  /**
+   * One request (and its one resend after a 401) as a client span: method,
+   * server, status. Only inside a traced job: readiness probes and admin reads
+   * would otherwise make a trace each.
+   */
   async function send(
     method: 'GET' | 'PUT' | 'POST',
     path: string,
     what: string,
     init: { body?: unknown; headers?: Record<string, string>; signal?: AbortSignal } = {},
+  ): Promise<Answer> {
+    if (!tracing.inSpan()) return sendTraced(method, path, what, init, undefined);
+    const span = tracing.start(`FHIR ${what}`, {
+      kind: 'client',
+      attributes: {
+        'http.request.method': method,
+        'server.address': server.hostname,
+        'server.port': serverPort,
+        'fhir.interaction': what,
+      },
+    });
+    try {
+      const answer = await sendTraced(
+        method,
+        path,
+        what,
+        init,
+        options.sendTraceparent === false ? undefined : span.traceparent,
+      );
+      span.set({ 'http.response.status_code': answer.status });
+      if (answer.status >= 400) span.set({ 'error.type': String(answer.status) });
+      return answer;
+    } catch (err) {
+      span.fail(toPipelineError(err).code);
+      throw err;
+    } finally {
+      span.end();
+    }
+  }
+
+  async function sendTraced(
+    method: 'GET' | 'PUT' | 'POST',
+    path: string,
+    what: string,
+    init: { body?: unknown; headers?: Record<string, string>; signal?: AbortSignal },
+    traceparent: string | undefined,
   ): Promise<Answer> {
     const url = /^https?:\/\//.test(path) ? path : `${base}/${path}`;
     const payload = init.body !== undefined ? JSON.stringify(init.body) : undefined;
@@ -153,6 +206,8 @@ export function createFhirGateway(options: FhirGatewayOptions): FhirGateway {
             'cache-control': 'no-cache',
             ...(payload !== undefined ? { 'content-type': 'application/fhir+json' } : {}),
             ...credentials,
+            // W3C Trace Context §3.2: lets the server join the trace (tracing on only).
+            ...(traceparent !== undefined ? { traceparent } : {}),
             ...init.headers,
           },
           ...(payload !== undefined ? { body: payload } : {}),

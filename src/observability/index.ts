@@ -13,3 +13,12 @@ export {
   type RoleServerOptions,
   type RunningRoleServer,
 } from './role-server.js';
+export {
+  createTracing,
+  serviceName,
+  TRACING_OFF,
+  type SpanAttributes,
+  type SpanOptions,
+  type TraceSpan,
+  type Tracing,
+} from './tracing.js';
