@@ -755,7 +755,10 @@ describe('mapping workbench', () => {
       );
 
       // 5. Replay the device's dead letters from the dead-letters page.
-      await page.getByRole('link', { name: 'Dead letters' }).click();
+      await page
+        .getByRole('navigation', { name: 'Pages' })
+        .getByRole('link', { name: 'Dead letters' })
+        .click();
       await page.getByLabel('Device', { exact: true }).fill(deviceId);
       await page.getByRole('button', { name: 'Filter' }).click();
       await expect.poll(() => page.locator('table.list tbody tr').count(), WAIT).toBe(2);
