@@ -338,6 +338,7 @@ function DeviceDetail({
       )}
       <button
         type="button"
+        hidden={history?.device.status === 'removed'}
         onClick={() =>
           void act(async () =>
             setSecret(
