@@ -742,6 +742,18 @@ export const SETTINGS = {
       int(10000, 86400000),
       'Idle timeout of an operator console session, milliseconds (15 min): a session unused this long is signed out.',
     ),
+    consoleSignInFailures: setting(
+      'ADMIN_CONSOLE_SIGNIN_FAILURES',
+      10,
+      int(1, 1000000),
+      'Wrong admin tokens one client address may give the console sign-in per ADMIN_CONSOLE_SIGNIN_WINDOW_S; more are answered 429 RateLimited (shared by every admin process through Redis).',
+    ),
+    consoleSignInWindowS: setting(
+      'ADMIN_CONSOLE_SIGNIN_WINDOW_S',
+      900,
+      int(1, 86400),
+      'Window of ADMIN_CONSOLE_SIGNIN_FAILURES, seconds (15 min); an address over the budget waits until its window ends.',
+    ),
     auth: setting(
       'ADMIN_AUTH',
       'token',

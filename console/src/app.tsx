@@ -128,7 +128,9 @@ function SignIn({ onSignedIn }: { onSignedIn: (s: Session) => void }) {
       setError(
         err instanceof ApiError && err.status === 401
           ? 'Sign-in refused: the admin token is not right.'
-          : errorText(err),
+          : err instanceof ApiError && err.status === 429
+            ? `Sign-in refused: ${err.message}. Wait, then try again with the right token.`
+            : errorText(err),
       );
     } finally {
       setBusy(false);

@@ -58,6 +58,8 @@ export function DeadLettersPage({ selected }: { selected: string | undefined }) 
   const [code, setCode] = useState('');
   const [device, setDevice] = useState('');
   const [stage, setStage] = useState('');
+  const [since, setSince] = useState('');
+  const [until, setUntil] = useState('');
   const [listing, setListing] = useState<Listing | undefined>();
   const [error, setError] = useState('');
   const [results, setResults] = useState<ItemResult[]>([]);
@@ -68,6 +70,8 @@ export function DeadLettersPage({ selected }: { selected: string | undefined }) 
     ...(code ? { code } : {}),
     ...(device ? { device } : {}),
     ...(stage ? { stage } : {}),
+    ...(since.trim() ? { since: since.trim() } : {}),
+    ...(until.trim() ? { until: until.trim() } : {}),
   });
 
   const load = async () => {
@@ -170,7 +174,12 @@ export function DeadLettersPage({ selected }: { selected: string | undefined }) 
             ))}
           </select>
         </label>
+        <TextField label="Failed since" name="since" value={since} onValue={setSince} />
+        <TextField label="Failed before" name="until" value={until} onValue={setUntil} />
         <button type="submit">Filter</button>
+        <p class="hint">
+          Times: ISO 8601 (2026-12-04T03:00:00Z) or a span back from now: 15m, 2h, 7d.
+        </p>
       </form>
       <div class="actions">
         <p aria-live="polite">

@@ -8,7 +8,9 @@ interface Device {
   status: string;
   createdAt: string;
   updatedAt: string;
+  /** The list answers it masked (`pa•••cf`) unless revealed. */
   currentPatient?: string;
+  patientMasked?: boolean;
 }
 interface HistoryRecord {
   seq: number;
@@ -41,11 +43,22 @@ function useRevealed() {
   return { shown, reveal };
 }
 
+/** The list's patient ids come masked from the API: a reveal is audited, then the device's own record is read. */
+function useListReveal() {
+  const [revealed, setRevealed] = useState<Map<string, string>>(new Map());
+  const reveal = async (deviceId: string) => {
+    await api('POST', '/console/api/reveal', { subject: deviceId, what: 'patient id of device' });
+    const h = await api<History>('GET', `/api/devices/${encodeURIComponent(deviceId)}`);
+    setRevealed(new Map([...revealed, [deviceId, h.currentPatient ?? '—']]));
+  };
+  return { revealed, reveal };
+}
+
 export function DevicesPage({ selected, actor }: { selected: string | undefined; actor: string }) {
   const [devices, setDevices] = useState<Device[]>([]);
   const [search, setSearch] = useState('');
   const [error, setError] = useState('');
-  const { shown, reveal } = useRevealed();
+  const { revealed, reveal } = useListReveal();
   const load = async () => {
     try {
       setDevices((await api<{ devices: Device[] }>('GET', '/api/devices')).devices);
@@ -96,16 +109,20 @@ export function DevicesPage({ selected, actor }: { selected: string | undefined;
               <td>{d.kind}</td>
               <td>{d.status}</td>
               <td>
-                {d.currentPatient && shown.has(d.currentPatient) ? (
-                  d.currentPatient
+                {revealed.has(d.deviceId) ? (
+                  revealed.get(d.deviceId)
                 ) : (
                   <>
-                    <span aria-label="masked patient id">{mask(d.currentPatient)}</span>{' '}
+                    <span aria-label="masked patient id">
+                      {d.patientMasked ? d.currentPatient : mask(d.currentPatient)}
+                    </span>{' '}
                     {d.currentPatient && (
                       <button
                         type="button"
                         class="small"
-                        onClick={() => void reveal(d.currentPatient!)}
+                        onClick={() =>
+                          void reveal(d.deviceId).catch((e: unknown) => setError(errorText(e)))
+                        }
                         aria-label={`Reveal the patient of ${d.deviceId}`}
                       >
                         Reveal
@@ -230,7 +247,7 @@ function describe(r: HistoryRecord, shown: Set<string>): string {
     case 'secret-rotated':
       return 'secret rotated';
     case 'removed':
-      return 'removed';
+      return 'disabled (credentials removed)';
     default:
       return r.kind;
   }
@@ -251,10 +268,24 @@ function DeviceDetail({
   const [patient, setPatient] = useState('');
   const [newPatient, setNewPatient] = useState(false);
   const [note, setNote] = useState('');
+  const [gateway, setGateway] = useState('');
+  const [relays, setRelays] = useState<string[]>([]);
+  const [confirmDisable, setConfirmDisable] = useState(false);
   const { shown, reveal } = useRevealed();
   const load = async () => {
     try {
-      setHistory(await api<History>('GET', `/api/devices/${encodeURIComponent(id)}`));
+      const h = await api<History>('GET', `/api/devices/${encodeURIComponent(id)}`);
+      setHistory(h);
+      setRelays(
+        h.device.kind === 'gateway'
+          ? (
+              await api<{ devices: string[] }>(
+                'GET',
+                `/api/gateways/${encodeURIComponent(id)}/devices`,
+              )
+            ).devices
+          : [],
+      );
     } catch (e) {
       setError(errorText(e));
     }
@@ -307,6 +338,7 @@ function DeviceDetail({
       )}
       <button
         type="button"
+        hidden={history?.device.status === 'removed'}
         onClick={() =>
           void act(async () =>
             setSecret(
@@ -317,7 +349,88 @@ function DeviceDetail({
       >
         Rotate secret
       </button>
-      {secret && <SecretOnce deviceId={id} secret={secret} />}
+      {secret && <SecretOnce deviceId={id} secret={secret} />}{' '}
+      {history?.device.status === 'active' && (
+        <button type="button" class="danger" onClick={() => setConfirmDisable(true)}>
+          Disable device
+        </button>
+      )}
+      {history?.device.status === 'removed' && (
+        <p class="status-disabled">
+          Disabled: its credentials are removed, it can no longer connect. Its history stays.
+        </p>
+      )}
+      {confirmDisable && (
+        <div role="alertdialog" aria-labelledby="disable-q" class="confirm">
+          <p id="disable-q">
+            Disable {id}? Its credentials are removed and its open connections end now; it is
+            unassigned from its patient. Readings it took before keep their patient.
+          </p>
+          <button
+            type="button"
+            class="danger"
+            onClick={() => {
+              setConfirmDisable(false);
+              void act(() => api('DELETE', path, { actor }));
+            }}
+          >
+            Disable {id}
+          </button>{' '}
+          <button type="button" onClick={() => setConfirmDisable(false)}>
+            Cancel
+          </button>
+        </div>
+      )}
+      <form
+        class="link"
+        onSubmit={(e) => {
+          e.preventDefault();
+          void act(async () => {
+            await api('POST', `/api/gateways/${encodeURIComponent(gateway)}/devices`, {
+              deviceId: id,
+              actor,
+            });
+            setGateway('');
+          });
+        }}
+      >
+        <h3>Gateways</h3>
+        {history && history.gateways.length > 0 ? (
+          <ul aria-label="Gateways relaying for this device">
+            {history.gateways.map((g) => (
+              <li key={g}>
+                {g}{' '}
+                <button
+                  type="button"
+                  class="small"
+                  onClick={() =>
+                    void act(() =>
+                      api(
+                        'DELETE',
+                        `/api/gateways/${encodeURIComponent(g)}/devices/${encodeURIComponent(id)}`,
+                        { actor },
+                      ),
+                    )
+                  }
+                >
+                  Unlink {g}
+                </button>
+              </li>
+            ))}
+          </ul>
+        ) : (
+          <p>No gateway relays for it.</p>
+        )}
+        {relays.length > 0 && <p class="relays">As a gateway it relays for: {relays.join(', ')}</p>}
+        <TextField
+          label="Gateway id"
+          name="gateway"
+          value={gateway}
+          onValue={setGateway}
+          required
+        />
+        <button type="submit">Link to this gateway</button>
+      </form>
       <form
         class="assign"
         onSubmit={(e) => {

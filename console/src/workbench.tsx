@@ -37,6 +37,28 @@ interface DebugResult {
   observations?: Record<string, unknown>[];
   validations?: ({ issue?: Issue[] } | { unavailable: { code: string; message: string } })[];
   error?: { code: string; message: string };
+  /** This input with this output, as a fixture of `iomt mappings test`. */
+  fixture?: Fixture;
+}
+interface Fixture {
+  name: string;
+  settings: { deviceId: string; receivedAt: string };
+  message: string;
+  expectedError?: string;
+}
+interface RecentMessage {
+  id: string;
+  receivedAt: number;
+  encoding: string;
+  payload: string;
+  outcome: string;
+  errorCode?: string;
+  templateVersion: string;
+}
+interface ShadowRun {
+  passed: boolean;
+  refusals: string[];
+  lines: string[];
 }
 interface DeadLetter {
   id: string;
@@ -78,7 +100,12 @@ export function WorkbenchPage({
 }) {
   const [active, setActive] = useState<string | undefined>();
   const [files, setFiles] = useState<SourceFile[]>([]);
-  const [fixtures, setFixtures] = useState<unknown[]>([]);
+  const [fixtures, setFixtures] = useState<Fixture[]>([]);
+  const [fixtureName, setFixtureName] = useState('');
+  const [saved, setSaved] = useState('');
+  const [recent, setRecent] = useState<RecentMessage[] | undefined>();
+  const [shadow, setShadow] = useState<ShadowRun | undefined>();
+  const [shadowing, setShadowing] = useState(false);
   const [current, setCurrent] = useState('');
   const [validation, setValidation] = useState<Validation | undefined>();
   const [error, setError] = useState('');
@@ -108,7 +135,7 @@ export function WorkbenchPage({
       `/api/mappings/versions/${encodeURIComponent(v.active)}`,
     );
     setFiles(stored.files.map((f) => ({ file: f.file, text: f.text })));
-    setFixtures(stored.fixtures);
+    setFixtures(stored.fixtures as Fixture[]);
     setCurrent((c) => c || stored.files[0]?.file || '');
   };
   useEffect(() => {
@@ -144,6 +171,7 @@ export function WorkbenchPage({
     setFiles(files.map((f) => (f.file === current ? { ...f, text: value } : f)));
     setProposed(undefined);
     setDiff(undefined);
+    setShadow(undefined);
   };
   const jump = (p: string) => {
     const file = files.find((f) => p.startsWith(f.file))?.file;
@@ -177,8 +205,62 @@ export function WorkbenchPage({
     }
   };
 
+  const loadRecent = async () => {
+    setError('');
+    try {
+      setRecent(
+        (
+          await api<{ messages: RecentMessage[] }>(
+            'GET',
+            `/api/devices/${encodeURIComponent(deviceId)}/messages?limit=10`,
+          )
+        ).messages,
+      );
+    } catch (e) {
+      setError(errorText(e));
+    }
+  };
+  const takeRecent = (id: string) => {
+    const m = recent?.find((r) => r.id === id);
+    if (!m) return;
+    setDeadLetter(undefined);
+    setPayload(m.encoding === 'base64' ? atob(m.payload) : m.payload);
+    setReceivedAt(m.receivedAt);
+  };
+
+  // The input and what the edited templates made of it join the candidate's fixtures.
+  const saveFixture = () => {
+    const f = result?.fixture;
+    if (!f) return;
+    const name = (fixtureName.trim() || f.name).replace(/[^A-Za-z0-9._-]/g, '-');
+    setFixtures([...fixtures.filter((x) => x.name !== name), { ...f, name }]);
+    setSaved(
+      `Saved fixture ${name} (${f.expectedError ? `refused with ${f.expectedError}` : 'with its measurements and Observations'}): it is proposed with these templates and every activation tests it.`,
+    );
+    setProposed(undefined);
+    setShadow(undefined);
+  };
+
+  const shadowRun = async () => {
+    if (!proposed) return;
+    setShadowing(true);
+    try {
+      setShadow(
+        await api<ShadowRun>('POST', '/api/mappings/shadow-run', {
+          version: proposed,
+          acceptChanges,
+        }),
+      );
+    } catch (e) {
+      setShadow({ passed: false, refusals: [errorText(e)], lines: [] });
+    } finally {
+      setShadowing(false);
+    }
+  };
+
   const propose = async () => {
     setLifecycle(undefined);
+    setShadow(undefined);
     try {
       const r = await api<{ version: string; created: boolean }>('POST', '/api/mappings/propose', {
         files,
@@ -312,6 +394,24 @@ export function WorkbenchPage({
             </p>
           )}
           <TextField label="Device id" name="debug-device" value={deviceId} onValue={setDeviceId} />
+          <button type="button" onClick={() => void loadRecent()}>
+            Recent messages of this device
+          </button>
+          {recent && recent.length === 0 && <p>No message of {deviceId} in device_messages.</p>}
+          {recent && recent.length > 0 && (
+            <label>
+              Recent message
+              <select name="recent" onChange={(e) => takeRecent(e.currentTarget.value)} value="">
+                <option value="">choose one of {recent.length}…</option>
+                {recent.map((m) => (
+                  <option key={m.id} value={m.id}>
+                    {when(m.receivedAt)} — {m.outcome}
+                    {m.errorCode ? ` (${m.errorCode})` : ''}
+                  </option>
+                ))}
+              </select>
+            </label>
+          )}
           <label>
             Message
             <textarea
@@ -327,6 +427,22 @@ export function WorkbenchPage({
         </div>
       </div>
       {result && <DebugView result={result} />}
+      {result?.fixture && (
+        <div class="fixture">
+          <TextField
+            label="Fixture name"
+            name="fixture-name"
+            value={fixtureName}
+            onValue={setFixtureName}
+          />
+          <button type="button" onClick={saveFixture}>
+            Save this input and its output as a fixture
+          </button>
+          <p role="status" class="fixture-saved">
+            {saved}
+          </p>
+        </div>
+      )}
       <h2>Propose, activate, roll back</h2>
       <div class="lifecycle">
         <TextField
@@ -344,6 +460,9 @@ export function WorkbenchPage({
           checked={acceptChanges}
           onChecked={setAcceptChanges}
         />
+        <button type="button" onClick={() => void shadowRun()} disabled={!proposed || shadowing}>
+          {shadowing ? 'Running the shadow run…' : 'Run the gates and the shadow run'}
+        </button>{' '}
         <button type="button" onClick={() => void activate()} disabled={!proposed}>
           Activate {proposed ? `version ${proposed}` : ''} through the gates
         </button>{' '}
@@ -351,6 +470,19 @@ export function WorkbenchPage({
           Roll back to the previous version
         </button>
       </div>
+      {shadow && (
+        <section class={shadow.passed ? 'ok-box' : 'error-box'} aria-labelledby="shadow-title">
+          <h3 id="shadow-title">Shadow-run report (before activation)</h3>
+          <p class="shadow-verdict">
+            {shadow.passed
+              ? 'The gates pass: this version may be activated.'
+              : `The gates refuse it: ${shadow.refusals.join('; ')}`}
+          </p>
+          <pre class="payload shadow-report" tabIndex={0} aria-label="Shadow-run report">
+            {shadow.lines.join('\n')}
+          </pre>
+        </section>
+      )}
       {lifecycle && (
         <div role="status" class={lifecycle.ok ? 'ok-box' : 'error-box'}>
           <p class="lifecycle-result">{lifecycle.text}</p>

@@ -11,6 +11,12 @@
  *   POST   /console/api/reveal    {subject, what} → records that a masked patient id was shown
  *   GET    /console/api/audit?limit=             → the console's audit trail, newest first
  *
+ * Sign-in is rate limited per client address, like the broker's connect
+ * budgets (rate-limiter-flexible in Redis, so every admin process counts
+ * together): ADMIN_CONSOLE_SIGNIN_FAILURES wrong tokens per
+ * ADMIN_CONSOLE_SIGNIN_WINDOW_S, then 429 RateLimited with Retry-After until
+ * the window ends — the right token too, so guessing gains nothing.
+ *
  * A session lives in Redis (any admin process answers it) and ends after
  * ADMIN_CONSOLE_IDLE_MS without a request. Every change made with a session
  * (any method but GET/HEAD) must carry the session's token in X-CSRF-Token
@@ -25,6 +31,7 @@ import fastifyCookie from '@fastify/cookie';
 import fastifyHelmet from '@fastify/helmet';
 import fastifyStatic from '@fastify/static';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import { RateLimiterRedis, RateLimiterRes } from 'rate-limiter-flexible';
 import type { RedisConnection } from '../redis.js';
 import type { Config } from '../config.js';
 import { PipelineError } from '../errors.js';
@@ -220,6 +227,18 @@ export function registerConsole(
 ): void {
   const { config, log } = deps;
   const dir = deps.consoleDir ?? defaultConsoleDir();
+  const signInFailures = new RateLimiterRedis({
+    storeClient: deps.redis,
+    keyPrefix: `${config.redis.prefix}:console:sign-in-failures`,
+    points: config.admin.consoleSignInFailures,
+    duration: config.admin.consoleSignInWindowS,
+  });
+  const tooMany = (waitMs: number) =>
+    new PipelineError(
+      'RateLimited',
+      `too many wrong admin tokens from this address: sign-in is refused for ${Math.ceil(waitMs / 1000)} s`,
+      { stage: 'admin', retryAfterMs: waitMs },
+    );
   void app.register(fastifyCookie);
   // Strict CSP and the usual hardening headers on every answer (the API's too).
   void app.register(fastifyHelmet, {
@@ -257,14 +276,25 @@ export function registerConsole(
       const name = req.body?.name;
       const actor =
         typeof name === 'string' && name.trim() !== '' ? name.trim().slice(0, 100) : 'operator';
+      const refuse = async (status: number) => {
+        await sessions.audit({ at: new Date().toISOString(), actor, action: 'sign-in', status });
+        log.warn({ event: 'console-sign-in-refused', status }, 'console sign-in refused');
+      };
+      // An address over its budget is refused before its token is looked at.
+      const spent = await signInFailures.get(req.ip);
+      if (spent && spent.consumedPoints > config.admin.consoleSignInFailures) {
+        await refuse(429);
+        throw tooMany(Math.max(1000, spent.msBeforeNext));
+      }
       if (typeof token !== 'string' || principalOf(config, `Bearer ${token}`) !== 'admin') {
-        await sessions.audit({
-          at: new Date().toISOString(),
-          actor,
-          action: 'sign-in',
-          status: 401,
-        });
-        log.warn({ event: 'console-sign-in-refused' }, 'console sign-in refused');
+        try {
+          await signInFailures.consume(req.ip);
+        } catch (err) {
+          if (!(err instanceof RateLimiterRes)) throw err;
+          await refuse(429);
+          throw tooMany(Math.max(1000, err.msBeforeNext));
+        }
+        await refuse(401);
         throw new PipelineError('NotAuthorized', 'the admin token is not right', {
           stage: 'admin',
         });

@@ -4,7 +4,10 @@
  * `iomt gateways`, for the operator console and for an ADT / IHE PCIM feed
  * (a Device–Patient Association Manager reporting associations: source "feed").
  *
- *   GET    /api/devices                      devices and their patient now
+ *   GET    /api/devices?reveal=true          devices and their patient now, the patient id
+ *                                            masked (`pa•••cf`) unless reveal=true (audited)
+ *   GET    /api/devices/:id/messages?limit=  its most recent messages in ClickHouse's
+ *                                            device_messages (raw payload, outcome), newest first
  *   POST   /api/devices                      {deviceId, kind?, patient?, at?, newPatient?} → 201 {secret}
  *   GET    /api/devices/:id                  the history and its periods
  *   POST   /api/devices/:id/assign           {patient, at?, newPatient?, correction?, note?}
@@ -17,13 +20,39 @@
  * Every change body may carry `actor` (who; default "admin-api") and `source`
  * ("api", default, or "feed"). `at`: ISO 8601 with its zone, or epoch ms.
  */
-import type { FastifyInstance } from 'fastify';
-import type { Actor, DeviceService } from '../devices/index.js';
+import type { FastifyInstance, FastifyRequest } from 'fastify';
+import {
+  assertDatabaseName,
+  DEVICE_MESSAGES_TABLE,
+  type AnalyticsStore,
+} from '../clickhouse/index.js';
+import { assertDeviceId, type Actor, type DeviceService } from '../devices/index.js';
 import { parseInstant } from '../dlq/index.js';
 import { PipelineError } from '../errors.js';
 
 export interface DeviceRoutesDeps {
   readonly devices: DeviceService;
+  /** Records that patient ids were shown unmasked (who, whose): the console's audit trail. */
+  readonly auditReveal: (req: FastifyRequest, detail: string) => Promise<void>;
+  /** For a device's recent messages (absent: this process has no ClickHouse). */
+  readonly analyticsStore?: AnalyticsStore | undefined;
+  readonly database: string;
+}
+
+/** A patient id as lists show it: enough to tell two apart, not enough to identify. */
+export function maskPatientId(id: string): string {
+  return id.length <= 4 ? '••••' : `${id.slice(0, 2)}•••${id.slice(-2)}`;
+}
+
+interface MessageRow {
+  readonly message_id: string;
+  readonly topic: string;
+  readonly received_ms: string | number;
+  readonly encoding: string;
+  readonly payload: string;
+  readonly outcome: string;
+  readonly error_code: string;
+  readonly template_version: string;
 }
 
 type Body = Record<string, unknown> | undefined;
@@ -74,7 +103,61 @@ export function registerDeviceRoutes(app: FastifyInstance, deps: DeviceRoutesDep
   const { devices } = deps;
   type WithId = { Params: { id: string }; Body: Body };
 
-  app.get('/api/devices', async () => ({ devices: await devices.list() }));
+  app.get<{ Querystring: { reveal?: string } }>('/api/devices', async (req) => {
+    const list = await devices.list();
+    if (req.query.reveal === 'true') {
+      // Recorded before the ids leave the process.
+      await deps.auditReveal(req, 'patient ids of the device list');
+      return { devices: list };
+    }
+    return {
+      devices: list.map((d) =>
+        d.currentPatient === undefined
+          ? d
+          : { ...d, currentPatient: maskPatientId(d.currentPatient), patientMasked: true },
+      ),
+    };
+  });
+
+  // A device's recent traffic, as the pipeline stored it (the workbench takes one as input).
+  app.get<{ Params: { id: string }; Querystring: { limit?: string } }>(
+    '/api/devices/:id/messages',
+    async (req) => {
+      const deviceId = assertDeviceId(req.params.id);
+      const limit = req.query.limit === undefined ? 10 : Number(req.query.limit);
+      if (!Number.isInteger(limit) || limit < 1 || limit > 100)
+        throw new PipelineError('InvalidArgument', 'limit: an integer in [1, 100]');
+      const store = deps.analyticsStore;
+      if (!store)
+        throw new PipelineError(
+          'NotServedHere',
+          'this process has no ClickHouse to read device_messages from',
+        );
+      const db = assertDatabaseName(deps.database);
+      // The id matched DEVICE_ID_PATTERN ([A-Za-z0-9._:-]): safe inside quotes.
+      const rows = await store.queryRows<MessageRow>(
+        `SELECT message_id, topic, toUnixTimestamp64Milli(received_at) AS received_ms,
+                encoding, payload, outcome, error_code, template_version
+         FROM ${db}.${DEVICE_MESSAGES_TABLE} FINAL
+         WHERE mqtt_device_id = '${deviceId}'
+         ORDER BY received_at DESC, message_id DESC
+         LIMIT ${limit}`,
+      );
+      return {
+        deviceId,
+        messages: rows.map((r) => ({
+          id: r.message_id,
+          topic: r.topic,
+          receivedAt: Number(r.received_ms),
+          encoding: r.encoding,
+          payload: r.payload,
+          outcome: r.outcome,
+          ...(r.error_code ? { errorCode: r.error_code } : {}),
+          templateVersion: r.template_version,
+        })),
+      };
+    },
+  );
 
   app.post<{ Body: Body }>('/api/devices', async (req, reply) => {
     const b = req.body;

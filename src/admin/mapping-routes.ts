@@ -6,6 +6,7 @@
  *   POST /api/mappings/validate    { files } | { version }        → ValidationReport
  *   POST /api/mappings/test        { files, fixtures } | { version } → FixtureReport
  *   POST /api/mappings/shadow-run  { files, fixtures } | { version }, acceptChanges? → GateReport
+ *                                  with `lines` (the report as the CLI prints it)
  *   GET  /api/mappings/diff?a=&b=                                  → VersionDiff
  *   POST /api/mappings/propose     { files, fixtures?, actor, note? } → 201 { version, created, record }
  *   POST /api/mappings/activate    { version, actor, note?, acceptChanges?, withoutShadowRun? }
@@ -17,7 +18,9 @@
  *   POST /api/mappings/prune       { keep?, dryRun?, actor }        → { removed }
  *   POST /api/mappings/debug       { files | version, message: {payload, deviceId, receivedAt?},
  *                                    patientId?, validate? }        → `iomt mappings debug --json`,
- *                                  each Observation with the FHIR server's $validate outcome
+ *                                  each Observation with the FHIR server's $validate outcome,
+ *                                  and `fixture`: the input with this output (or refusal) as a
+ *                                  fixture of `iomt mappings test`, for the candidate to keep
  *
  * `files` are `[{ "file": "device/vitals.json", "text": "…" }]` (device/ or
  * fhir/, .json / .yaml); `fixtures` as `iomt mappings test` reads them
@@ -27,13 +30,18 @@
  */
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { httpAnswer, PipelineError } from '../errors.js';
-import type { Fixture } from '../mapping/fixtures.js';
-import type { Actor, Candidate, MappingLifecycle } from '../mapping/lifecycle/index.js';
+import { VERSION_PLACEHOLDER, type Fixture } from '../mapping/fixtures.js';
+import {
+  gateLines,
+  type Actor,
+  type Candidate,
+  type MappingLifecycle,
+} from '../mapping/lifecycle/index.js';
 import { compileSources, formatProblem, type SourceFile } from '../mapping/load.js';
 import type { Config } from '../config.js';
 import type { FhirGateway } from '../fhir/gateway.js';
 import type { Resource } from 'fhir/r4.js';
-import { debugJson } from '../mapping/index.js';
+import { debugJson, type DebugJson } from '../mapping/index.js';
 import { normalizePolicy } from '../mapping/index.js';
 
 export interface MappingRoutesDeps {
@@ -129,6 +137,42 @@ function flag(body: Body, key: string): boolean {
   return v;
 }
 
+/**
+ * The debugged input with what the templates made of it, as a fixture of
+ * `iomt mappings test` (fixtures.ts): the version written "<version>", so the
+ * fixture holds for the next version that maps the message the same way.
+ */
+export function fixtureOf(
+  report: DebugJson,
+  input: {
+    deviceId: string;
+    patientId: string;
+    receivedAt: string;
+    identifierSystem: string;
+    message: string;
+  },
+): Fixture {
+  const { message, ...settings } = input;
+  const placeholder = (v: unknown): unknown =>
+    JSON.parse(
+      JSON.stringify(v ?? null).replaceAll(report.version, VERSION_PLACEHOLDER),
+    ) as unknown;
+  const name = `${input.deviceId}-${input.receivedAt}`
+    .replace(/[^A-Za-z0-9._-]/g, '-')
+    .slice(0, 100);
+  return {
+    name,
+    settings,
+    message,
+    ...(report.ok
+      ? {
+          expectedMeasurements: placeholder(report.measurements),
+          expectedObservations: placeholder(report.observations),
+        }
+      : { expectedError: report.error?.code ?? 'Internal' }),
+  };
+}
+
 export function registerMappingRoutes(app: FastifyInstance, deps: MappingRoutesDeps): void {
   const big = { bodyLimit: BODY_LIMIT };
 
@@ -143,7 +187,11 @@ export function registerMappingRoutes(app: FastifyInstance, deps: MappingRoutesD
 
   app.post<{ Body: Body }>('/api/mappings/shadow-run', big, async (req) => {
     const lc = lifecycleOf(deps);
-    return lc.gates(await candidateOf(lc, req.body), { changes: flag(req.body, 'acceptChanges') });
+    const report = await lc.gates(await candidateOf(lc, req.body), {
+      changes: flag(req.body, 'acceptChanges'),
+    });
+    // `lines`: the report as `iomt mappings shadow-run` prints it (the console shows them).
+    return { ...report, lines: gateLines(report) };
   });
 
   app.get<{ Querystring: { a?: string; b?: string } }>('/api/mappings/diff', async (req) => {
@@ -216,18 +264,27 @@ export function registerMappingRoutes(app: FastifyInstance, deps: MappingRoutesD
           : Number.NaN;
     const compiled = compileSources(candidate.files, 'candidate');
     if (!compiled.ok) return { ok: false, problems: compiled.problems.map(formatProblem) };
-    const patientId = req.body?.patientId;
-    const report = await debugJson(compiled.mappings, {
+    const given = req.body?.patientId;
+    const patientId = typeof given === 'string' && given !== '' ? given : 'debug-patient';
+    const identifierSystem = deps.config?.fhir.identifierSystem ?? 'urn:ietf:rfc:3986';
+    const at = Number.isNaN(receivedAt) ? Date.now() : receivedAt;
+    const raw = await debugJson(compiled.mappings, {
       payload: m.payload,
-      meta: {
-        deviceId: m.deviceId,
-        topic: `devices/${m.deviceId}/telemetry`,
-        receivedAt: Number.isNaN(receivedAt) ? Date.now() : receivedAt,
-      },
-      patientId: typeof patientId === 'string' && patientId !== '' ? patientId : 'debug-patient',
-      identifierSystem: deps.config?.fhir.identifierSystem ?? 'urn:ietf:rfc:3986',
+      meta: { deviceId: m.deviceId, topic: `devices/${m.deviceId}/telemetry`, receivedAt: at },
+      patientId,
+      identifierSystem,
       ...(deps.config ? { policy: normalizePolicy(deps.config) } : {}),
     });
+    const report = {
+      ...raw,
+      fixture: fixtureOf(raw, {
+        deviceId: m.deviceId,
+        patientId,
+        receivedAt: new Date(at).toISOString(),
+        identifierSystem,
+        message: m.payload,
+      }),
+    };
     const observations = Array.isArray(report.observations)
       ? (report.observations as Resource[])
       : [];

@@ -16,7 +16,7 @@ import Fastify, { type FastifyInstance } from 'fastify';
 import type { RedisConnection } from '../redis.js';
 import type { AnalyticsStore } from '../clickhouse/index.js';
 import type { Config } from '../config.js';
-import { httpAnswer, PipelineError } from '../errors.js';
+import { httpAnswer, isPipelineError, PipelineError } from '../errors.js';
 import type { FhirGateway } from '../fhir/gateway.js';
 import type { Logger } from '../logger.js';
 import type { Metrics } from '../metrics.js';
@@ -110,6 +110,9 @@ export function buildAdmin(deps: AdminDeps): FastifyInstance {
   });
   app.setErrorHandler(async (err, _req, reply) => {
     const { status, body } = httpAnswer(requestError(err, maxBodyBytes) ?? err);
+    // RFC 9110 §10.2.3: how long a refused client (429, 503) should wait.
+    if (isPipelineError(err) && err.retryAfterMs !== undefined)
+      void reply.header('retry-after', String(Math.ceil(err.retryAfterMs / 1000)));
     await reply.code(status).send(body);
   });
   app.get('/healthz', () => Promise.resolve({ status: 'ok' }));
@@ -129,7 +132,20 @@ export function buildAdmin(deps: AdminDeps): FastifyInstance {
   });
   // Analysts' read-only SQL and the mirror backfill (the process owning the store answers).
   registerAnalyticsRoutes(app, deps);
-  if (deps.devices) registerDeviceRoutes(app, { devices: deps.devices });
+  if (deps.devices)
+    registerDeviceRoutes(app, {
+      devices: deps.devices,
+      analyticsStore: deps.analyticsStore,
+      database: deps.config.clickhouse.database,
+      auditReveal: (req, detail) =>
+        sessions.audit({
+          at: new Date().toISOString(),
+          actor: req.consoleSession?.actor ?? 'admin-api',
+          action: 'reveal',
+          status: 200,
+          detail,
+        }),
+    });
   // The template lifecycle: validate, test, shadow-run, diff, propose, activate, rollback, audit.
   registerMappingRoutes(app, deps);
   if (deps.deadLetters) registerDlqRoutes(app, { deadLetters: deps.deadLetters });
