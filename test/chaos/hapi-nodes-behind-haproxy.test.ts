@@ -327,7 +327,8 @@ describe('two HAPI nodes on one PostgreSQL behind HAProxy', () => {
       `hapi-nodes-behind-haproxy: boots ${Math.round(bootedMs / 1000)} s, ` +
         `total ${Math.round((Date.now() - t0) / 1000)} s; transactions before the kill: ` +
         `n1 ${byNode('n1')}, n2 ${byNode('n2')}; acked at kill ${ackedAtKill}; ` +
-        `transient retries: ${cutOff.length} (${[...new Set(cutOff)].join('; ')})`,
+        `transient retries: ${cutOff.length} (${[...new Set(cutOff)].join('; ')}); ` +
+        `n2 marked DOWN ${lb.output.join('').match(/^Server hapi\/n2 is DOWN/gm)?.length ?? 0} times`,
     );
   }, 900_000);
 });

@@ -59,6 +59,13 @@ export interface HaproxyConfig {
     readonly connectMs?: number;
     readonly clientMs?: number;
     readonly serverMs?: number;
+    /**
+     * How long a health check may take (`timeout check`; 5000 unless said).
+     * Without it HAProxy allows `inter`, and a node slow to answer on a loaded
+     * machine is taken out although it works. A dead node is still seen at
+     * once: its port refuses the connection.
+     */
+    readonly checkMs?: number;
   };
 }
 
@@ -95,6 +102,7 @@ export function haproxyConfig(c: HaproxyConfig): string {
     `  timeout connect ${t.connectMs ?? 2000}ms`,
     `  timeout client ${t.clientMs ?? 120_000}ms`,
     `  timeout server ${t.serverMs ?? 120_000}ms`,
+    `  timeout check ${t.checkMs ?? 5000}ms`,
     '',
   ];
   for (const f of c.frontends) {
