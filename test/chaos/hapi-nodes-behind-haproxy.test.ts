@@ -11,8 +11,9 @@
  * dead-lettered.
  *
  * Why exactly once holds: a transaction whose node dies never answers; HAProxy
- * answers 502 (the request was sent, so it is not retried there), the FHIR
- * writer takes that as transient and sends the same Bundle again, now to the
+ * does not resend it (it was sent) but answers 502, or closes the client's
+ * connection when the request went over a kept-alive one; the FHIR writer
+ * takes either as transient and sends the same Bundle again, now to the
  * survivor. Every entry is a PUT on an id derived from the identifier, so a
  * transaction the dead node had committed before dying is rewritten as the
  * same resource, not a second one; one it had not committed was rolled back by
@@ -74,19 +75,17 @@ async function psql(sql: string, db = 'postgres'): Promise<string> {
 interface Access {
   readonly server: string;
   readonly status: number;
-  /** Termination state, e.g. `----` (normal), `SH--` (server aborted before headers). */
-  readonly termination: string;
   readonly method: string;
   readonly path: string;
 }
 
 /**
  * HAProxy's HTTP log format: `client [date] frontend backend/server
- * Tq/Tw/Tc/Tr/Ta status bytes cookie cookie TERM conns queues "METHOD path HTTP/x"`.
+ * Tq/Tw/Tc/Tr/Ta status bytes cookie cookie termination conns queues "METHOD path HTTP/x"`.
  */
 function accessLog(output: readonly string[]): Access[] {
   const re =
-    / \S+\/(\S+) -?\d+\/-?\d+\/-?\d+\/-?\d+\/\+?-?\d+ (-?\d+) \+?\d+ \S+ \S+ (\S{4}) \S+ \S+ "(\S+) (\S+)/;
+    / \S+\/(\S+) -?\d+\/-?\d+\/-?\d+\/-?\d+\/\+?-?\d+ (-?\d+) \+?\d+ \S+ \S+ \S{4} \S+ \S+ "(\S+) (\S+)/;
   return output
     .join('')
     .split('\n')
@@ -97,9 +96,8 @@ function accessLog(output: readonly string[]): Access[] {
             {
               server: m[1]!,
               status: Number(m[2]),
-              termination: m[3]!,
-              method: m[4]!,
-              path: m[5]!,
+              method: m[3]!,
+              path: m[4]!,
             },
           ]
         : [];
