@@ -13,7 +13,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, inject, it } from 'vitest';
 import { uniqueId, waitFor } from '../support/harness.js';
-import { startHaproxy, type RunningHaproxy } from '../support/haproxy-tcp.js';
+import { startBrokerBalancer, type BrokerBalancer } from '../support/haproxy-tcp.js';
 import { Fleet } from './support/fleet.js';
 import { dropPrefix, freePort, sleep, startTwoByTwo, stopAll } from './support/processes.js';
 import { expectOnceInClickHouse, expectOnceInFhirAndDrained } from './support/verify.js';
@@ -24,7 +24,7 @@ const prefix = uniqueId('chaos-lb-killed');
 const MESSAGES = 600;
 let dir: string;
 let fleet: Fleet | undefined;
-let haproxy: RunningHaproxy | undefined;
+let haproxy: BrokerBalancer | undefined;
 
 afterAll(async () => {
   await fleet?.close();
@@ -52,7 +52,7 @@ describe('two brokers behind HAProxy, one killed with SIGKILL mid-stream', () =>
       urls,
     } = await startTwoByTwo(base);
     const brokerPort = (url: string) => Number(new URL(url).port);
-    haproxy = await startHaproxy(await freePort(), [
+    haproxy = await startBrokerBalancer(await freePort(), [
       { name: 'b1', port: brokerPort(urls[0]) },
       { name: 'b2', port: brokerPort(urls[1]) },
     ]);

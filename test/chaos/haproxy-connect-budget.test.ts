@@ -18,7 +18,7 @@ import { connect as tlsConnect } from 'node:tls';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { uniqueId } from '../support/harness.js';
-import { startHaproxy, type RunningHaproxy } from '../support/haproxy-tcp.js';
+import { startBrokerBalancer, type BrokerBalancer } from '../support/haproxy-tcp.js';
 import {
   connectPacket,
   makePki,
@@ -42,8 +42,8 @@ const redisUrl = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
 const prefix = uniqueId('chaos-lb-budget');
 const MAX_FAILURES = 4;
 let dir: string;
-let haproxy: RunningHaproxy | undefined;
-let haproxyTls: RunningHaproxy | undefined;
+let haproxy: BrokerBalancer | undefined;
+let haproxyTls: BrokerBalancer | undefined;
 let pki: Pki;
 
 afterAll(async () => {
@@ -115,11 +115,11 @@ beforeAll(async () => {
   b1 = spawnIomt('broker', env, 'B1');
   b2 = spawnIomt('broker', env, 'B2');
   [p1, p2] = (await Promise.all([ready(b1, 'broker'), ready(b2, 'broker')])) as [number, number];
-  haproxy = await startHaproxy(await freePort(), [
+  haproxy = await startBrokerBalancer(await freePort(), [
     { name: 'b1', port: p1 },
     { name: 'b2', port: p2 },
   ]);
-  haproxyTls = await startHaproxy(await freePort(), [
+  haproxyTls = await startBrokerBalancer(await freePort(), [
     { name: 'b1', port: await tlsPortOf(b1) },
     { name: 'b2', port: await tlsPortOf(b2) },
   ]);
