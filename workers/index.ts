@@ -65,7 +65,7 @@ export function startWorkers(deps: WorkerDeps): RunningWorkers {
   const stages = new Set(config.worker.stages);
   const workers: Worker[] = [];
 
-  function run<T extends Retried>(stage: Stage<T>): void {
+  function run<T extends Retried>(stage: Stage<T>, concurrency = config.worker.concurrency): void {
     const runner = createRunner(stage, {
       fhir: queues.fhir,
       analytics: queues.analytics,
@@ -78,7 +78,7 @@ export function startWorkers(deps: WorkerDeps): RunningWorkers {
     const worker = new Worker<T>(stage.queue, (job: Job<T>, token) => runner.process(job, token), {
       connection: deps.connection,
       prefix: queuePrefix(config.redis.url, config.redis.prefix),
-      concurrency: config.worker.concurrency,
+      concurrency,
       // A worker that dies (kill -9, OOM) stops renewing its job locks; after
       // WORKER_LOCK_MS another worker takes the job back. Jobs are idempotent, so a
       // stalled job is always retried: BullMQ's default (1 stall, then "failed")
@@ -161,6 +161,8 @@ export function startWorkers(deps: WorkerDeps): RunningWorkers {
           createPatients: config.fhir.createPatients,
         }),
       }),
+      // Many jobs at once, so that small ones share Bundles (src/fhir/coalescer.ts).
+      config.worker.fhirConcurrency,
     );
   }
   if (stages.has('analytics')) {
