@@ -357,6 +357,12 @@ async function startBrokerProcess(config: Config, port: number): Promise<ChildPr
       MQTT_AUTH_MAX_PENDING_PER_ADDRESS: String(config.mqtt.authMaxPendingPerAddress),
       MQTT_AUTH_MAX_PENDING: String(config.mqtt.authMaxPending),
       MQTT_AUTH_MAX_WAIT_MS: String(config.mqtt.authMaxWaitMs),
+      // No worker drains the ingest queue in this phase: the backpressure, which
+      // meters acknowledgements to the workers' drain rate, would measure the
+      // absent workers (every PUBACK after BROKER_BACKPRESSURE_MAX_WAIT_MS), not
+      // the broker. Mosquitto has none; the durable enqueue before PUBACK stays.
+      BROKER_BACKLOG_HIGH: '100000000',
+      BROKER_BACKLOG_LOW: '99999999',
       LOG_LEVEL: 'warn',
     },
   });
