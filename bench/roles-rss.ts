@@ -154,8 +154,11 @@ async function main(): Promise<void> {
     );
   } finally {
     for (const c of clients) c.end(true);
+    const exited = (p: ChildProcess) =>
+      p.exitCode !== null ? Promise.resolve() : new Promise((r) => p.once('exit', r));
     broker.kill();
     worker.kill();
+    await Promise.all([exited(broker), exited(worker)]); // the worker's chdb files closed
     await control.queues.ingest.obliterate({ force: true }).catch(() => undefined);
     await control.close();
     await rm(chdb, { recursive: true, force: true });
