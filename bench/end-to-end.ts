@@ -45,6 +45,7 @@ import { createFhirStore } from '../src/fhir/store.js';
 import { createLogger } from '../src/logger.js';
 import { loadMappings, normalizeMessage, type MappingSet } from '../src/mapping/index.js';
 import { startPipeline, type Pipeline } from '../src/pipeline.js';
+import { latencyBreakdown } from './latency-breakdown.js';
 
 const { values: args } = parseArgs({
   options: {
@@ -56,6 +57,10 @@ const { values: args } = parseArgs({
     'ack-seconds': { type: 'string' },
     'paced-seconds': { type: 'string' },
     'hapi-pid': { type: 'string' },
+    // Phases to run (default all): ceiling, acks, pipeline (throughput + latency).
+    only: { type: 'string' },
+    // Fix the paced load (Obs/s) instead of half the measured maximum, to compare runs.
+    'paced-rate': { type: 'string' },
   },
 });
 const SHORT = args.short;
@@ -74,6 +79,8 @@ const GRID: readonly (readonly [size: number, inflight: number])[] = SHORT
       [200, 8],
       [400, 4],
     ];
+const PHASES = new Set((args.only ?? 'ceiling,acks,pipeline').split(','));
+const PACED_RATE = args['paced-rate'] ? Number(args['paced-rate']) : undefined;
 const run = Date.now().toString(36);
 const problems: string[] = [];
 
@@ -336,7 +343,9 @@ async function startMosquitto(): Promise<{ url: string; proc?: ChildProcess }> {
 
 /** `iomt broker` on `port` (the bench's Redis prefix and limits, from the environment). */
 async function startBrokerProcess(config: Config, port: number): Promise<ChildProcess> {
-  const proc = spawn(process.execPath, ['bin/iomt.mjs', 'broker'], {
+  // BENCH_BROKER_NODE_ARGS: e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof" to profile the broker.
+  const nodeArgs = (process.env.BENCH_BROKER_NODE_ARGS ?? '').split(' ').filter(Boolean);
+  const proc = spawn(process.execPath, [...nodeArgs, 'bin/iomt.mjs', 'broker'], {
     stdio: ['ignore', 'ignore', 'inherit'],
     env: {
       ...process.env,
@@ -348,6 +357,12 @@ async function startBrokerProcess(config: Config, port: number): Promise<ChildPr
       MQTT_AUTH_MAX_PENDING_PER_ADDRESS: String(config.mqtt.authMaxPendingPerAddress),
       MQTT_AUTH_MAX_PENDING: String(config.mqtt.authMaxPending),
       MQTT_AUTH_MAX_WAIT_MS: String(config.mqtt.authMaxWaitMs),
+      // No worker drains the ingest queue in this phase: the backpressure, which
+      // meters acknowledgements to the workers' drain rate, would measure the
+      // absent workers (every PUBACK after BROKER_BACKPRESSURE_MAX_WAIT_MS), not
+      // the broker. Mosquitto has none; the durable enqueue before PUBACK stays.
+      BROKER_BACKLOG_HIGH: '100000000',
+      BROKER_BACKLOG_LOW: '99999999',
       LOG_LEVEL: 'warn',
     },
   });
@@ -436,7 +451,9 @@ async function main(): Promise<void> {
   console.log(`${'figure'.padEnd(34)} ${'pipeline / ours'.padEnd(30)} baseline (same run)`);
 
   // 1. FHIR ceiling.
-  const ceiling = await fhirCeiling(config, loaded.mappings, MESSAGES * 3);
+  const ceiling = PHASES.has('ceiling')
+    ? await fhirCeiling(config, loaded.mappings, MESSAGES * 3)
+    : { rate: NaN, size: config.fhir.batchSize, inflight: 4 };
   line(
     'FHIR ceiling (best loader)',
     `${f0(ceiling.rate)} Obs/s`,
@@ -449,6 +466,15 @@ async function main(): Promise<void> {
   const log = createLogger('warn');
 
   // 2. Acknowledgements: Mosquitto, then our broker role alone.
+  if (PHASES.has('acks')) await acks(config, log);
+  try {
+    if (PHASES.has('pipeline')) await pipelinePhases(config, log, ceiling, hapiPid);
+  } finally {
+    await rm(chdb, { recursive: true, force: true });
+  }
+}
+
+async function acks(config: Config, log: ReturnType<typeof createLogger>): Promise<void> {
   const mosq = await startMosquitto();
   const ackIds = Array.from({ length: ACK_DEVICES }, (_, d) => `bench-${run}-a${d}`);
   let mosqPaced;
@@ -517,7 +543,14 @@ async function main(): Promise<void> {
       await brokerOnly.close();
     }
   }
+}
 
+async function pipelinePhases(
+  config: Config,
+  log: ReturnType<typeof createLogger>,
+  ceiling: { rate: number },
+  hapiPid: number | undefined,
+): Promise<void> {
   // 3. The whole pipeline in this process.
   const pipeline = await startPipeline(config, ['broker', 'worker'], log);
   const rss: number[] = [];
@@ -569,7 +602,7 @@ async function main(): Promise<void> {
     );
 
     // 4. Latency at half the pipeline's maximum.
-    const halfMsgPerS = Math.max(1, throughput / 3 / 2);
+    const halfMsgPerS = Math.max(1, PACED_RATE ? PACED_RATE / 3 : throughput / 3 / 2);
     const pacedFrom = Date.now();
     const r = await paced(pubs, halfMsgPerS / pubs.length, PACED_SECONDS, clock(6 * 3600_000));
     expectedMessages += r.acked;
@@ -593,8 +626,14 @@ async function main(): Promise<void> {
          FROM observations FINAL WHERE patient_id IN (${inList})
            AND received_at >= fromUnixTimestamp64Milli(${pacedFrom}))`,
     );
+    for (const hop of await latencyBreakdown(
+      pipeline.queues.ingest,
+      pipeline.queues.fhir,
+      pacedFrom,
+    ))
+      line(`  ${hop.name}`, `p50 ${f0(hop.p50)} ms, p99 ${f0(hop.p99)} ms`, '(BullMQ job times)');
     line(
-      `Receipt → FHIR commit at 50 % load`,
+      `Receipt → FHIR commit at ${PACED_RATE ? 'fixed' : '50 %'} load`,
       `p50 ${f0(Number(lat[0]?.p50))} ms, p99 ${f0(Number(lat[0]?.p99))} ms`,
       `${f0(halfMsgPerS * 3)} Obs/s for ${PACED_SECONDS} s, ${lat[0]?.n} Observations`,
     );
@@ -633,7 +672,6 @@ async function main(): Promise<void> {
         `first ${mb(rss[0]!)} MB; ${rss.length} samples (bench clients included)`,
       );
     await pipeline.close();
-    await rm(chdb, { recursive: true, force: true });
   }
 }
 

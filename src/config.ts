@@ -682,7 +682,13 @@ export const SETTINGS = {
       'WORKER_CONCURRENCY',
       4,
       int(1, 256),
-      'Jobs processed at once per queue per worker process.',
+      'Jobs processed at once per queue per worker process (the FHIR stage: WORKER_FHIR_CONCURRENCY).',
+    ),
+    fhirConcurrency: setting(
+      'WORKER_FHIR_CONCURRENCY',
+      32,
+      int(1, 1024),
+      'Jobs the FHIR stage holds at once per worker process. Jobs that wait for a Bundle slot share the next Bundle (group commit), so many small jobs cost one transaction; the Bundles in flight stay under FHIR_CONCURRENCY_MAX.',
     ),
     lockMs: setting(
       'WORKER_LOCK_MS',

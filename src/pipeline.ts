@@ -142,6 +142,7 @@ export async function startPipeline(
   const fhirStore = createFhirStore(fhir, {
     subjects,
     limit: createAdaptiveLimit({ max: config.fhir.concurrencyMax }),
+    maxEntries: config.fhir.batchSize,
   });
   const devices = createDeviceService(config, redis, queues, fhirStore);
   // SUBSCRIBE holds a connection of its own (sessions of re-keyed devices end at once).

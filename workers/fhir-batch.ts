@@ -20,17 +20,19 @@ import type { EntryOutcome, FhirStore } from '../src/fhir/store.js';
 export async function writeIsolated(
   store: Pick<FhirStore, 'writeObservations'>,
   observations: readonly Observation[],
+  halving = false,
 ): Promise<EntryOutcome[]> {
   if (observations.length === 0) return [];
   try {
-    return await store.writeObservations(observations);
+    // The first try may share a Bundle with other jobs (coalescer.ts); the halves go alone.
+    return await store.writeObservations(observations, { alone: halving });
   } catch (err) {
     const e = toPipelineError(err);
     if (e.retryable) throw e;
     if (observations.length === 1) return [{ ok: false, error: e }];
     const half = Math.ceil(observations.length / 2);
-    const left = await writeIsolated(store, observations.slice(0, half));
-    const right = await writeIsolated(store, observations.slice(half));
+    const left = await writeIsolated(store, observations.slice(0, half), true);
+    const right = await writeIsolated(store, observations.slice(half), true);
     return [...left, ...right];
   }
 }

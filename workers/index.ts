@@ -68,7 +68,10 @@ export function startWorkers(deps: WorkerDeps): RunningWorkers {
   const stages = new Set(config.worker.stages);
   const workers: Worker[] = [];
 
-  function run<T extends Retried & Traced>(stage: Stage<T>): void {
+  function run<T extends Retried & Traced>(
+    stage: Stage<T>,
+    concurrency = config.worker.concurrency,
+  ): void {
     const runner = createRunner(stage, {
       fhir: queues.fhir,
       analytics: queues.analytics,
@@ -82,7 +85,7 @@ export function startWorkers(deps: WorkerDeps): RunningWorkers {
     const worker = new Worker<T>(stage.queue, (job: Job<T>, token) => runner.process(job, token), {
       connection: deps.connection,
       prefix: queuePrefix(config.redis.url, config.redis.prefix),
-      concurrency: config.worker.concurrency,
+      concurrency,
       // A worker that dies (kill -9, OOM) stops renewing its job locks; after
       // WORKER_LOCK_MS another worker takes the job back. Jobs are idempotent, so a
       // stalled job is always retried: BullMQ's default (1 stall, then "failed")
@@ -165,6 +168,8 @@ export function startWorkers(deps: WorkerDeps): RunningWorkers {
           createPatients: config.fhir.createPatients,
         }),
       }),
+      // Many jobs at once, so that small ones share Bundles (src/fhir/coalescer.ts).
+      config.worker.fhirConcurrency,
     );
   }
   if (stages.has('analytics')) {

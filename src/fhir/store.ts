@@ -11,7 +11,9 @@
  *    (associations.ts), never from an Observation.
  *  - writeObservations(obs): one transaction Bundle of `PUT Observation/{id}`
  *    (create or update, idempotent; all or nothing), in flight only when the
- *    adaptive limit (adaptive-limit.ts) has a slot. HAPI ingests a transaction
+ *    adaptive limit (adaptive-limit.ts) has a slot; calls that wait for a slot
+ *    share the next Bundle (coalescer.ts: group commit, a refused shared
+ *    Bundle is re-sent per call so one call's bad entry fails only that call). HAPI ingests a transaction
  *    several times faster than a batch (docs/performance.md). An id twice in
  *    one call is sent once (the last; a transaction refuses duplicates) and its
  *    outcome given to both. A conflict with a concurrent transaction (409/412,
@@ -27,6 +29,7 @@ import { SETTINGS } from '../config.js';
 import { PipelineError } from '../errors.js';
 import type { PatientRef } from '../queues.js';
 import { createAdaptiveLimit, type AdaptiveLimit } from './adaptive-limit.js';
+import { createCoalescer } from './coalescer.js';
 import { statusError } from './errors.js';
 import { versionFromEtag, type FhirGateway } from './gateway.js';
 import { createSubjectCache, type SubjectCache } from './subject-cache.js';
@@ -53,7 +56,15 @@ export interface FhirStore {
   ensurePatients(patients: readonly PatientRef[]): Promise<void>;
   /** Whether Patient/{id} exists (not cached: an operator is asking). */
   patientExists(id: string): Promise<boolean>;
-  writeObservations(observations: readonly Observation[]): Promise<EntryOutcome[]>;
+  /**
+   * `alone`: never share the Bundle with other callers' Observations (the
+   * halving of a refused Bundle, fhir-batch.ts); otherwise Observations of
+   * concurrent calls may share one (coalescer.ts).
+   */
+  writeObservations(
+    observations: readonly Observation[],
+    options?: { readonly alone?: boolean },
+  ): Promise<EntryOutcome[]>;
   /** The stored Observations with these ids (missing ones are left out). */
   readObservations(ids: readonly string[]): Promise<Observation[]>;
 }
@@ -69,6 +80,10 @@ export interface FhirStoreOptions {
   readonly subjects?: SubjectCache;
   /** Write Bundles in flight, adapted to latency; default: up to 8. */
   readonly limit?: AdaptiveLimit;
+  /** Most Observations in one Bundle, when concurrent calls share it (default FHIR_BATCH_SIZE's). */
+  readonly maxEntries?: number;
+  /** For metrics and tests: called with the parts (calls) and entries of every Bundle sent. */
+  readonly onBundle?: (parts: number, entries: number) => void;
   /** Tries of a transaction that conflicts with a concurrent one (default 5). */
   readonly conflictAttempts?: number;
   /** For tests: called on every conflict retried. */
@@ -176,6 +191,14 @@ export function createFhirStore(gateway: FhirGateway, options: FhirStoreOptions 
     }
   }
 
+  // Concurrent calls share Bundles while every slot is busy (group commit).
+  const coalescer = createCoalescer<EntryOutcome>({
+    limit,
+    maxEntries: options.maxEntries ?? SETTINGS.fhir.batchSize.default,
+    send: transactionWithRetries,
+    ...(options.onBundle ? { onBundle: options.onBundle } : {}),
+  });
+
   async function transaction(observations: readonly Observation[]): Promise<EntryOutcome[]> {
     const response = await gateway.transaction(
       observations.map((o): BundleEntry => ({
@@ -228,13 +251,16 @@ export function createFhirStore(gateway: FhirGateway, options: FhirStoreOptions 
       return (await gateway.read<Patient>('Patient', id)) !== undefined;
     },
 
-    async writeObservations(observations) {
+    async writeObservations(observations, writeOptions) {
       if (observations.length === 0) return [];
       // A transaction refuses one id twice: send the last, answer both.
       const lastAt = new Map<string, number>();
       observations.forEach((o, i) => lastAt.set(o.id ?? '', i));
       const unique = [...lastAt.values()].sort((a, b) => a - b);
-      const entries = await transactionWithRetries(unique.map((i) => observations[i]!));
+      const entries = await coalescer.write(
+        unique.map((i) => observations[i]!),
+        writeOptions?.alone ?? false,
+      );
       const byId = new Map<string, EntryOutcome>();
       unique.forEach((at, j) => byId.set(observations[at]!.id ?? '', entries[j]!));
       return observations.map((o) => byId.get(o.id ?? '')!);

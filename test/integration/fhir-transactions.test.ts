@@ -7,7 +7,10 @@
  *    with FhirRejected and the server's status;
  *  - one that does not parse (a string where a decimal goes): the same;
  *  - concurrent transactions PUTting the same new ids: every write succeeds
- *    (conflicts between them are retried), one resource per id.
+ *    (conflicts between them are retried), one resource per id;
+ *  - concurrent jobs share Bundles (group commit, src/fhir/coalescer.ts): ten
+ *    small jobs take fewer transactions than ten, and a bad entry in one job
+ *    refuses only that entry, not the other jobs' entries it shared a Bundle with.
  */
 import type { Observation } from 'fhir/r4.js';
 import { beforeAll, describe, expect, inject, it } from 'vitest';
@@ -134,5 +137,54 @@ describe('concurrent transactions on the same ids', () => {
     expect(outcomes.every((o) => o.ok)).toBe(true);
     const [stored] = await store.readObservations([id]);
     expect(stored?.valueQuantity?.value).toBe(61);
+  });
+});
+
+describe('concurrent jobs sharing Bundles (group commit)', () => {
+  it('ten small jobs share transactions; one bad entry fails only itself', async () => {
+    // 1. One Bundle slot, so the jobs that wait for it share the next Bundle.
+    const bundles: number[] = [];
+    const shared = createFhirStore(gateway, {
+      limit: createAdaptiveLimit({ max: 1, initial: 1 }),
+      maxEntries: 50,
+      onBundle: (parts) => bundles.push(parts),
+    });
+    const sharedStage = createFhirWriterStage({
+      config: loadConfig({}, { fhir: { url: fhirUrl, batchSize: 50 } }),
+      store: shared,
+      fhir: gateway,
+      associationSync: { sync: () => Promise.resolve() },
+      log: createLogger('silent'),
+    });
+    const jobs = Array.from({ length: 10 }, () => [0, 1, 2].map(() => uniqueId('o-gc')));
+    const badId = jobs[6]![1]!;
+    const results = await Promise.all(
+      jobs.map((ids) =>
+        sharedStage.run({
+          id: uniqueId('job'),
+          data: {
+            traceId: uniqueId('tr'),
+            patients: [],
+            devices: [],
+            observations: ids
+              .map((id) => (id === badId ? observation(id, patient, 'seventy') : observation(id)))
+              .map(envelope),
+            messages: [],
+          },
+        }),
+      ),
+    );
+
+    // 2. Fewer transactions than jobs, and at least one Bundle held several jobs.
+    expect(Math.max(...bundles)).toBeGreaterThan(1);
+    // 3. Only the bad entry is a dead letter; every other entry of every job committed.
+    const dead = results.flatMap((r) => r.deadLetters);
+    expect(dead).toHaveLength(1);
+    expect(dead[0]!.error.code).toBe('FhirRejected');
+    expect(JSON.stringify(dead[0])).toContain(badId);
+    for (const r of results) expect(r.retry).toBeUndefined();
+    const good = jobs.flat().filter((id) => id !== badId);
+    const stored = await store.readObservations(good);
+    expect(stored.map((o) => o.id).sort()).toEqual([...good].sort());
   });
 });

@@ -1,0 +1,174 @@
+/**
+ * Resident memory of the production roles as separate processes (`iomt
+ * broker`, `iomt worker`), the load generator excluded: this process only
+ * enrols devices and publishes. Samples VmRSS (and the worker's chdb share, as
+ * far as /proc shows it: RssFile+RssShmem vs RssAnon) every 5 s for the run.
+ *
+ *   FHIR_URL=http://127.0.0.1:8095/fhir npx tsx bench/roles-rss.ts \
+ *     [--seconds 300] [--devices 20] [--rate 20] [--stages normalize,fhir,analytics]
+ *
+ * --rate is messages/s in total (3 Observations each). With the analytics
+ * stage the worker runs the embedded ClickHouse engine (chdb) in its process;
+ * `--stages normalize,fhir` shows the worker without it (in production with
+ * CLICKHOUSE_URL the mirror writes to a server and chdb is not loaded).
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { createConnection, createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+import mqtt, { type MqttClient } from 'mqtt';
+import { loadConfig } from '../src/config.js';
+import { createLogger } from '../src/logger.js';
+import { startPipeline } from '../src/pipeline.js';
+
+const { values: args } = parseArgs({
+  options: {
+    seconds: { type: 'string', default: '300' },
+    devices: { type: 'string', default: '20' },
+    rate: { type: 'string', default: '20' },
+    stages: { type: 'string', default: 'normalize,fhir,analytics' },
+  },
+});
+const SECONDS = Number(args.seconds);
+const DEVICES = Number(args.devices);
+const RATE = Number(args.rate);
+const run = Date.now().toString(36);
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const port = (s.address() as { port: number }).port;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+/** VmRSS, RssAnon, RssFile (kB → MB) of a process. */
+function mem(pid: number) {
+  const s = readFileSync(`/proc/${pid}/status`, 'utf8');
+  const kb = (k: string) => Number(new RegExp(`${k}:\\s+(\\d+) kB`).exec(s)?.[1] ?? NaN) / 1024;
+  return { rss: kb('VmRSS'), anon: kb('RssAnon'), file: kb('RssFile') + kb('RssShmem') };
+}
+
+function role(name: string, env: NodeJS.ProcessEnv): ChildProcess {
+  return spawn(process.execPath, ['bin/iomt.mjs', name], {
+    stdio: ['ignore', 'ignore', 'inherit'],
+    env: { ...process.env, ...env, LOG_LEVEL: 'warn' },
+  });
+}
+
+async function listening(port: number): Promise<void> {
+  for (let i = 0; i < 600; i++) {
+    const open = await new Promise<boolean>((resolve) => {
+      const s = createConnection(port, '127.0.0.1');
+      s.once('connect', () => (s.destroy(), resolve(true)));
+      s.once('error', () => resolve(false));
+    });
+    if (open) return;
+    await sleep(100);
+  }
+  throw new Error(`nothing listens on ${port} after 60 s`);
+}
+
+async function main(): Promise<void> {
+  const chdb = await mkdtemp(path.join(tmpdir(), 'iomt-rss-'));
+  const prefix = `rss-${run}`;
+  const config = loadConfig(process.env, {
+    redis: { prefix },
+    mqtt: { host: '127.0.0.1', port: 0 },
+    admin: { port: 0 },
+    clickhouse: { url: undefined, dataPath: chdb },
+  });
+  const control = await startPipeline(config, [], createLogger('warn'));
+  const port = await freePort();
+  const env = {
+    QUEUE_PREFIX: prefix,
+    MQTT_HOST: '127.0.0.1',
+    MQTT_PORT: String(port),
+    CHDB_PATH: chdb,
+    WORKER_STAGES: args.stages,
+    FHIR_URL: config.fhir.url,
+  };
+  const broker = role('broker', env);
+  const worker = role('worker', env);
+  const clients: MqttClient[] = [];
+  try {
+    await listening(port);
+    const ids = Array.from({ length: DEVICES }, (_, d) => `rss-${run}-d${d}`);
+    for (const id of ids) {
+      const { secret } = await control.devices.add(id, {
+        actor: 'bench',
+        source: 'cli',
+        patient: `${id}-p`,
+        newPatient: true,
+        at: Date.now() - 2 * 24 * 3600_000,
+      });
+      clients.push(
+        await mqtt.connectAsync(`mqtt://127.0.0.1:${port}`, {
+          username: id,
+          password: secret,
+          clientId: id,
+          reconnectPeriod: 0,
+        }),
+      );
+    }
+    console.log(
+      `roles-rss: broker pid ${broker.pid}, worker pid ${worker.pid} (stages ${args.stages}); ${DEVICES} devices, ${RATE} msg/s for ${SECONDS} s; load average ${readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ')}`,
+    );
+    let t = Date.now() - 3600_000;
+    let sent = 0;
+    const started = Date.now();
+    const samples: { at: number; b: ReturnType<typeof mem>; w: ReturnType<typeof mem> }[] = [];
+    const sampler = setInterval(() => {
+      samples.push({ at: (Date.now() - started) / 1000, b: mem(broker.pid!), w: mem(worker.pid!) });
+    }, 5000);
+    while (Date.now() - started < SECONDS * 1000) {
+      const c = clients[sent % DEVICES]!;
+      const payload = JSON.stringify({
+        timestamp: new Date((t += 10)).toISOString(),
+        heartRate: 60 + (sent % 40),
+        spo2: 94 + (sent % 6),
+        respiratoryRate: 12 + (sent % 8),
+      });
+      c.publish(`devices/${c.options.clientId ?? ''}/telemetry`, payload, { qos: 1 });
+      sent++;
+      await sleep(Math.max(0, started + (sent * 1000) / RATE - Date.now()));
+    }
+    clearInterval(sampler);
+    const f = (n: number) => n.toFixed(0);
+    console.log('t (s)  broker RSS (anon)   worker RSS (anon / file+shmem)');
+    for (const s of samples.filter((_, i) => i % 6 === 0 || i === samples.length - 1))
+      console.log(
+        `${f(s.at).padStart(5)}  ${f(s.b.rss).padStart(5)} MB (${f(s.b.anon)})   ${f(s.w.rss).padStart(5)} MB (${f(s.w.anon)} / ${f(s.w.file)})`,
+      );
+    const max = (k: 'b' | 'w') => Math.max(...samples.map((s) => s[k].rss));
+    const last = samples.at(-1)!;
+    console.log(
+      `broker: first ${f(samples[0]!.b.rss)} MB, max ${f(max('b'))} MB, last ${f(last.b.rss)} MB; worker: first ${f(samples[0]!.w.rss)} MB, max ${f(max('w'))} MB, last ${f(last.w.rss)} MB; sum max ${f(max('b') + max('w'))} MB (${sent} messages)`,
+    );
+  } finally {
+    for (const c of clients) c.end(true);
+    const exited = (p: ChildProcess) =>
+      p.exitCode !== null ? Promise.resolve() : new Promise((r) => p.once('exit', r));
+    broker.kill();
+    worker.kill();
+    await Promise.all([exited(broker), exited(worker)]); // the worker's chdb files closed
+    await control.queues.ingest.obliterate({ force: true }).catch(() => undefined);
+    await control.close();
+    await rm(chdb, { recursive: true, force: true });
+  }
+}
+
+main().then(
+  () => process.exit(0),
+  (err: unknown) => {
+    console.error(err);
+    process.exit(1);
+  },
+);
