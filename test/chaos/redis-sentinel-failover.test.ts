@@ -1,18 +1,25 @@
 /**
  * Fault: the Redis master dies (SIGKILL) mid-stream under Sentinel (one master,
- * two replicas, three Sentinels, started by this test). The pipeline follows
+ * one replica, three Sentinels, started by this test). The pipeline follows
  * REDIS_URL redis+sentinel://… and runs with REDIS_WAIT_REPLICAS=1: a PUBACK
  * goes out only once the job is on the replica, so the promoted replica holds
- * every acknowledged message, and the other replica follows it, so WAIT keeps
- * being answered. Devices resend what was not acknowledged. Every acknowledged message is delivered
- * once, in HAPI and in ClickHouse.
+ * every acknowledged message. The new master has no replica until the killed
+ * node is started again (as a supervisor would) and the Sentinels make it a
+ * replica: until then WAIT is not answered, so nothing is acknowledged and the
+ * devices resend. Every acknowledged message is delivered once, in HAPI and in
+ * ClickHouse.
  */
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, inject, it } from 'vitest';
 import { uniqueId } from '../support/harness.js';
-import { startRedisSentinel, until, type TestSentinel } from '../support/redis-topologies.js';
+import {
+  nodeCall,
+  startRedisSentinel,
+  until,
+  type TestSentinel,
+} from '../support/redis-topologies.js';
 import { Fleet } from './support/fleet.js';
 import { iomtEnv, ready, sleep, spawnIomt, stopAll } from './support/processes.js';
 import { expectOnceInClickHouse, expectOnceInFhirAndDrained } from './support/verify.js';
@@ -33,7 +40,7 @@ afterAll(async () => {
 describe('a Sentinel failover of the Redis master mid-stream, with WAIT', () => {
   it('delivers every acknowledged message once', async () => {
     dir = await mkdtemp(path.join(tmpdir(), 'iomt-chaos-sentinel-'));
-    sentinel = await startRedisSentinel(2);
+    sentinel = await startRedisSentinel(1);
     const redisUrl = sentinel.url;
     const base = {
       redisUrl,
@@ -53,17 +60,24 @@ describe('a Sentinel failover of the Redis master mid-stream, with WAIT', () => 
     // 2. Publish; kill the master mid-stream; the Sentinels promote a replica.
     const stream = fleet.publish(400, 5);
     await sleep(700);
-    const before = await sentinel.master();
-    await sentinel.killMaster();
+    const killed = await sentinel.killMaster();
     const ackedAtKill = fleet.acked.length;
     await until(
       'the Sentinels promote the replica',
-      async () => (await sentinel!.master()) !== before,
+      async () => (await sentinel!.master()) !== killed,
+      60_000,
+    );
+    // 3. The killed node comes back; the Sentinels make it the new master's replica.
+    await sentinel.restart(killed);
+    await until(
+      'the old master replicates from the new one',
+      async () =>
+        String(await nodeCall(killed, 'INFO', 'replication')).includes('master_link_status:up'),
       60_000,
     );
     await stream;
 
-    // 3. Everything acknowledged in the end; the processes lived through it.
+    // 4. Everything acknowledged in the end; the processes lived through it.
     await fleet.allAcked(120_000);
     expect(ackedAtKill).toBeGreaterThan(0);
     expect(ackedAtKill).toBeLessThan(400);
@@ -71,7 +85,7 @@ describe('a Sentinel failover of the Redis master mid-stream, with WAIT', () => 
     expect(w.child.exitCode).toBeNull();
     expect(b.child.exitCode).toBeNull();
 
-    // 4. End state: once in HAPI, once in ClickHouse, nothing dead-lettered.
+    // 5. End state: once in HAPI, once in ClickHouse, nothing dead-lettered.
     await expectOnceInFhirAndDrained(fhirUrl, redisUrl, prefix, fleet);
     await b.stop();
     await w.stop();
