@@ -33,7 +33,7 @@
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
-import { createConnection, createServer } from 'node:net';
+import { createConnection } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
@@ -46,6 +46,7 @@ import { createLogger } from '../src/logger.js';
 import { loadMappings, normalizeMessage, type MappingSet } from '../src/mapping/index.js';
 import { startPipeline, type Pipeline } from '../src/pipeline.js';
 import { latencyBreakdown } from './latency-breakdown.js';
+import { freePort } from '../test/support/free-port.js';
 
 const { values: args } = parseArgs({
   options: {
@@ -103,17 +104,6 @@ function message(i: number, at: number): string {
     heartRate: 60 + (i % 40),
     spo2: 94 + (i % 6),
     respiratoryRate: 12 + (i % 8),
-  });
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => resolve(port));
-    });
   });
 }
 

@@ -40,6 +40,7 @@ import {
   waitFor,
   type Harness,
 } from '../support/harness.js';
+import { freePort } from '../support/free-port.js';
 
 const run = promisify(execFile);
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
@@ -69,17 +70,6 @@ let secretFile: string;
 const allLogs: Record<string, unknown>[] = [];
 /** Every error message a start or a request gave in this file. */
 const allErrors: string[] = [];
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as AddressInfo;
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 const auth = (over: Partial<Config['fhirAuth']>) => ({
   mode: 'none' as const,

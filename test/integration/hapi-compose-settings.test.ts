@@ -15,7 +15,6 @@
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
@@ -32,6 +31,7 @@ import {
   tokens,
 } from '../support/compose.js';
 import { waitFor } from '../support/harness.js';
+import { freePort } from '../support/free-port.js';
 
 const run = promisify(execFile);
 
@@ -58,17 +58,6 @@ async function psql(sql: string, db = 'postgres'): Promise<string> {
     sql,
   ]);
   return stdout.trim();
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address();
-      server.close(() => resolve(typeof address === 'object' && address ? address.port : 0));
-    });
-  });
 }
 
 // ---- what compose runs, read from the files ------------------------------------

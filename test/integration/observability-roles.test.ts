@@ -16,7 +16,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import type { MqttClient } from 'mqtt';
@@ -32,6 +31,7 @@ import {
   waitFor,
   withDevices,
 } from '../support/harness.js';
+import { freePort } from '../support/free-port.js';
 
 const fhirUrl = inject('fhirUrl');
 const redisUrl = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
@@ -54,17 +54,6 @@ let adminPort: number;
 let prometheus: ChildProcess | undefined;
 let promUrl: string;
 let promLog = '';
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address();
-      server.close(() => resolve(typeof address === 'object' && address ? address.port : 0));
-    });
-  });
-}
 
 /** `iomt <role>` from the sources, configured through the environment only. */
 function startRole(role: Role): RoleProcess {
