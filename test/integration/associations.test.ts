@@ -230,15 +230,25 @@ describe('a device reassigned mid-stream, with a FHIR outage, a stopped worker a
     ]);
     expect(rows[1]).toMatchObject({ source: 'api', actor: 'charge.nurse' });
 
-    // 10. device_messages: each message's patient comes from attribution.
-    const messages = await back.pipeline.analyticsStore!.queryRows<{
-      patient_id: string;
-      n: string;
-    }>(
-      `SELECT patient_id, count() AS n FROM device_messages FINAL WHERE mqtt_device_id = '${device}'
-       GROUP BY patient_id ORDER BY patient_id`,
+    // 10. device_messages: each message's patient comes from attribution. A
+    //     message's row is mirrored by its own outcome job, which may land after
+    //     the Observations: wait for every message, then compare.
+    const counted = async () => {
+      const messages = await back!.pipeline.analyticsStore!.queryRows<{
+        patient_id: string;
+        n: string;
+      }>(
+        `SELECT patient_id, count() AS n FROM device_messages FINAL WHERE mqtt_device_id = '${device}'
+         GROUP BY patient_id ORDER BY patient_id`,
+      );
+      return Object.fromEntries(messages.map((m) => [m.patient_id, Number(m.n)]));
+    };
+    const counts = await waitFor(
+      counted,
+      (c) => Object.values(c).reduce((sum, n) => sum + n, 0) >= expected.size,
+      30_000,
+      `${expected.size} device_messages rows`,
     );
-    const counts = Object.fromEntries(messages.map((m) => [m.patient_id, Number(m.n)]));
     expect(counts).toEqual({
       [A]: [...expected.values()].filter((p) => p === A).length,
       [B]: [...expected.values()].filter((p) => p === B).length,
