@@ -68,13 +68,18 @@ describe('a Sentinel failover of the Redis master mid-stream, with WAIT', () => 
       60_000,
     );
     // 3. The killed node comes back; the Sentinels make it the new master's replica.
+    // Sentinel waits 8 s before converting a returned master, and stands still
+    // for 30 s whenever its timer was late by 2 s (TILT, e.g. on a loaded
+    // machine), hence the generous bound; a failure shows what the Sentinels did.
     await sentinel.restart(killed);
     await until(
       'the old master replicates from the new one',
       async () =>
         String(await nodeCall(killed, 'INFO', 'replication')).includes('master_link_status:up'),
-      60_000,
-    );
+      180_000,
+    ).catch(async (err: unknown) => {
+      throw new Error(`${String(err)}\nSentinel events:\n${await sentinel!.events()}`);
+    });
     await stream;
 
     // 4. Everything acknowledged in the end; the processes lived through it.

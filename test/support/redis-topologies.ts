@@ -5,7 +5,7 @@
  * test, in its own directory, on free ports; stop() kills them all.
  */
 import { spawn, execFile, type ChildProcess } from 'node:child_process';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
@@ -156,6 +156,8 @@ export interface TestSentinel {
   killMaster(): Promise<number>;
   /** Starts a killed data node again on its port (the Sentinels make it a replica). */
   restart(port: number): Promise<void>;
+  /** The Sentinels' event lines (+sdown, +tilt, +convert-to-slave, …), for a failure message. */
+  events(): Promise<string>;
   stop(): Promise<void>;
 }
 
@@ -174,23 +176,34 @@ export async function startRedisSentinel(replicas = 1): Promise<TestSentinel> {
   const argsOf = new Map<number, string[]>();
   try {
     const [masterPort, ...replicaPorts] = dataPorts as [number, ...number[]];
-    const data = (port: number, extra: string[]) => {
+    // Each data node keeps an AOF in a directory of its own, as a node that a
+    // supervisor restarts must: a master that came back empty could be elected
+    // by a second failover and wipe the replica that holds every acknowledged
+    // job (Redis's replication docs warn against exactly that).
+    const data = async (port: number, extra: string[]) => {
+      const dir = path.join(o.dir, `data-${port}`);
+      await mkdir(dir);
       const args = [
         '--port',
         String(port),
         '--bind',
         '127.0.0.1',
         '--dir',
-        o.dir,
+        dir,
         '--save',
         '',
+        '--appendonly',
+        'yes',
+        '--appendfsync',
+        'everysec',
         ...extra,
       ];
       argsOf.set(port, args);
       byPort.set(port, serve(o, args, `data-${port}`));
     };
-    data(masterPort, ['--appendonly', 'no']);
-    for (const port of replicaPorts) data(port, ['--replicaof', '127.0.0.1', String(masterPort)]);
+    await data(masterPort, []);
+    for (const port of replicaPorts)
+      await data(port, ['--replicaof', '127.0.0.1', String(masterPort)]);
     for (const port of dataPorts)
       await until(`redis ${port} answers`, async () => (await nodeCall(port, 'PING')) === 'PONG');
     for (const port of replicaPorts)
@@ -206,7 +219,7 @@ export async function startRedisSentinel(replicas = 1): Promise<TestSentinel> {
           'bind 127.0.0.1',
           `dir ${o.dir}`,
           `sentinel monitor ${masterName} 127.0.0.1 ${masterPort} 2`,
-          `sentinel down-after-milliseconds ${masterName} 1000`,
+          `sentinel down-after-milliseconds ${masterName} 3000`,
           `sentinel failover-timeout ${masterName} 5000`,
           `sentinel parallel-syncs ${masterName} 1`,
           '',
@@ -254,6 +267,14 @@ export async function startRedisSentinel(replicas = 1): Promise<TestSentinel> {
         `redis ${port} answers again`,
         async () => (await nodeCall(port, 'PING')) === 'PONG',
       );
+    },
+    async events() {
+      const lines: string[] = [];
+      for (const port of sentinelPorts) {
+        const log = await readFile(path.join(o.dir, `sentinel-${port}.log`), 'utf8').catch(() => '');
+        for (const line of log.split('\n')) if (/ [+-][a-z-]+ /.test(line)) lines.push(`${port} ${line}`);
+      }
+      return lines.slice(-60).join('\n');
     },
     stop: () => stopAll(o),
   };
