@@ -271,8 +271,11 @@ export async function startRedisSentinel(replicas = 1): Promise<TestSentinel> {
     async events() {
       const lines: string[] = [];
       for (const port of sentinelPorts) {
-        const log = await readFile(path.join(o.dir, `sentinel-${port}.log`), 'utf8').catch(() => '');
-        for (const line of log.split('\n')) if (/ [+-][a-z-]+ /.test(line)) lines.push(`${port} ${line}`);
+        const log = await readFile(path.join(o.dir, `sentinel-${port}.log`), 'utf8').catch(
+          () => '',
+        );
+        for (const line of log.split('\n'))
+          if (/ [+-][a-z-]+ /.test(line)) lines.push(`${port} ${line}`);
       }
       return lines.slice(-60).join('\n');
     },
