@@ -235,7 +235,11 @@ async function fhirCeiling(config: Config, mappings: MappingSet, count: number) 
       if (rate > best.rate) best = { rate, size, inflight };
     }
   const obs = await loaderSet(config, mappings, 'best', count);
-  return { ...best, rate: await loaderRate(config.fhir.url, obs, best.size, best.inflight) };
+  const pid = javaPid(config.fhir.url);
+  const java0 = pid ? procCpuSeconds(pid) : NaN;
+  const rate = await loaderRate(config.fhir.url, obs, best.size, best.inflight);
+  const javaCpuPer1000 = pid ? ((procCpuSeconds(pid) - java0) / obs.length) * 1000 : NaN;
+  return { ...best, rate, javaCpuPer1000 };
 }
 
 // ---------------------------------------------------------------- 2. acknowledgements
@@ -443,7 +447,7 @@ async function main(): Promise<void> {
   // 1. FHIR ceiling.
   const ceiling = PHASES.has('ceiling')
     ? await fhirCeiling(config, loaded.mappings, MESSAGES * 3)
-    : { rate: NaN, size: config.fhir.batchSize, inflight: 4 };
+    : { rate: NaN, size: config.fhir.batchSize, inflight: 4, javaCpuPer1000: NaN };
   line(
     'FHIR ceiling (best loader)',
     `${f0(ceiling.rate)} Obs/s`,
@@ -535,10 +539,22 @@ async function acks(config: Config, log: ReturnType<typeof createLogger>): Promi
   }
 }
 
+/** Bundles sent so far, their Observations and the jobs that shared them (the histograms' sums). */
+async function bundleStats(p: Pipeline) {
+  const sumOf = async (h: typeof p.metrics.fhirBundleEntries) => {
+    const { name, values } = await h.get();
+    const pick = (n: string) => values.find((v) => v.metricName === n)?.value ?? 0;
+    return { count: pick(`${name}_count`), sum: pick(`${name}_sum`) };
+  };
+  const e = await sumOf(p.metrics.fhirBundleEntries);
+  const parts = await sumOf(p.metrics.fhirBundleParts);
+  return { count: e.count, entries: e.sum, parts: parts.sum };
+}
+
 async function pipelinePhases(
   config: Config,
   log: ReturnType<typeof createLogger>,
-  ceiling: { rate: number },
+  ceiling: { rate: number; javaCpuPer1000: number },
   hapiPid: number | undefined,
 ): Promise<void> {
   // 3. The whole pipeline in this process.
@@ -569,12 +585,14 @@ async function pipelinePhases(
     const cpu0 = process.cpuUsage();
     const java0 = hapiPid ? procCpuSeconds(hapiPid) : NaN;
     const before = await written();
+    const bundles0 = await bundleStats(pipeline);
     const started = process.hrtime.bigint();
     const perDevice = Math.ceil(MESSAGES / DEVICES);
     await burst(pubs, perDevice * DEVICES, 200, clock(5 * 3600_000));
     expectedMessages += perDevice * DEVICES;
     await waitWritten(before + perDevice * DEVICES * 3, 'throughput');
     const elapsed = seconds(started);
+    const bundles1 = await bundleStats(pipeline);
     const obs = perDevice * DEVICES * 3;
     const throughput = obs / elapsed;
     const cpu = process.cpuUsage(cpu0);
@@ -588,7 +606,13 @@ async function pipelinePhases(
     line(
       'CPU-s per 1,000 Observations',
       `pipeline ${((pipelineCpu / obs) * 1000).toFixed(2)}`,
-      `FHIR server ${((javaCpu / obs) * 1000).toFixed(2)} (java /proc stat)`,
+      `FHIR server ${((javaCpu / obs) * 1000).toFixed(2)}; under the best loader ${ceiling.javaCpuPer1000.toFixed(2)} (java /proc stat)`,
+    );
+    const nBundles = bundles1.count - bundles0.count;
+    line(
+      '  transaction Bundles sent',
+      `${nBundles}, mean ${f0((bundles1.entries - bundles0.entries) / nBundles)} Observations, ${((bundles1.parts - bundles0.parts) / nBundles).toFixed(1)} jobs`,
+      `the loader: Bundles of ${config.fhir.batchSize}`,
     );
 
     // 4. Latency at half the pipeline's maximum.

@@ -118,6 +118,18 @@ export function createMetrics(options: { defaultMetrics?: boolean; buildInfo?: B
       buckets: [0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1, 2, 5, 10, 30, 60],
       registers: [registry],
     }),
+    fhirBundleEntries: new Histogram({
+      name: 'iomt_fhir_bundle_entries',
+      help: 'Observations per transaction Bundle sent to the FHIR server (group commit fills them under load)',
+      buckets: [1, 3, 10, 25, 50, 100, 150, 200, 400, 800],
+      registers: [registry],
+    }),
+    fhirBundleParts: new Histogram({
+      name: 'iomt_fhir_bundle_parts',
+      help: 'Jobs sharing one transaction Bundle (group commit)',
+      buckets: [1, 2, 4, 8, 16, 32, 64],
+      registers: [registry],
+    }),
     deviceToFhirSeconds: new Histogram({
       name: 'iomt_device_to_fhir_seconds',
       help: "Device timestamp (Observation.effective) to FHIR commit, seconds (includes the device's clock skew)",

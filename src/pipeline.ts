@@ -143,6 +143,10 @@ export async function startPipeline(
     subjects,
     limit: createAdaptiveLimit({ max: config.fhir.concurrencyMax }),
     maxEntries: config.fhir.batchSize,
+    onBundle: (parts, entries) => {
+      metrics.fhirBundleEntries.observe(entries);
+      metrics.fhirBundleParts.observe(parts);
+    },
   });
   const devices = createDeviceService(config, redis, queues, fhirStore);
   // SUBSCRIBE holds a connection of its own (sessions of re-keyed devices end at once).
