@@ -8,9 +8,12 @@
  *     [--ack-seconds 30] [--paced-seconds 30] [--hapi-pid N]
  *
  *  1. FHIR ceiling: the best loader — transaction Bundles of the same
- *     Observations, straight to the same server — over a small grid of Bundle
- *     sizes and Bundles in flight; the best is the baseline, and the pipeline
- *     runs with that Bundle size.
+ *     Observations (as many patients and Devices as --devices), straight to
+ *     the same server — over a small grid of Bundle sizes and Bundles in
+ *     flight; the best is the baseline, and the pipeline runs with that Bundle
+ *     size. --partition pins the FHIR server (java, PostgreSQL) to half the
+ *     CPUs and the pipeline side to the other half (bench/cpu-partition.ts);
+ *     --threads prints the pipeline's CPU by thread.
  *  2. Acknowledgements at realistic rates: --ack-devices connected devices,
  *     each publishing QoS 1 at --ack-rate msg/s, to Mosquitto (started here on
  *     a free port) and to our broker; acks/s and ack latency. Every message
@@ -31,7 +34,7 @@
  * refused).
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { createConnection } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -45,6 +48,7 @@ import { createFhirStore } from '../src/fhir/store.js';
 import { createLogger } from '../src/logger.js';
 import { loadMappings, normalizeMessage, type MappingSet } from '../src/mapping/index.js';
 import { startPipeline, type Pipeline } from '../src/pipeline.js';
+import { partitionCpus, pidListening, type CpuPartition } from './cpu-partition.js';
 import { latencyBreakdown } from './latency-breakdown.js';
 import { freePort } from '../test/support/free-port.js';
 
@@ -62,6 +66,10 @@ const { values: args } = parseArgs({
     only: { type: 'string' },
     // Fix the paced load (Obs/s) instead of half the measured maximum, to compare runs.
     'paced-rate': { type: 'string' },
+    // Print where the pipeline process's CPU went in the throughput phase, by thread.
+    threads: { type: 'boolean', default: false },
+    // The FHIR server (java, PostgreSQL) on half the CPUs, the pipeline on the other half.
+    partition: { type: 'boolean', default: false },
   },
 });
 const SHORT = args.short;
@@ -147,29 +155,45 @@ function procCpuSeconds(pid: number): number {
   return (Number(fields[11]) + Number(fields[12])) / ticks;
 }
 
+/** CPU-seconds of this process's threads, summed by thread name (/proc/self/task). */
+function threadCpu(): Map<string, number> {
+  const ticks = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim());
+  const out = new Map<string, number>();
+  for (const tid of readdirSync('/proc/self/task')) {
+    try {
+      const stat = readFileSync(`/proc/self/task/${tid}/stat`, 'utf8');
+      const name = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')')).replace(/\d+$/, '#');
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      const cpu = (Number(fields[11]) + Number(fields[12])) / ticks;
+      out.set(name, (out.get(name) ?? 0) + cpu);
+    } catch {
+      // the thread ended meanwhile
+    }
+  }
+  return out;
+}
+
 /** The java process listening on the FHIR server's port, if it is on this machine. */
 function javaPid(url: string): number | undefined {
   if (args['hapi-pid']) return Number(args['hapi-pid']);
-  const port = new URL(url).port;
-  try {
-    const out = execFileSync('ss', ['-ltnpH', `sport = :${port}`], { encoding: 'utf8' });
-    const m = /pid=(\d+)/.exec(out);
-    return m ? Number(m[1]) : undefined;
-  } catch {
-    return undefined;
-  }
+  return pidListening(new URL(url).port);
 }
 
 // ---------------------------------------------------------------- 1. FHIR ceiling
 
+/**
+ * `count` Observations of `patients` patients, each with its own Device, in the
+ * order the pipeline meets them (message i from device i mod patients).
+ */
 async function observationsFor(
   mappings: MappingSet,
-  patient: string,
+  patients: readonly string[],
   count: number,
 ): Promise<Observation[]> {
   const out: Observation[] = [];
   const base = Date.now() - 2 * 3600_000;
   for (let i = 0; out.length < count; i++) {
+    const patient = patients[i % patients.length]!;
     const r = await normalizeMessage(mappings, {
       payload: message(i, base + i * 1000),
       meta: { deviceId: patient, topic: 't', receivedAt: Date.now() },
@@ -205,21 +229,29 @@ async function loaderRate(fhirUrl: string, obs: Observation[], size: number, inf
   return obs.length / seconds(started);
 }
 
-/** A loader's fresh patient, Device and Observations (the pipeline creates, it does not re-PUT). */
+/**
+ * A loader's fresh patients and Devices (as many as the pipeline's devices) and
+ * their Observations: the pipeline creates, it does not re-PUT.
+ */
 async function loaderSet(config: Config, mappings: MappingSet, label: string, count: number) {
   const gateway = createFhirGateway({ baseUrl: config.fhir.url, timeoutMs: 60_000 });
   const store = createFhirStore(gateway);
-  const patient = `bench-${run}-loader-${label}`;
-  await store.ensurePatients([
-    { id: patient, identifier: { system: 'urn:iomt:patient', value: patient }, create: true },
-  ]);
-  await gateway.update<Device>({
-    resourceType: 'Device',
-    id: `dev-${patient}`,
-    identifier: [{ system: 'urn:iomt:device', value: patient }],
-    patient: { reference: `Patient/${patient}` },
-  });
-  return observationsFor(mappings, patient, count);
+  const patients = Array.from({ length: DEVICES }, (_, d) => `bench-${run}-loader-${label}-${d}`);
+  await store.ensurePatients(
+    patients.map((id) => ({
+      id,
+      identifier: { system: 'urn:iomt:patient', value: id },
+      create: true,
+    })),
+  );
+  for (const patient of patients)
+    await gateway.update<Device>({
+      resourceType: 'Device',
+      id: `dev-${patient}`,
+      identifier: [{ system: 'urn:iomt:device', value: patient }],
+      patient: { reference: `Patient/${patient}` },
+    });
+  return observationsFor(mappings, patients, count);
 }
 
 /** The grid (3,000 Observations a point), then the best point again with `count`. */
@@ -444,26 +476,36 @@ async function main(): Promise<void> {
   );
   console.log(`${'figure'.padEnd(34)} ${'pipeline / ours'.padEnd(30)} baseline (same run)`);
 
-  // 1. FHIR ceiling.
-  const ceiling = PHASES.has('ceiling')
-    ? await fhirCeiling(config, loaded.mappings, MESSAGES * 3)
-    : { rate: NaN, size: config.fhir.batchSize, inflight: 4, javaCpuPer1000: NaN };
-  line(
-    'FHIR ceiling (best loader)',
-    `${f0(ceiling.rate)} Obs/s`,
-    `transaction Bundles of ${ceiling.size}, ${ceiling.inflight} in flight`,
-  );
-  config = loadConfig(process.env, {
-    ...overrides,
-    fhir: { batchSize: ceiling.size, concurrencyMax: Math.max(8, ceiling.inflight * 2) },
-  });
-  const log = createLogger('warn');
-
-  // 2. Acknowledgements: Mosquitto, then our broker role alone.
-  if (PHASES.has('acks')) await acks(config, log);
+  let partition: CpuPartition | undefined;
+  if (args.partition) {
+    if (hapiPid === undefined)
+      throw new Error('--partition: no FHIR server process on this machine');
+    partition = partitionCpus(hapiPid, new URL(config.redis.url).port || 6379);
+    console.log(
+      `partition: FHIR server (java, PostgreSQL) on CPU ${partition.server}; pipeline (this process, its children, Redis) on CPU ${partition.pipeline}`,
+    );
+  }
   try {
+    // 1. FHIR ceiling.
+    const ceiling = PHASES.has('ceiling')
+      ? await fhirCeiling(config, loaded.mappings, MESSAGES * 3)
+      : { rate: NaN, size: config.fhir.batchSize, inflight: 4, javaCpuPer1000: NaN };
+    line(
+      'FHIR ceiling (best loader)',
+      `${f0(ceiling.rate)} Obs/s`,
+      `transaction Bundles of ${ceiling.size}, ${ceiling.inflight} in flight`,
+    );
+    config = loadConfig(process.env, {
+      ...overrides,
+      fhir: { batchSize: ceiling.size, concurrencyMax: Math.max(8, ceiling.inflight * 2) },
+    });
+    const log = createLogger('warn');
+
+    // 2. Acknowledgements: Mosquitto, then our broker role alone.
+    if (PHASES.has('acks')) await acks(config, log);
     if (PHASES.has('pipeline')) await pipelinePhases(config, log, ceiling, hapiPid);
   } finally {
+    partition?.undo();
     await rm(chdb, { recursive: true, force: true });
   }
 }
@@ -586,6 +628,7 @@ async function pipelinePhases(
     const java0 = hapiPid ? procCpuSeconds(hapiPid) : NaN;
     const before = await written();
     const bundles0 = await bundleStats(pipeline);
+    const threads0 = args.threads ? threadCpu() : undefined;
     const started = process.hrtime.bigint();
     const perDevice = Math.ceil(MESSAGES / DEVICES);
     await burst(pubs, perDevice * DEVICES, 200, clock(5 * 3600_000));
@@ -608,6 +651,12 @@ async function pipelinePhases(
       `pipeline ${((pipelineCpu / obs) * 1000).toFixed(2)}`,
       `FHIR server ${((javaCpu / obs) * 1000).toFixed(2)}; under the best loader ${ceiling.javaCpuPer1000.toFixed(2)} (java /proc stat)`,
     );
+    if (threads0)
+      for (const [name, secs] of [...threadCpu()]
+        .map(([n, c]) => [n, c - (threads0.get(n) ?? 0)] as const)
+        .sort((a, b) => b[1] - a[1])
+        .slice(0, 10))
+        line(`  thread ${name}`, `${((secs / obs) * 1000).toFixed(3)} CPU-s / 1,000 Obs`, '');
     const nBundles = bundles1.count - bundles0.count;
     line(
       '  transaction Bundles sent',
