@@ -105,14 +105,12 @@ export async function startTemplateActivation(o: ActivationOptions): Promise<Tem
   let reportedDrift = '';
   let closed = false;
 
-  async function readFolder(): Promise<Folder> {
+  /** The folder as it is now; compiled only when its bytes changed (the poll runs every few seconds). */
+  async function readFolder(): Promise<Folder | undefined> {
     const { files, fixtures } = await readCandidate(o.dir);
-    return {
-      hash: folderHash(files, fixtures),
-      files,
-      fixtures,
-      loaded: compileSources(files, o.dir),
-    };
+    const hash = folderHash(files, fixtures);
+    if (hash === folder?.hash) return undefined;
+    return { hash, files, fixtures, loaded: compileSources(files, o.dir) };
   }
 
   function reportDrift(): void {
@@ -192,7 +190,7 @@ export async function startTemplateActivation(o: ActivationOptions): Promise<Tem
 
   async function checkFolder(propose: boolean): Promise<void> {
     const f = await readFolder();
-    if (f.hash === folder?.hash) return;
+    if (!f) return;
     folder = f;
     if (!f.loaded.ok) {
       o.metrics?.mappingsInvalid.set(1);
