@@ -41,6 +41,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import type { BundleEntry, Device, Observation } from 'fhir/r4.js';
+import { Redis } from 'ioredis';
 import mqtt, { type MqttClient } from 'mqtt';
 import { loadConfig, type Config } from '../src/config.js';
 import { createFhirGateway } from '../src/fhir/gateway.js';
@@ -507,6 +508,25 @@ async function main(): Promise<void> {
   } finally {
     partition?.undo();
     await rm(chdb, { recursive: true, force: true });
+    await forgetRun(config.redis.url);
+  }
+}
+
+/** This run's keys (devices, queues, templates: all under `bench-<run>`) leave Redis. */
+async function forgetRun(url: string): Promise<void> {
+  const redis = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 1 });
+  try {
+    await redis.connect();
+    let n = 0;
+    for await (const keys of redis.scanStream({ match: `*bench-${run}*`, count: 1000 })) {
+      const batch = keys as string[];
+      if (batch.length > 0) n += await redis.unlink(...batch);
+    }
+    console.log(`removed this run's ${n} keys from Redis`);
+  } catch (err) {
+    console.error(`could not remove this run's keys from Redis: ${String(err)}`);
+  } finally {
+    redis.disconnect();
   }
 }
 
