@@ -36,6 +36,12 @@ FROM ${NODE_IMAGE} AS runtime
 ARG CLICKHOUSE_EMBEDDED=true
 ARG GIT_COMMIT=unknown
 ENV NODE_ENV=production
+# glibc malloc: blocks of 4 MiB and more get their own mapping, returned to the
+# system when freed. By default glibc raises this threshold after the first
+# such free and keeps later blocks in its arenas: the broker's secret checks
+# (scrypt, 16 MiB each, one per libuv thread) then hold ~65 MB of RSS for good
+# (docs/performance.md, memory of the production roles).
+ENV MALLOC_MMAP_THRESHOLD_=4194304
 WORKDIR /app
 # chdb brings a prebuilt glibc library: this is why the base is Debian, not Alpine.
 COPY package.json package-lock.json ./

@@ -5,12 +5,17 @@
  * far as /proc shows it: RssFile+RssShmem vs RssAnon) every 5 s for the run.
  *
  *   FHIR_URL=http://127.0.0.1:8095/fhir npx tsx bench/roles-rss.ts \
- *     [--seconds 300] [--devices 20] [--rate 20] [--stages normalize,fhir,analytics]
+ *     [--seconds 300] [--devices 20] [--rate 20] [--stages normalize,fhir,analytics] \
+ *     [--node-flags="--max-semi-space-size=2"]
  *
  * --rate is messages/s in total (3 Observations each). With the analytics
  * stage the worker runs the embedded ClickHouse engine (chdb) in its process;
  * `--stages normalize,fhir` shows the worker without it (in production with
  * CLICKHOUSE_URL the mirror writes to a server and chdb is not loaded).
+ * --node-flags go on the roles' node command line (V8 heap flags); glibc malloc
+ * tunables (MALLOC_*) in this process's environment reach them too. The
+ * summary gives each role's CPU seconds and the sum of the two maxima against
+ * the target of issue 12 (300 MB, server-mode worker).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
@@ -31,11 +36,13 @@ const { values: args } = parseArgs({
     devices: { type: 'string', default: '20' },
     rate: { type: 'string', default: '20' },
     stages: { type: 'string', default: 'normalize,fhir,analytics' },
+    'node-flags': { type: 'string', default: '' },
   },
 });
 const SECONDS = Number(args.seconds);
 const DEVICES = Number(args.devices);
 const RATE = Number(args.rate);
+const TARGET_MB = 300;
 const run = Date.now().toString(36);
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -46,8 +53,15 @@ function mem(pid: number) {
   return { rss: kb('VmRSS'), anon: kb('RssAnon'), file: kb('RssFile') + kb('RssShmem') };
 }
 
+/** CPU seconds (user + system) a process has used: /proc/<pid>/stat utime, stime in clock ticks (100/s). */
+function cpuSeconds(pid: number): number {
+  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+  return (Number(fields[11]) + Number(fields[12])) / 100;
+}
+
 function role(name: string, env: NodeJS.ProcessEnv): ChildProcess {
-  return spawn(process.execPath, ['bin/iomt.mjs', name], {
+  const flags = args['node-flags'].split(' ').filter(Boolean);
+  return spawn(process.execPath, [...flags, 'bin/iomt.mjs', name], {
     stdio: ['ignore', 'ignore', 'inherit'],
     env: { ...process.env, ...env, LOG_LEVEL: 'warn' },
   });
@@ -108,8 +122,17 @@ async function main(): Promise<void> {
         }),
       );
     }
+    // How the roles were started: V8 flags and glibc malloc tunables (docs/performance.md).
+    const launcher = [
+      ...(args['node-flags'] ? [`node ${args['node-flags']}`] : []),
+      ...Object.entries(process.env)
+        .filter(([k, v]) => (k === 'NODE_OPTIONS' || k.startsWith('MALLOC_')) && v)
+        .map(([k, v]) => `${k}=${v}`),
+    ]
+      .map((l) => `; ${l}`)
+      .join('');
     console.log(
-      `roles-rss: broker pid ${broker.pid}, worker pid ${worker.pid} (stages ${args.stages}); ${DEVICES} devices, ${RATE} msg/s for ${SECONDS} s; load average ${readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ')}`,
+      `roles-rss: broker pid ${broker.pid}, worker pid ${worker.pid} (stages ${args.stages}${launcher}); ${DEVICES} devices, ${RATE} msg/s for ${SECONDS} s; load average ${readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ')}`,
     );
     let t = Date.now() - 3600_000;
     let sent = 0;
@@ -131,6 +154,7 @@ async function main(): Promise<void> {
       await sleep(Math.max(0, started + (sent * 1000) / RATE - Date.now()));
     }
     clearInterval(sampler);
+    const cpu = { b: cpuSeconds(broker.pid!), w: cpuSeconds(worker.pid!) };
     const f = (n: number) => n.toFixed(0);
     console.log('t (s)  broker RSS (anon)   worker RSS (anon / file+shmem)');
     for (const s of samples.filter((_, i) => i % 6 === 0 || i === samples.length - 1))
@@ -139,8 +163,12 @@ async function main(): Promise<void> {
       );
     const max = (k: 'b' | 'w') => Math.max(...samples.map((s) => s[k].rss));
     const last = samples.at(-1)!;
+    const sum = max('b') + max('w');
     console.log(
-      `broker: first ${f(samples[0]!.b.rss)} MB, max ${f(max('b'))} MB, last ${f(last.b.rss)} MB; worker: first ${f(samples[0]!.w.rss)} MB, max ${f(max('w'))} MB, last ${f(last.w.rss)} MB; sum max ${f(max('b') + max('w'))} MB (${sent} messages)`,
+      `broker: first ${f(samples[0]!.b.rss)} MB, max ${f(max('b'))} MB, last ${f(last.b.rss)} MB, CPU ${cpu.b.toFixed(1)} s; worker: first ${f(samples[0]!.w.rss)} MB, max ${f(max('w'))} MB, last ${f(last.w.rss)} MB, CPU ${cpu.w.toFixed(1)} s (${sent} messages)`,
+    );
+    console.log(
+      `broker + worker: sum of maxima ${f(sum)} MB, target ≤ ${TARGET_MB} MB: ${sum <= TARGET_MB ? 'met' : 'NOT met'}`,
     );
   } finally {
     for (const c of clients) c.end(true);

@@ -3,7 +3,7 @@
  * Every dependency is built here and passed down; nothing is global. Shutdown
  * runs in reverse: stop intake, finish work, then close connections.
  */
-import { createAnalyticsStore, type AnalyticsStore } from './clickhouse/index.js';
+import type { AnalyticsStore } from './clickhouse/index.js';
 import type { Config } from './config.js';
 import {
   AssociationStore,
@@ -17,27 +17,12 @@ import { createConfiguredFhirGateway, type FhirGateway } from './fhir/gateway.js
 import { createFhirStore, type FhirStore } from './fhir/store.js';
 import { createSubjectCache } from './fhir/subject-cache.js';
 import type { Logger } from './logger.js';
-import {
-  formatProblem,
-  loadMappings,
-  startTemplateActivation,
-  type MappingSet,
-  type TemplateActivation,
-} from './mapping/index.js';
-import {
-  createShadowSource,
-  lifecycleSettings,
-  MappingLifecycle,
-} from './mapping/lifecycle/index.js';
+import type { MappingSet, TemplateActivation } from './mapping/index.js';
+import type { MappingLifecycle } from './mapping/lifecycle/index.js';
 import { createMetrics, type Metrics } from './metrics.js';
-import {
-  createTracing,
-  readinessProbes,
-  serviceName,
-  startRoleServer,
-  type RunningRoleServer,
-  type Tracing,
-} from './observability/index.js';
+import { readinessProbes } from './observability/readiness.js';
+import type { RunningRoleServer } from './observability/role-server.js';
+import { createTracing, serviceName, type Tracing } from './observability/tracing.js';
 import {
   backlogJobs,
   createQueues,
@@ -48,10 +33,25 @@ import {
   type Queues,
 } from './queue-runtime.js';
 import { checkWaitAof } from './redis.js';
-import { startBroker, type RunningBroker } from '../broker/index.js';
-import { startWorkers, type RunningWorkers } from '../workers/index.js';
-import { startAdmin, type RunningAdmin } from './admin/server.js';
-import { DeadLetterStore } from './dlq/index.js';
+import type { RunningBroker } from '../broker/index.js';
+import type { RunningWorkers } from '../workers/index.js';
+import type { RunningAdmin } from './admin/server.js';
+
+/**
+ * The code of each role and optional part, imported only by a process that
+ * runs it: a broker holds no mapping, FHIR-writing, ClickHouse or admin code, a
+ * worker no MQTT or admin code (docs/performance.md, memory of the roles).
+ */
+const load = {
+  broker: () => import('../broker/index.js'),
+  workers: () => import('../workers/index.js'),
+  admin: () => import('./admin/server.js'),
+  deadLetters: () => import('./dlq/index.js'),
+  mapping: () => import('./mapping/index.js'),
+  lifecycle: () => import('./mapping/lifecycle/index.js'),
+  clickhouse: () => import('./clickhouse/index.js'),
+  roleServer: () => import('./observability/role-server.js'),
+};
 
 export type Role = 'broker' | 'worker' | 'admin';
 export const ROLES: readonly Role[] = ['broker', 'worker', 'admin'];
@@ -81,6 +81,7 @@ export interface Pipeline {
 }
 
 export async function loadMappingsOrThrow(dir: string): Promise<MappingSet> {
+  const { formatProblem, loadMappings } = await load.mapping();
   const result = await loadMappings(dir);
   if (!result.ok) {
     throw new PipelineError(
@@ -156,7 +157,9 @@ export async function startPipeline(
   // server can also be queried by an admin-only process.
   const queriesAnalytics = roles.includes('admin') && config.clickhouse.url !== undefined;
   const analyticsStore =
-    runsAnalytics || queriesAnalytics ? createAnalyticsStore(config.clickhouse, log) : undefined;
+    runsAnalytics || queriesAnalytics
+      ? (await load.clickhouse()).createAnalyticsStore(config.clickhouse, log)
+      : undefined;
 
   let workers: RunningWorkers | undefined;
   let broker: RunningBroker | undefined;
@@ -169,17 +172,23 @@ export async function startPipeline(
       ? createRedis(config.redis.url)
       : undefined;
   // Template versions, gates and audit: workers follow it, the admin API drives it.
-  const lifecycle = new MappingLifecycle({
-    redis,
-    prefix: config.redis.prefix,
-    settings: lifecycleSettings(config),
-    source: createShadowSource({
-      store: analyticsStore,
-      database: config.clickhouse.database,
-      deadLetters: queues.deadLetter,
-    }),
-    log,
-  });
+  // One per process, made when a role asks for it.
+  let lifecycle: Promise<MappingLifecycle> | undefined;
+  const mappingLifecycle = () =>
+    (lifecycle ??= load.lifecycle().then(
+      ({ createShadowSource, lifecycleSettings, MappingLifecycle }) =>
+        new MappingLifecycle({
+          redis,
+          prefix: config.redis.prefix,
+          settings: lifecycleSettings(config),
+          source: createShadowSource({
+            store: analyticsStore,
+            database: config.clickhouse.database,
+            deadLetters: queues.deadLetter,
+          }),
+          log,
+        }),
+    ));
   const close = async () => {
     // Intake first (no new messages), then workers (finish jobs), then stores and Redis.
     // The observability server goes first: a process shutting down is not ready.
@@ -229,9 +238,10 @@ export async function startPipeline(
           'device bindings recorded as associations',
         );
       if (templatesRedis) {
+        const { startTemplateActivation } = await load.mapping();
         templates = await startTemplateActivation({
           dir: config.mappings.dir,
-          lifecycle,
+          lifecycle: await mappingLifecycle(),
           mode: config.mappings.reload === 'watch' ? 'watch' : 'explicit',
           subscriber: templatesRedis,
           pollMs: config.mappings.reloadPollMs,
@@ -249,6 +259,7 @@ export async function startPipeline(
         },
         'mapping templates loaded',
       );
+      const { startWorkers } = await load.workers();
       workers = startWorkers({
         config,
         connection: workerRedis,
@@ -266,7 +277,8 @@ export async function startPipeline(
         tracing,
       });
     }
-    if (roles.includes('broker'))
+    if (roles.includes('broker')) {
+      const { startBroker } = await load.broker();
       broker = await startBroker({
         config,
         registry,
@@ -278,7 +290,12 @@ export async function startPipeline(
         tracing,
         ...(revocationRedis ? { revocationSubscriber: revocationRedis } : {}),
       });
-    if (roles.includes('admin'))
+    }
+    if (roles.includes('admin')) {
+      const [{ startAdmin }, { DeadLetterStore }] = await Promise.all([
+        load.admin(),
+        load.deadLetters(),
+      ]);
       admin = await startAdmin({
         config,
         log,
@@ -287,7 +304,7 @@ export async function startPipeline(
         fhir,
         analyticsStore,
         devices,
-        mappingLifecycle: lifecycle,
+        mappingLifecycle: await mappingLifecycle(),
         deadLetters: new DeadLetterStore(queues, {
           // Create mode: replays are checked against the association history.
           ...(config.fhir.identityResolution === 'Create'
@@ -299,7 +316,9 @@ export async function startPipeline(
           : {}),
         ...(templates ? { templatesStatus: () => templates!.status() } : {}),
       });
-    if (config.metrics.port !== undefined)
+    }
+    if (config.metrics.port !== undefined) {
+      const { startRoleServer } = await load.roleServer();
       observability = await startRoleServer({
         config,
         log,
@@ -318,6 +337,7 @@ export async function startPipeline(
         }),
         ...(templates ? { detail: () => ({ templates: templates!.status() }) } : {}),
       });
+    }
   } catch (err) {
     await close().catch(() => undefined);
     throw err;

@@ -14,20 +14,15 @@
  *   iomt fhir-auth jwks|check           FHIR server credentials (FHIR_AUTH)
  *   iomt --version
  * Exit codes are the same for every command (common.ts, docs/cli.md).
+ *
+ * A command's module is imported only when that command runs (all of them for
+ * help or an unknown command): a role process holds the code of its role, not
+ * the mapping CLI or the ClickHouse client (docs/performance.md, memory).
  */
 import { Command, CommanderError } from '@commander-js/extra-typings';
 import { packageVersion } from '../build-info.js';
 import { loadConfig } from '../config.js';
-import { connectRedis, EXIT, fail } from './common.js';
-import { register as registerDevices } from './commands/devices.js';
-import { register as registerDlq } from './commands/dlq.js';
-import { register as registerFhirAuth } from './commands/fhir-auth.js';
-import { register as registerGateways } from './commands/gateways.js';
-import { register as registerMappings } from './commands/mappings.js';
-import { register as registerMirror } from './commands/mirror.js';
-import { register as registerQuery } from './commands/query.js';
-import { register as registerRoles } from './commands/roles.js';
-import { register as registerSimulate } from './commands/simulate.js';
+import { connectRedis, EXIT, fail, type Program } from './common.js';
 
 /** Commands that work on Redis: when it does not answer, one line and exit 3 before they start. */
 const NEEDS_REDIS = new Set(['devices', 'gateways', 'dlq']);
@@ -45,19 +40,35 @@ program.hook('preAction', async (_root, action) => {
   if (NEEDS_REDIS.has(top.name())) (await connectRedis(loadConfig().redis.url)).disconnect();
 });
 
-for (const register of [
-  registerRoles,
-  registerDevices,
-  registerGateways,
-  registerSimulate,
-  registerMappings,
-  registerQuery,
-  registerMirror,
-  registerDlq,
-  registerFhirAuth,
-]) {
-  register(program);
+type Register = (program: Program) => void;
+
+/** Each command under `iomt`, and the module that registers it. */
+const COMMANDS: Readonly<Record<string, () => Promise<{ register: Register }>>> = {
+  broker: () => import('./commands/roles.js'),
+  worker: () => import('./commands/roles.js'),
+  admin: () => import('./commands/roles.js'),
+  all: () => import('./commands/roles.js'),
+  devices: () => import('./commands/devices.js'),
+  gateways: () => import('./commands/gateways.js'),
+  simulate: () => import('./commands/simulate.js'),
+  mappings: () => import('./commands/mappings.js'),
+  query: () => import('./commands/query.js'),
+  mirror: () => import('./commands/mirror.js'),
+  dlq: () => import('./commands/dlq.js'),
+  'fhir-auth': () => import('./commands/fhir-auth.js'),
+};
+
+/** The command named on the command line (the first argument that is not an option), if known. */
+function namedCommand(argv: readonly string[]): string | undefined {
+  const name = argv.slice(2).find((a) => !a.startsWith('-'));
+  return name !== undefined && Object.hasOwn(COMMANDS, name) ? name : undefined;
 }
+
+const named = namedCommand(process.argv);
+const loaders = named !== undefined ? [COMMANDS[named]!] : Object.values(COMMANDS);
+// One module may register several commands (roles.js: broker, worker, admin, all): once each.
+for (const { register } of new Set(await Promise.all(loaders.map((load) => load()))))
+  register(program);
 
 try {
   await program.parseAsync(process.argv);

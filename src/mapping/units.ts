@@ -1,7 +1,8 @@
 /**
  * Units: a device's unit → UCUM, and a value converted to the template's UCUM
  * unit with the National Library of Medicine's UCUM library (@lhncbc/ucum-lhc).
- * Pure (the library's unit tables are data loaded with the module).
+ * Pure (the library's unit tables are data, loaded on the first call: a process
+ * that never reads a unit, the broker, does not hold them).
  *
  * The pipeline never relabels a number: a device unit it cannot read, or one
  * that does not convert to the template's unit (kg ← mm[Hg]; mg/dL ← mmol/L
@@ -33,9 +34,13 @@ interface UcumUtils {
 
 // ucum-lhc is CommonJS without types: the two calls we use, typed here.
 const require = createRequire(import.meta.url);
-const ucum = (
-  require('@lhncbc/ucum-lhc') as { UcumLhcUtils: { getInstance(): UcumUtils } }
-).UcumLhcUtils.getInstance();
+let instance: UcumUtils | undefined;
+function ucum(): UcumUtils {
+  instance ??= (
+    require('@lhncbc/ucum-lhc') as { UcumLhcUtils: { getInstance(): UcumUtils } }
+  ).UcumLhcUtils.getInstance();
+  return instance;
+}
 
 /**
  * Device spellings → UCUM codes. Consulted before UCUM itself, because devices
@@ -110,13 +115,13 @@ export function readDeviceUnit(text: string): string | undefined {
   if (s === '') return undefined;
   const spelled = DEVICE_SPELLINGS.get(s.toLowerCase());
   if (spelled !== undefined) return spelled;
-  const v = ucum.validateUnitString(s, false);
+  const v = ucum().validateUnitString(s, false);
   return v.status === 'valid' && v.ucumCode !== null ? v.ucumCode : undefined;
 }
 
 /** True when `code` is a valid UCUM code as written (case-sensitive). */
 export function isUcum(code: string): boolean {
-  const v = ucum.validateUnitString(code, false);
+  const v = ucum().validateUnitString(code, false);
   return v.status === 'valid' && v.ucumCode === code;
 }
 
@@ -144,7 +149,7 @@ export function convertValue(
   molarMass?: number,
 ): number | ConversionFailure {
   if (from === to) return value;
-  const r = ucum.convertUnitTo(from, value, to, {
+  const r = ucum().convertUnitTo(from, value, to, {
     suggest: false,
     ...(molarMass !== undefined ? { molecularWeight: molarMass } : {}),
   });
