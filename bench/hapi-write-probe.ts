@@ -1,7 +1,8 @@
 /**
  * Why is one Observation shape slower than another on HAPI? Writes the same
  * Observations as batch or transaction Bundles, with or without a Device
- * reference, and prints Observations/s beside what PostgreSQL did for each
+ * reference, a meta.tag, Prefer: return=representation (variants such as
+ * `transaction+device+minimal+notag`), and prints Observations/s beside what PostgreSQL did for each
  * Observation (statements by table, from pg_stat_user_tables deltas, and
  * commits from pg_stat_database) — the SQL-level view of HAPI's write path
  * without restarting it with SQL logging. Findings: docs/performance.md.
@@ -20,6 +21,7 @@ const { values: args } = parseArgs({
     count: { type: 'string', default: '1000' },
     size: { type: 'string', default: '200' },
     inflight: { type: 'string', default: '4' },
+    // type[+device][+minimal: return=minimal][+notag: no meta.tag], comma-separated
     variants: { type: 'string', default: 'batch,batch+device,transaction,transaction+device' },
   },
 });
@@ -54,14 +56,18 @@ function counters(): Map<string, number> {
 }
 
 function observation(i: number, variant: string, patient: string, device: string): Observation {
+  const has = (flag: string) => variant.split('+').includes(flag);
   return {
     resourceType: 'Observation',
-    id: `probe-${run}-${variant.replace('+', '-')}-${i}`,
-    meta: { source: 'urn:iomt:probe', tag: [{ system: 'urn:iomt:template', code: 'probe-v1' }] },
+    id: `probe-${run}-${variant.replaceAll('+', '-')}-${i}`,
+    meta: {
+      source: 'urn:iomt:probe',
+      ...(has('notag') ? {} : { tag: [{ system: 'urn:iomt:template', code: 'probe-v1' }] }),
+    },
     status: 'final',
     code: { coding: [{ system: 'http://loinc.org', code: '8867-4' }] },
     subject: { reference: `Patient/${patient}` },
-    ...(variant.endsWith('+device') ? { device: { reference: `Device/${device}` } } : {}),
+    ...(has('device') ? { device: { reference: `Device/${device}` } } : {}),
     effectiveDateTime: new Date(Date.now() - i * 1000).toISOString(),
     valueQuantity: {
       value: 60 + (i % 40),
@@ -105,7 +111,9 @@ async function main(): Promise<void> {
       Array.from({ length: INFLIGHT }, async () => {
         while (next < bundles.length) {
           const b = bundles[next++]!;
-          const r = await gateway[type](b, { representation: true });
+          const r = await gateway[type](b, {
+            representation: !variant.split('+').includes('minimal'),
+          });
           const bad = (r.entry ?? []).filter((e) => !e.response?.status?.startsWith('20'));
           if (bad.length > 0) throw new Error(`${variant}: ${bad.length} entries refused`);
         }
