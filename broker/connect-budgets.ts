@@ -31,7 +31,8 @@
  * remembers a spent address until its window ends, so a flood from it costs no
  * Redis round trip per CONNECT.
  */
-import { LRUCache } from 'lru-cache';
+import type { LRUCache } from 'lru-cache';
+import { boundedCache } from '../src/bounded-cache.js';
 import { RateLimiterRes, type RateLimiterAbstract } from 'rate-limiter-flexible';
 
 export type BudgetRefusal = 'too-many-failures';
@@ -90,10 +91,9 @@ export class ConnectBudgets {
     this.#max = options.addressFailures.points;
     const max = options.maxRemembered ?? 100_000;
     const windowMs = options.addressFailures.duration * 1000;
-    this.#spent = new LRUCache({ max, ttl: windowMs });
-    this.#committed = new LRUCache({ max, ttl: windowMs });
-    this.#known =
-      options.knownDeviceMs > 0 ? new LRUCache({ max, ttl: options.knownDeviceMs }) : undefined;
+    this.#spent = boundedCache(max, windowMs);
+    this.#committed = boundedCache(max, windowMs);
+    this.#known = options.knownDeviceMs > 0 ? boundedCache(max, options.knownDeviceMs) : undefined;
   }
 
   /** The address's failures in Redis; CONNECTs arriving together share one read. */

@@ -15,7 +15,7 @@
  */
 import type { Aedes, Client } from 'aedes';
 import type { RedisConnection } from '../src/redis.js';
-import { LRUCache } from 'lru-cache';
+import { boundedCache } from '../src/bounded-cache.js';
 import type { DeviceRegistry } from '../src/devices/registry.js';
 import { parseRevocation, revocationChannel, type Revocation } from '../src/devices/revocation.js';
 import type { Logger } from '../src/logger.js';
@@ -50,7 +50,7 @@ function connectionsOf(aedes: Aedes, deviceId: string): Client[] {
 }
 
 export async function startRevocation(o: RevocationOptions): Promise<RunningRevocation> {
-  const recent = new LRUCache<string, true>({ max: 100_000, ttl: RECENT_MS });
+  const recent = boundedCache<string, true>(100_000, RECENT_MS);
 
   const end = (client: Client, reason: string) => {
     o.log.info(

@@ -27,7 +27,7 @@
  * failure, so the whole ingest job retries.
  */
 import type { Device, Encounter } from 'fhir/r4.js';
-import { LRUCache } from 'lru-cache';
+import { boundedCache } from '../bounded-cache.js';
 import {
   linkedAt,
   patientPeriods,
@@ -91,7 +91,7 @@ interface DeviceTimeline {
 export function createIdentityService(options: IdentityOptions): IdentityService {
   const ttl = options.cacheMs ?? 10_000;
   // Bounded, with a time to live per entry (found and not found alike).
-  const cache = new LRUCache<string, { value: unknown }>({ max: 50_000, ttl: Math.max(1, ttl) });
+  const cache = boundedCache<string, { value: unknown }>(50_000, Math.max(1, ttl));
 
   async function cached<T>(key: string, load: () => Promise<T>): Promise<T> {
     if (ttl > 0) {

@@ -11,7 +11,7 @@
  * Keys: a Patient by its FHIR id, a Device by its MQTT device id (the writer's
  * unit of work; deviceResourceId maps it to the FHIR id).
  */
-import { LRUCache } from 'lru-cache';
+import { boundedCache } from '../bounded-cache.js';
 import type { PipelineError } from '../errors.js';
 
 export type SubjectType = 'Patient' | 'Device';
@@ -33,10 +33,7 @@ export function createSubjectCache(options: SubjectCacheOptions): SubjectCache {
   const { ttlMs } = options;
   if (!Number.isInteger(ttlMs) || ttlMs < 0)
     throw new RangeError(`subject cache ttlMs must be an integer >= 0, got ${ttlMs}`);
-  const cache =
-    ttlMs === 0
-      ? undefined
-      : new LRUCache<string, true>({ max: options.max ?? 100_000, ttl: ttlMs });
+  const cache = ttlMs === 0 ? undefined : boundedCache<string, true>(options.max ?? 100_000, ttlMs);
   const key = (type: SubjectType, id: string) => `${type}/${id}`;
   return {
     has: (type, id) => cache?.has(key(type, id)) ?? false,
