@@ -488,8 +488,20 @@ async function main(): Promise<void> {
   }
   try {
     // 1. FHIR ceiling.
-    const ceiling = PHASES.has('ceiling')
+    const measured = PHASES.has('ceiling')
       ? await fhirCeiling(config, loaded.mappings, MESSAGES * 3)
+      : undefined;
+    const ceiling = measured
+      ? {
+          ...measured,
+          again: async () =>
+            loaderRate(
+              config.fhir.url,
+              await loaderSet(config, loaded.mappings, 'again', MESSAGES * 3),
+              measured.size,
+              measured.inflight,
+            ),
+        }
       : { rate: NaN, size: config.fhir.batchSize, inflight: 4, javaCpuPer1000: NaN };
     line(
       'FHIR ceiling (best loader)',
@@ -616,7 +628,7 @@ async function bundleStats(p: Pipeline) {
 async function pipelinePhases(
   config: Config,
   log: ReturnType<typeof createLogger>,
-  ceiling: { rate: number; javaCpuPer1000: number },
+  ceiling: { rate: number; javaCpuPer1000: number; again?: () => Promise<number> },
   hapiPid: number | undefined,
 ): Promise<void> {
   // 3. The whole pipeline in this process.
@@ -661,10 +673,23 @@ async function pipelinePhases(
     const cpu = process.cpuUsage(cpu0);
     const pipelineCpu = (cpu.user + cpu.system) / 1e6;
     const javaCpu = hapiPid ? procCpuSeconds(hapiPid) - java0 : NaN;
+    // The server's ceiling drifts over a run (its database grows, vacuum and
+    // checkpoints come and go): the loader runs again right after the pipeline,
+    // and the ratio is taken against the better of its two runs.
+    let best = ceiling.rate;
+    if (ceiling.again) {
+      const after = await ceiling.again();
+      line(
+        'FHIR ceiling, again after the pipeline',
+        `${f0(after)} Obs/s`,
+        `before the pipeline ${f0(ceiling.rate)} Obs/s; the ratio uses the higher`,
+      );
+      best = Math.max(best, after);
+    }
     line(
       'Pipeline end to end',
-      `${f0(throughput)} Obs/s (${(throughput / ceiling.rate).toFixed(2)}×)`,
-      `FHIR ceiling ${f0(ceiling.rate)} Obs/s; before this work 105 Obs/s`,
+      `${f0(throughput)} Obs/s (${(throughput / best).toFixed(2)}×)`,
+      `FHIR ceiling ${f0(best)} Obs/s; before this work 105 Obs/s`,
     );
     line(
       'CPU-s per 1,000 Observations',
