@@ -33,8 +33,8 @@
  * Device timestamps are relative to now (inputs older than INPUT_MAX_AGE_MS are
  * refused).
  */
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { readdirSync, readFileSync } from 'node:fs';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { createConnection } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -50,6 +50,7 @@ import { createLogger } from '../src/logger.js';
 import { loadMappings, normalizeMessage, type MappingSet } from '../src/mapping/index.js';
 import { startPipeline, type Pipeline } from '../src/pipeline.js';
 import { partitionCpus, pidListening, type CpuPartition } from './cpu-partition.js';
+import { procCpuSeconds, threadCpu } from './proc-stat.js';
 import { latencyBreakdown } from './latency-breakdown.js';
 import { freePort } from '../test/support/free-port.js';
 
@@ -145,32 +146,6 @@ async function pool<T, R>(items: readonly T[], width: number, fn: (t: T, i: numb
       }
     }),
   );
-  return out;
-}
-
-/** CPU-seconds of a process so far (utime + stime, /proc/<pid>/stat). */
-function procCpuSeconds(pid: number): number {
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  const ticks = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim());
-  return (Number(fields[11]) + Number(fields[12])) / ticks;
-}
-
-/** CPU-seconds of this process's threads, summed by thread name (/proc/self/task). */
-function threadCpu(): Map<string, number> {
-  const ticks = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim());
-  const out = new Map<string, number>();
-  for (const tid of readdirSync('/proc/self/task')) {
-    try {
-      const stat = readFileSync(`/proc/self/task/${tid}/stat`, 'utf8');
-      const name = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')')).replace(/\d+$/, '#');
-      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-      const cpu = (Number(fields[11]) + Number(fields[12])) / ticks;
-      out.set(name, (out.get(name) ?? 0) + cpu);
-    } catch {
-      // the thread ended meanwhile
-    }
-  }
   return out;
 }
 

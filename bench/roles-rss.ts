@@ -29,6 +29,7 @@ import { loadConfig } from '../src/config.js';
 import { createLogger } from '../src/logger.js';
 import { startPipeline } from '../src/pipeline.js';
 import { freePort } from '../test/support/free-port.js';
+import { procCpuSeconds } from './proc-stat.js';
 
 const { values: args } = parseArgs({
   options: {
@@ -51,12 +52,6 @@ function mem(pid: number) {
   const s = readFileSync(`/proc/${pid}/status`, 'utf8');
   const kb = (k: string) => Number(new RegExp(`${k}:\\s+(\\d+) kB`).exec(s)?.[1] ?? NaN) / 1024;
   return { rss: kb('VmRSS'), anon: kb('RssAnon'), file: kb('RssFile') + kb('RssShmem') };
-}
-
-/** CPU seconds (user + system) a process has used: /proc/<pid>/stat utime, stime in clock ticks (100/s). */
-function cpuSeconds(pid: number): number {
-  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
-  return (Number(fields[11]) + Number(fields[12])) / 100;
 }
 
 function role(name: string, env: NodeJS.ProcessEnv): ChildProcess {
@@ -154,7 +149,7 @@ async function main(): Promise<void> {
       await sleep(Math.max(0, started + (sent * 1000) / RATE - Date.now()));
     }
     clearInterval(sampler);
-    const cpu = { b: cpuSeconds(broker.pid!), w: cpuSeconds(worker.pid!) };
+    const cpu = { b: procCpuSeconds(broker.pid!), w: procCpuSeconds(worker.pid!) };
     const f = (n: number) => n.toFixed(0);
     console.log('t (s)  broker RSS (anon)   worker RSS (anon / file+shmem)');
     for (const s of samples.filter((_, i) => i % 6 === 0 || i === samples.length - 1))

@@ -1,0 +1,42 @@
+/**
+ * CPU time from /proc, for the benchmarks: a process's (every thread's) and
+ * this process's threads by name. utime and stime are the 14th and 15th fields
+ * of a stat line, counted after the command name in parentheses (which may hold
+ * spaces), in clock ticks (getconf CLK_TCK, read once).
+ */
+import { execFileSync } from 'node:child_process';
+import { readdirSync, readFileSync } from 'node:fs';
+
+let ticksPerSecond: number | undefined;
+
+/** The thread or process name and its CPU-seconds (user + system) from one stat file. */
+function readStat(path: string): { name: string; seconds: number } {
+  ticksPerSecond ??= Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim());
+  const stat = readFileSync(path, 'utf8');
+  const close = stat.lastIndexOf(')');
+  const fields = stat.slice(close + 2).split(' ');
+  return {
+    name: stat.slice(stat.indexOf('(') + 1, close),
+    seconds: (Number(fields[11]) + Number(fields[12])) / ticksPerSecond,
+  };
+}
+
+/** CPU-seconds a process has used, all its threads together. */
+export function procCpuSeconds(pid: number): number {
+  return readStat(`/proc/${pid}/stat`).seconds;
+}
+
+/** CPU-seconds of this process's threads, summed by thread name (trailing digits as `#`). */
+export function threadCpu(): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const tid of readdirSync('/proc/self/task')) {
+    try {
+      const { name, seconds } = readStat(`/proc/self/task/${tid}/stat`);
+      const key = name.replace(/\d+$/, '#');
+      out.set(key, (out.get(key) ?? 0) + seconds);
+    } catch {
+      // the thread ended meanwhile
+    }
+  }
+  return out;
+}
