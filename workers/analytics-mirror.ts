@@ -7,6 +7,14 @@
  * Observations stand alone. ReplacingMergeTree keyed on the Observation id makes
  * a replayed job harmless. ClickHouse down → the whole job is the retry
  * remainder; FHIR writes go on meanwhile.
+ *
+ * Group commit (src/group-commit.ts): an insert costs ClickHouse about the
+ * same for 100 rows as for 1,000 (a new part per table, the rollups of the
+ * touched buckets recomputed; bench/analytics-mirror.ts), so the jobs the
+ * stage holds share inserts: one insert at a time, whose rows and message
+ * outcomes are those of every job that arrived within `lingerMs` (or as soon
+ * as `lingerJobs` jobs wait). A shared insert the engine refuses is tried
+ * again per job, and a job's own refusal is isolated by halving, as above.
  */
 import {
   flattenObservation,
@@ -14,6 +22,7 @@ import {
   type FlattenedObservation,
 } from '../src/clickhouse/index.js';
 import { toPipelineError, type PipelineError } from '../src/errors.js';
+import { createGroupCommit, fixedLimit } from '../src/group-commit.js';
 import type { Logger } from '../src/logger.js';
 import type { Metrics } from '../src/metrics.js';
 import {
@@ -29,12 +38,24 @@ export interface AnalyticsMirrorDeps {
   readonly store: AnalyticsStore;
   readonly log: Logger;
   readonly metrics?: Metrics;
+  /** Group commit of inserts (default: each job's rows go at once, one insert at a time). */
+  readonly insert?: {
+    /** Longest wait of a job's rows for other jobs' (CLICKHOUSE_INSERT_WAIT_MS). */
+    readonly lingerMs: number;
+    /** Insert at once when this many jobs wait (the jobs the stage holds). */
+    readonly lingerJobs: number;
+    /** Most rows and message outcomes in one insert. */
+    readonly maxRows?: number;
+  };
 }
 
 interface Flat {
   readonly env: ObservationEnvelope;
   readonly flat: FlattenedObservation;
 }
+
+/** What one shared insert carries: Observation rows, then message outcomes. */
+type MirrorItem = { readonly row: FlattenedObservation } | { readonly outcome: MessageOutcome };
 
 export function createAnalyticsStage(deps: AnalyticsMirrorDeps): Stage<AnalyticsJobData> {
   // ClickHouse may be down when the process starts: the schema is applied before
@@ -45,6 +66,29 @@ export function createAnalyticsStage(deps: AnalyticsMirrorDeps): Stage<Analytics
       schema = undefined;
       throw err;
     }));
+
+  // One insert in flight: the embedded engine's connection runs one statement at a
+  // time, and a server takes few large inserts best.
+  const slot = fixedLimit(1);
+  const shared = createGroupCommit<MirrorItem, undefined>({
+    limit: slot,
+    maxEntries: deps.insert?.maxRows ?? 10_000,
+    lingerMs: deps.insert?.lingerMs ?? 0,
+    lingerParts: deps.insert?.lingerJobs ?? 1,
+    send: (items) =>
+      slot.run(async () => {
+        const rows: FlattenedObservation[] = [];
+        const outcomes: MessageOutcome[] = [];
+        for (const item of items) {
+          if ('row' in item) rows.push(item.row);
+          else outcomes.push(item.outcome);
+        }
+        // Rows first: an outcome never names rows that are not there yet.
+        await deps.store.insertFlattened(rows);
+        await deps.store.insertMessages(outcomes);
+        return items.map(() => undefined);
+      }),
+  });
 
   /** The messages of refused Observations: dead-lettered at this stage, the later verdict. */
   function settle(
@@ -95,13 +139,21 @@ export function createAnalyticsStage(deps: AnalyticsMirrorDeps): Stage<Analytics
     } catch (err) {
       const e = toPipelineError(err);
       if (e.retryable) throw e;
-      if (flats.length === 1) return [{ flat: flats[0]!, error: e }];
-      const half = Math.ceil(flats.length / 2);
-      return [
-        ...(await insertIsolated(flats.slice(0, half))),
-        ...(await insertIsolated(flats.slice(half))),
-      ];
+      return isolate(flats, e);
     }
+  }
+
+  /** `flats` were refused together with `error`: which of them are refused alone? */
+  async function isolate(
+    flats: readonly Flat[],
+    error: PipelineError,
+  ): Promise<{ flat: Flat; error: PipelineError }[]> {
+    if (flats.length <= 1) return flats.map((flat) => ({ flat, error }));
+    const half = Math.ceil(flats.length / 2);
+    return [
+      ...(await insertIsolated(flats.slice(0, half))),
+      ...(await insertIsolated(flats.slice(half))),
+    ];
   }
 
   return {
@@ -132,11 +184,24 @@ export function createAnalyticsStage(deps: AnalyticsMirrorDeps): Stage<Analytics
       }
       try {
         await ensureSchema();
-        const refused = await insertIsolated(flats);
-        for (const r of refused) dead.push(deadObservation('analytics', job, r.flat.env, r.error));
-        inserted = flats.length - refused.length;
+        inserted = flats.length;
         // device_messages: the fates of the messages (a later verdict replaces an earlier one).
-        await deps.store.insertMessages(settle(job.data.messages ?? [], dead, Date.now()));
+        const outcomes = settle(job.data.messages ?? [], dead, Date.now());
+        try {
+          await shared.write([
+            ...flats.map((f): MirrorItem => ({ row: f.flat })),
+            ...outcomes.map((outcome): MirrorItem => ({ outcome })),
+          ]);
+        } catch (err) {
+          const e = toPipelineError(err);
+          if (e.retryable) throw e;
+          // This job's own insert was refused: which Observations? Then their messages' fates.
+          const refused = await isolate(flats, e);
+          for (const r of refused)
+            dead.push(deadObservation('analytics', job, r.flat.env, r.error));
+          inserted -= refused.length;
+          await deps.store.insertMessages(settle(job.data.messages ?? [], dead, Date.now()));
+        }
         // device_associations: a device's whole history, versioned (the latest wins).
         await deps.store.insertAssociations(job.data.associations ?? []);
       } catch (err) {

@@ -24,7 +24,7 @@ export async function writeIsolated(
 ): Promise<EntryOutcome[]> {
   if (observations.length === 0) return [];
   try {
-    // The first try may share a Bundle with other jobs (coalescer.ts); the halves go alone.
+    // The first try may share a Bundle with other jobs (src/group-commit.ts); the halves go alone.
     return await store.writeObservations(observations, { alone: halving });
   } catch (err) {
     const e = toPipelineError(err);

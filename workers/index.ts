@@ -168,7 +168,7 @@ export function startWorkers(deps: WorkerDeps): RunningWorkers {
           createPatients: config.fhir.createPatients,
         }),
       }),
-      // Many jobs at once, so that small ones share Bundles (src/fhir/coalescer.ts).
+      // Many jobs at once, so that small ones share Bundles (src/group-commit.ts).
       config.worker.fhirConcurrency,
     );
   }
@@ -179,7 +179,13 @@ export function startWorkers(deps: WorkerDeps): RunningWorkers {
         store: deps.analyticsStore,
         log,
         ...(deps.metrics ? { metrics: deps.metrics } : {}),
+        insert: {
+          lingerMs: config.clickhouse.insertWaitMs,
+          lingerJobs: config.worker.analyticsConcurrency,
+        },
       }),
+      // Many jobs at once, so that they share inserts (workers/analytics-mirror.ts).
+      config.worker.analyticsConcurrency,
     );
   }
   log.info({ event: 'workers-started', stages: [...stages] }, 'workers started');

@@ -12,7 +12,7 @@
  *  - writeObservations(obs): one transaction Bundle of `PUT Observation/{id}`
  *    (create or update, idempotent; all or nothing), in flight only when the
  *    adaptive limit (adaptive-limit.ts) has a slot; calls that wait for a slot
- *    share the next Bundle (coalescer.ts: group commit, a refused shared
+ *    share the next Bundle (src/group-commit.ts, a refused shared
  *    Bundle is re-sent per call so one call's bad entry fails only that call). HAPI ingests a transaction
  *    several times faster than a batch (docs/performance.md). An id twice in
  *    one call is sent once (the last; a transaction refuses duplicates) and its
@@ -29,7 +29,7 @@ import { SETTINGS } from '../config.js';
 import { PipelineError } from '../errors.js';
 import type { PatientRef } from '../queues.js';
 import { createAdaptiveLimit, type AdaptiveLimit } from './adaptive-limit.js';
-import { createCoalescer } from './coalescer.js';
+import { createGroupCommit } from '../group-commit.js';
 import { statusError } from './errors.js';
 import { versionFromEtag, type FhirGateway } from './gateway.js';
 import { createSubjectCache, type SubjectCache } from './subject-cache.js';
@@ -59,7 +59,7 @@ export interface FhirStore {
   /**
    * `alone`: never share the Bundle with other callers' Observations (the
    * halving of a refused Bundle, fhir-batch.ts); otherwise Observations of
-   * concurrent calls may share one (coalescer.ts).
+   * concurrent calls may share one (src/group-commit.ts).
    */
   writeObservations(
     observations: readonly Observation[],
@@ -192,10 +192,12 @@ export function createFhirStore(gateway: FhirGateway, options: FhirStoreOptions 
   }
 
   // Concurrent calls share Bundles while every slot is busy (group commit).
-  const coalescer = createCoalescer<EntryOutcome>({
+  const coalescer = createGroupCommit<Observation, EntryOutcome>({
     limit,
     maxEntries: options.maxEntries ?? SETTINGS.fhir.batchSize.default,
     send: transactionWithRetries,
+    // A transaction refuses one id twice.
+    key: (o) => o.id ?? '',
     ...(options.onBundle ? { onBundle: options.onBundle } : {}),
   });
 

@@ -8,7 +8,7 @@
  *  - one that does not parse (a string where a decimal goes): the same;
  *  - concurrent transactions PUTting the same new ids: every write succeeds
  *    (conflicts between them are retried), one resource per id;
- *  - concurrent jobs share Bundles (group commit, src/fhir/coalescer.ts): ten
+ *  - concurrent jobs share Bundles (group commit, src/group-commit.ts): ten
  *    small jobs take fewer transactions than ten, and a bad entry in one job
  *    refuses only that entry, not the other jobs' entries it shared a Bundle with.
  */

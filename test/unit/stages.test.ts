@@ -355,9 +355,12 @@ describe('the FHIR stage', () => {
 function analyticsStore(refuse: ReadonlySet<string>, down = false) {
   const inserted: string[] = [];
   const messages: MessageOutcome[] = [];
+  /** The Observation ids of each insert statement (refused ones included). */
+  const inserts: string[][] = [];
   const store = {
     migrate: () => Promise.resolve(),
     insertFlattened: (flats: readonly FlattenedObservation[]) => {
+      if (flats.length > 0) inserts.push(flats.map((f) => f.observation.id));
       if (down) return Promise.reject(new PipelineError('ClickHouseUnavailable', 'down'));
       if (flats.some((f) => refuse.has(f.observation.id)))
         return Promise.reject(new PipelineError('ClickHouseRejected', 'refused a write'));
@@ -370,7 +373,7 @@ function analyticsStore(refuse: ReadonlySet<string>, down = false) {
     },
     insertAssociations: () => Promise.resolve(),
   } as unknown as AnalyticsStore;
-  return { store, inserted, messages };
+  return { store, inserted, messages, inserts };
 }
 
 const stored = (id: string, messageId: string): ObservationEnvelope => {
@@ -430,6 +433,48 @@ describe('the analytics stage', () => {
       ['m2', 'dead_lettered', 'analytics'],
       ['m3', 'dead_lettered', 'analytics'],
       ['m4', 'processed', undefined],
+    ]);
+  });
+
+  it('jobs arriving within the linger share one insert; a refused shared insert is retried per job, and only the bad job isolates its Observation', async () => {
+    const s = analyticsStore(new Set(['b2']));
+    const stage = createAnalyticsStage({
+      store: s.store,
+      log,
+      insert: { lingerMs: 60_000, lingerJobs: 3 },
+    });
+    const job = (id: string, obs: string[]) =>
+      stage.run({
+        id,
+        data: {
+          traceId: 'ta',
+          committedAt: now,
+          observations: obs.map((o) => stored(o, `m-${o}`)),
+          messages: obs.map((o) => processed(`m-${o}`)),
+        },
+      });
+    // Three jobs: the third is the last the stage can hold, so the insert goes then.
+    const [a, b, c] = await Promise.all([
+      job('j1', ['a1']),
+      job('j2', ['b1', 'b2']),
+      job('j3', ['c1']),
+    ]);
+    expect(s.inserts[0]).toEqual(['a1', 'b1', 'b2', 'c1']);
+    // Refused whole: each job alone, then j2's halves.
+    expect(s.inserts.slice(1)).toEqual([['a1'], ['b1', 'b2'], ['c1'], ['b1'], ['b2']]);
+    expect(a.deadLetters).toEqual([]);
+    expect(c.deadLetters).toEqual([]);
+    expect(b.deadLetters.map((d) => [d.observation?.observation.id, d.error.code])).toEqual([
+      ['b2', 'ClickHouseRejected'],
+    ]);
+    expect(s.inserted.sort()).toEqual(['a1', 'b1', 'c1']);
+    expect(
+      s.messages.map((m) => [m.message.id, m.outcome]).sort(([x], [y]) => (x! < y! ? -1 : 1)),
+    ).toEqual([
+      ['m-a1', 'processed'],
+      ['m-b1', 'processed'],
+      ['m-b2', 'dead_lettered'],
+      ['m-c1', 'processed'],
     ]);
   });
 

@@ -1,5 +1,5 @@
 /**
- * Group commit of FHIR writes (src/fhir/coalescer.ts): a call goes at once
+ * Group commit (src/group-commit.ts), as the FHIR writer uses it: a call goes at once
  * while a Bundle slot is free; calls that wait share the next Bundle, up to
  * the Bundle size; a refused shared Bundle is re-sent per call, so one call's
  * bad entry fails only that call; a transient failure reaches every call in
@@ -7,9 +7,9 @@
  * "server" is a function that answers when the test releases it.
  */
 import type { Observation } from 'fhir/r4.js';
-import { describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { createAdaptiveLimit } from '../../src/fhir/adaptive-limit.js';
-import { createCoalescer } from '../../src/fhir/coalescer.js';
+import { createGroupCommit, fixedLimit } from '../../src/group-commit.js';
 import { PipelineError } from '../../src/errors.js';
 
 /** A promise whose rejection is checked later (not an unhandled rejection meanwhile). */
@@ -28,8 +28,9 @@ function server(slots: number, maxEntries = 10) {
   const open: { ids: string[]; release: (fail?: Error) => void }[] = [];
   /** Ids the server refuses (a transaction with one of them fails whole). */
   const bad = new Set<string>();
-  const coalescer = createCoalescer<string>({
+  const coalescer = createGroupCommit<Observation, string>({
     limit,
+    key: (o) => o.id ?? '',
     maxEntries,
     send: (o) =>
       limit.run(o.length, () => {
@@ -150,5 +151,75 @@ describe('the FHIR write coalescer', () => {
     for (let i = 0; i < 4; i++) await s.releaseNext();
     expect(s.sent).toEqual([['x'], ['a', 'dup', 'b'], ['dup'], ['solo']]);
     await Promise.all([first, a, again, alone, b]);
+  });
+});
+
+describe('group commit with a linger (the ClickHouse mirror)', () => {
+  afterEach(() => {
+    vi.useRealTimers();
+  });
+
+  /** One request at a time, answered at once; records what each request carried. */
+  function sink(options: { lingerMs: number; lingerParts?: number; maxEntries?: number }) {
+    vi.useFakeTimers();
+    const slot = fixedLimit(1);
+    const sent: string[][] = [];
+    const group = createGroupCommit<string, string>({
+      limit: slot,
+      maxEntries: options.maxEntries ?? 100,
+      lingerMs: options.lingerMs,
+      ...(options.lingerParts !== undefined ? { lingerParts: options.lingerParts } : {}),
+      now: () => Date.now(),
+      send: (items) =>
+        slot.run(() => {
+          sent.push([...items]);
+          return Promise.resolve(items.map((i) => `ok:${i}`));
+        }),
+    });
+    return { group, sent };
+  }
+
+  it('holds a lone part up to lingerMs, and the parts arriving meanwhile share its request', async () => {
+    const s = sink({ lingerMs: 1000 });
+    const a = s.group.write(['a']);
+    await vi.advanceTimersByTimeAsync(400);
+    const b = s.group.write(['b1', 'b2']);
+    await vi.advanceTimersByTimeAsync(400);
+    expect(s.sent).toEqual([]);
+    expect(s.group.waiting).toBe(2);
+    await vi.advanceTimersByTimeAsync(200);
+    expect(s.sent).toEqual([['a', 'b1', 'b2']]);
+    expect(await a).toEqual(['ok:a']);
+    expect(await b).toEqual(['ok:b1', 'ok:b2']);
+  });
+
+  it('sends at once when lingerParts parts wait (every caller there can be)', async () => {
+    const s = sink({ lingerMs: 60_000, lingerParts: 3 });
+    const parts = [['a'], ['b'], ['c']].map((p) => s.group.write(p));
+    await vi.advanceTimersByTimeAsync(0);
+    expect(s.sent).toEqual([['a', 'b', 'c']]);
+    await Promise.all(parts);
+  });
+
+  it('sends at once when maxEntries items wait, and the rest waits again', async () => {
+    const s = sink({ lingerMs: 60_000, maxEntries: 3 });
+    const first = s.group.write(['a1', 'a2']);
+    const second = s.group.write(['b1', 'b2']);
+    await vi.advanceTimersByTimeAsync(0);
+    expect(s.sent).toEqual([['a1', 'a2']]);
+    await vi.advanceTimersByTimeAsync(60_000);
+    expect(s.sent).toEqual([
+      ['a1', 'a2'],
+      ['b1', 'b2'],
+    ]);
+    await Promise.all([first, second]);
+  });
+
+  it('without a linger, a part goes at once', async () => {
+    const s = sink({ lingerMs: 0 });
+    const a = s.group.write(['a']);
+    await vi.advanceTimersByTimeAsync(0);
+    expect(s.sent).toEqual([['a']]);
+    await a;
   });
 });
