@@ -41,7 +41,6 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import type { BundleEntry, Device, Observation } from 'fhir/r4.js';
-import { Redis } from 'ioredis';
 import mqtt, { type MqttClient } from 'mqtt';
 import { loadConfig, type Config } from '../src/config.js';
 import { createFhirGateway } from '../src/fhir/gateway.js';
@@ -51,6 +50,7 @@ import { loadMappings, normalizeMessage, type MappingSet } from '../src/mapping/
 import { startPipeline, type Pipeline } from '../src/pipeline.js';
 import { partitionCpus, pidListening, type CpuPartition } from './cpu-partition.js';
 import { procCpuSeconds, threadCpu } from './proc-stat.js';
+import { forgetKeys } from './redis-keys.js';
 import { latencyBreakdown } from './latency-breakdown.js';
 import { freePort } from '../test/support/free-port.js';
 
@@ -495,25 +495,8 @@ async function main(): Promise<void> {
   } finally {
     partition?.undo();
     await rm(chdb, { recursive: true, force: true });
-    await forgetRun(config.redis.url);
-  }
-}
-
-/** This run's keys (devices, queues, templates: all under `bench-<run>`) leave Redis. */
-async function forgetRun(url: string): Promise<void> {
-  const redis = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 1 });
-  try {
-    await redis.connect();
-    let n = 0;
-    for await (const keys of redis.scanStream({ match: `*bench-${run}*`, count: 1000 })) {
-      const batch = keys as string[];
-      if (batch.length > 0) n += await redis.unlink(...batch);
-    }
-    console.log(`removed this run's ${n} keys from Redis`);
-  } catch (err) {
-    console.error(`could not remove this run's keys from Redis: ${String(err)}`);
-  } finally {
-    redis.disconnect();
+    // This run's keys (devices, queues, templates: all under `bench-<run>`) leave Redis.
+    await forgetKeys(config.redis.url, `*bench-${run}*`);
   }
 }
 
@@ -633,6 +616,9 @@ async function pipelinePhases(
 
     const cpu0 = process.cpuUsage();
     const java0 = hapiPid ? procCpuSeconds(hapiPid) : NaN;
+    // The queue's own server is part of the pipeline's cost (it shares the CPUs too).
+    const redisPid = pidListening(new URL(config.redis.url).port || 6379);
+    const redis0 = redisPid ? procCpuSeconds(redisPid) : NaN;
     const before = await written();
     const bundles0 = await bundleStats(pipeline);
     const threads0 = args.threads ? threadCpu() : undefined;
@@ -648,6 +634,7 @@ async function pipelinePhases(
     const cpu = process.cpuUsage(cpu0);
     const pipelineCpu = (cpu.user + cpu.system) / 1e6;
     const javaCpu = hapiPid ? procCpuSeconds(hapiPid) - java0 : NaN;
+    const redisCpu = redisPid ? procCpuSeconds(redisPid) - redis0 : NaN;
     // The server's ceiling drifts over a run (its database grows, vacuum and
     // checkpoints come and go): the loader runs again right after the pipeline,
     // and the ratio is taken against the better of its two runs.
@@ -668,7 +655,7 @@ async function pipelinePhases(
     );
     line(
       'CPU-s per 1,000 Observations',
-      `pipeline ${((pipelineCpu / obs) * 1000).toFixed(2)}`,
+      `pipeline ${((pipelineCpu / obs) * 1000).toFixed(2)}, Redis ${((redisCpu / obs) * 1000).toFixed(2)}`,
       `FHIR server ${((javaCpu / obs) * 1000).toFixed(2)}; under the best loader ${ceiling.javaCpuPer1000.toFixed(2)} (java /proc stat)`,
     );
     if (threads0)

@@ -6,7 +6,7 @@
  *
  *   FHIR_URL=http://127.0.0.1:8095/fhir npx tsx bench/roles-rss.ts \
  *     [--seconds 300] [--devices 20] [--rate 20] [--stages normalize,fhir,analytics] \
- *     [--node-flags="--max-semi-space-size=2"]
+ *     [--node-flags="--max-semi-space-size=2"] [--gc-log]
  *
  * --rate is messages/s in total (3 Observations each). With the analytics
  * stage the worker runs the embedded ClickHouse engine (chdb) in its process;
@@ -30,6 +30,7 @@ import { createLogger } from '../src/logger.js';
 import { startPipeline } from '../src/pipeline.js';
 import { freePort } from '../test/support/free-port.js';
 import { procCpuSeconds } from './proc-stat.js';
+import { forgetKeys } from './redis-keys.js';
 
 const { values: args } = parseArgs({
   options: {
@@ -38,6 +39,8 @@ const { values: args } = parseArgs({
     rate: { type: 'string', default: '20' },
     stages: { type: 'string', default: 'normalize,fhir,analytics' },
     'node-flags': { type: 'string', default: '' },
+    // Each role prints its live heap after major GCs every minute (bench/gc-log.mjs).
+    'gc-log': { type: 'boolean', default: false },
   },
 });
 const SECONDS = Number(args.seconds);
@@ -56,6 +59,7 @@ function mem(pid: number) {
 
 function role(name: string, env: NodeJS.ProcessEnv): ChildProcess {
   const flags = args['node-flags'].split(' ').filter(Boolean);
+  if (args['gc-log']) flags.push('--import', './bench/gc-log.mjs');
   return spawn(process.execPath, [...flags, 'bin/iomt.mjs', name], {
     stdio: ['ignore', 'ignore', 'inherit'],
     env: { ...process.env, ...env, LOG_LEVEL: 'warn' },
@@ -172,8 +176,9 @@ async function main(): Promise<void> {
     broker.kill();
     worker.kill();
     await Promise.all([exited(broker), exited(worker)]); // the worker's chdb files closed
-    await control.queues.ingest.obliterate({ force: true }).catch(() => undefined);
     await control.close();
+    // This run's devices, queues and templates (all under `rss-<run>`) leave Redis.
+    await forgetKeys(config.redis.url, `*rss-${run}*`);
     await rm(chdb, { recursive: true, force: true });
   }
 }
