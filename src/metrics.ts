@@ -112,6 +112,12 @@ export function createMetrics(options: { defaultMetrics?: boolean; buildInfo?: B
       help: 'Observation rows written to ClickHouse',
       registers: [registry],
     }),
+    analyticsInsertJobs: new Histogram({
+      name: 'iomt_analytics_insert_jobs',
+      help: 'Jobs sharing one ClickHouse insert (group commit, CLICKHOUSE_INSERT_WAIT_MS)',
+      buckets: [1, 2, 4, 8, 16, 32, 64],
+      registers: [registry],
+    }),
     endToEndSeconds: new Histogram({
       name: 'iomt_receipt_to_fhir_seconds',
       help: 'Broker receipt to FHIR commit, seconds',

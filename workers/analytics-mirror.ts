@@ -75,6 +75,7 @@ export function createAnalyticsStage(deps: AnalyticsMirrorDeps): Stage<Analytics
     maxEntries: deps.insert?.maxRows ?? 10_000,
     lingerMs: deps.insert?.lingerMs ?? 0,
     lingerParts: deps.insert?.lingerJobs ?? 1,
+    onBundle: (jobs) => deps.metrics?.analyticsInsertJobs.observe(jobs),
     send: (items) =>
       slot.run(async () => {
         const rows: FlattenedObservation[] = [];
