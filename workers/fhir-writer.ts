@@ -105,17 +105,44 @@ export function createFhirWriterStage(deps: FhirWriterDeps): Stage<FhirJobData> 
     log: deps.log,
   };
 
+  // One sync per device at a time in this process. Jobs that only need a
+  // device's FHIR Device to exist share the sync in flight (and its outcome):
+  // after an outage every job the stage holds needs the same few Devices at
+  // once, and as many concurrent syncs of one Device overloaded the returning
+  // server. A sync asked for by an association change runs after the one in
+  // flight, so that it writes the history as it is now.
+  const syncing = new Map<string, Promise<void>>();
+  function startSync(deviceId: string): Promise<void> {
+    const running: Promise<void> = deps.associationSync
+      .sync(deviceId)
+      .then(() => subjects.remember('Device', deviceId))
+      .finally(() => {
+        if (syncing.get(deviceId) === running) syncing.delete(deviceId);
+      });
+    syncing.set(deviceId, running);
+    return running;
+  }
+  async function syncDevice(deviceId: string, changed: boolean): Promise<void> {
+    if (!changed) {
+      if (subjects.has('Device', deviceId)) return;
+      return syncing.get(deviceId) ?? startSync(deviceId);
+    }
+    for (let running = syncing.get(deviceId); running; running = syncing.get(deviceId))
+      await running.catch(() => undefined);
+    return startSync(deviceId);
+  }
+
   /** Association syncs: written, or refused for good (dead letters); a transient failure throws. */
   async function syncAll(job: StageJob<FhirJobData>): Promise<DeadLetterInput[]> {
     const dead: DeadLetterInput[] = [];
-    const wanted = [
-      ...(job.data.associations ?? []),
+    const changed = new Set(job.data.associations ?? []);
+    const wanted = new Set([
+      ...changed,
       ...(job.data.devices ?? []).filter((d) => !subjects.has('Device', d)),
-    ];
-    for (const deviceId of new Set(wanted)) {
+    ]);
+    for (const deviceId of wanted) {
       try {
-        await deps.associationSync.sync(deviceId);
-        subjects.remember('Device', deviceId);
+        await syncDevice(deviceId, changed.has(deviceId));
       } catch (err) {
         const e = toPipelineError(err);
         if (e.retryable) throw e;

@@ -337,6 +337,48 @@ describe('the FHIR stage', () => {
     expect((r.next[0]!.data as AnalyticsJobData).observations).toHaveLength(1);
   });
 
+  it('concurrent jobs needing one Device share one sync (and its failure); an association change syncs again after it', async () => {
+    const syncs: string[] = [];
+    const pendingSyncs: { resolve: () => void; reject: (e: Error) => void }[] = [];
+    const stage = fhirStage(
+      fhirStore(() => 'ok'),
+      (id) => {
+        syncs.push(id);
+        return new Promise<void>((resolve, reject) => pendingSyncs.push({ resolve, reject }));
+      },
+    );
+    const job = (id: string, data: Partial<FhirJobData>) =>
+      stage.run({
+        id,
+        data: { ...fhirJob([envelope(`o-${id}`, `m-${id}`)], [pending(`m-${id}`)]), ...data },
+      });
+    const settle = () => new Promise((r) => setImmediate(r));
+
+    // Five jobs at once need Device d1: one sync; a transient failure reaches all five.
+    const first = [1, 2, 3, 4, 5].map((n) => job(`a${n}`, { devices: ['d1'] }));
+    await settle();
+    expect(syncs).toEqual(['d1']);
+    pendingSyncs.shift()!.reject(new PipelineError('FhirUnavailable', 'read Device: ECONNREFUSED'));
+    for (const r of await Promise.all(first)) expect(r.retry?.error.code).toBe('FhirUnavailable');
+
+    // Again: one sync, and an association change arriving meanwhile waits for it, then syncs anew.
+    const again = [1, 2, 3].map((n) => job(`b${n}`, { devices: ['d1'] }));
+    const change = job('c1', { associations: ['d1'] });
+    await settle();
+    expect(syncs).toEqual(['d1', 'd1']);
+    pendingSyncs.shift()!.resolve();
+    await settle();
+    expect(syncs).toEqual(['d1', 'd1', 'd1']);
+    pendingSyncs.shift()!.resolve();
+    for (const r of await Promise.all([...again, change])) {
+      expect(r.retry).toBeUndefined();
+      expect(r.deadLetters).toEqual([]);
+    }
+    // The Device is known now: a later job syncs nothing.
+    await job('d1', { devices: ['d1'] });
+    expect(syncs).toHaveLength(3);
+  });
+
   it('a whole-job failure dead-letters every Observation and settles every message', () => {
     const r = fhirStage(fhirStore(() => 'ok')).wholeJobFailure(
       { id: 'f6', data: fhirJob([envelope('o1', 'm1'), envelope('o2', 'm1')], [pending('m1', 2)]) },
