@@ -632,6 +632,7 @@ async function pipelinePhases(
     const obs = perDevice * DEVICES * 3;
     const throughput = obs / elapsed;
     const cpu = process.cpuUsage(cpu0);
+    const threads1 = threads0 ? threadCpu() : undefined;
     const pipelineCpu = (cpu.user + cpu.system) / 1e6;
     const javaCpu = hapiPid ? procCpuSeconds(hapiPid) - java0 : NaN;
     const redisCpu = redisPid ? procCpuSeconds(redisPid) - redis0 : NaN;
@@ -658,8 +659,8 @@ async function pipelinePhases(
       `pipeline ${((pipelineCpu / obs) * 1000).toFixed(2)}, Redis ${((redisCpu / obs) * 1000).toFixed(2)}`,
       `FHIR server ${((javaCpu / obs) * 1000).toFixed(2)}; under the best loader ${ceiling.javaCpuPer1000.toFixed(2)} (java /proc stat)`,
     );
-    if (threads0)
-      for (const [name, secs] of [...threadCpu()]
+    if (threads0 && threads1)
+      for (const [name, secs] of [...threads1]
         .map(([n, c]) => [n, c - (threads0.get(n) ?? 0)] as const)
         .sort((a, b) => b[1] - a[1])
         .slice(0, 10))
