@@ -129,32 +129,27 @@ export function createAnalyticsStage(deps: AnalyticsMirrorDeps): Stage<Analytics
     return out;
   }
 
-  /** Inserts, isolating what the engine refuses by halving; returns the refused ones. */
-  async function insertIsolated(
-    flats: readonly Flat[],
-  ): Promise<{ flat: Flat; error: PipelineError }[]> {
-    if (flats.length === 0) return [];
-    try {
-      await deps.store.insertFlattened(flats.map((f) => f.flat));
-      return [];
-    } catch (err) {
-      const e = toPipelineError(err);
-      if (e.retryable) throw e;
-      return isolate(flats, e);
-    }
-  }
-
-  /** `flats` were refused together with `error`: which of them are refused alone? */
+  /**
+   * `flats` were refused together with `error`: inserts each half again, halving
+   * what is refused, and returns the Observations the engine refuses alone.
+   */
   async function isolate(
     flats: readonly Flat[],
     error: PipelineError,
   ): Promise<{ flat: Flat; error: PipelineError }[]> {
     if (flats.length <= 1) return flats.map((flat) => ({ flat, error }));
     const half = Math.ceil(flats.length / 2);
-    return [
-      ...(await insertIsolated(flats.slice(0, half))),
-      ...(await insertIsolated(flats.slice(half))),
-    ];
+    const refused: { flat: Flat; error: PipelineError }[] = [];
+    for (const part of [flats.slice(0, half), flats.slice(half)]) {
+      try {
+        await deps.store.insertFlattened(part.map((f) => f.flat));
+      } catch (err) {
+        const e = toPipelineError(err);
+        if (e.retryable) throw e;
+        refused.push(...(await isolate(part, e)));
+      }
+    }
+    return refused;
   }
 
   return {
