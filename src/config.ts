@@ -430,7 +430,7 @@ export const SETTINGS = {
       'FHIR_CONCURRENCY_MAX',
       8,
       int(1, 256),
-      'Most write Bundles a worker process keeps in flight; the number in flight adapts below it to the server latency (AIMD, docs/performance.md).',
+      'Most write Bundles a worker process keeps in flight; the number in flight adapts below it to the server latency (AIMD, docs/performance.md). Every other request to the FHIR server (reads, searches, Patient and Device writes) is bounded by it too, separately: at most twice this many requests per process in all.',
     ),
     timeoutMs: setting(
       'FHIR_TIMEOUT_MS',

@@ -11,6 +11,12 @@
  *    (404/410) → undefined; an If-Match / version conflict on an update → a
  *    `conflict` answer the caller resolves;
  *  - versions from the ETag (W/"3" → "3", FHIR R4 http.html#versioning);
+ *  - a bound on the requests in flight (`maxRequests`, FHIR_CONCURRENCY_MAX):
+ *    reads, searches, Patient and Device writes and association syncs wait
+ *    for a slot, FIFO, so that a burst of them (jobs held through an outage
+ *    and released at once) cannot exhaust the server's database connections.
+ *    The Observation write Bundles are sent `paced`: the store's adaptive
+ *    limit bounds them (adaptive-limit.ts), so a slow read never holds one up;
  *  - credentials from an authorizer (FHIR_AUTH, auth.ts), never logged:
  *    messages name the method and the resource type, never the URL. A 401 asks
  *    the authorizer for a new token and sends the request once more; a second
@@ -24,6 +30,7 @@ import type { Bundle, BundleEntry, OperationOutcome, Resource } from 'fhir/r4.js
 import type { Config } from '../config.js';
 import { PipelineError, toPipelineError } from '../errors.js';
 import { TRACING_OFF, type Tracing } from '../observability/tracing.js';
+import { createAdaptiveLimit } from './adaptive-limit.js';
 import { createFhirAuthorizer, type FhirAuthorizer } from './auth.js';
 import { fhirError, statusError } from './errors.js';
 
@@ -37,6 +44,17 @@ export interface FhirGatewayOptions {
   readonly tracing?: Tracing;
   /** Send that span as the W3C `traceparent` header (FHIR_SEND_TRACEPARENT). */
   readonly sendTraceparent?: boolean;
+  /**
+   * Most requests in flight at once, `paced` Bundles not counted (they have a
+   * limit of their own); the rest wait, FIFO. Unset: no bound.
+   */
+  readonly maxRequests?: number;
+}
+
+/** A Bundle whose caller bounds the Bundles in flight itself (the store's adaptive limit). */
+export interface BundleOptions {
+  readonly representation?: boolean;
+  readonly paced?: boolean;
 }
 
 export interface UpdateAnswer<T> {
@@ -82,15 +100,9 @@ export interface FhirGateway {
     options?: { readonly ifMatch?: string; readonly representation?: boolean },
   ): Promise<UpdateResult<T>>;
   /** A batch Bundle: each entry succeeds or fails on its own (http.html#brules). */
-  batch(
-    entries: readonly BundleEntry[],
-    options?: { readonly representation?: boolean },
-  ): Promise<Bundle>;
+  batch(entries: readonly BundleEntry[], options?: BundleOptions): Promise<Bundle>;
   /** A transaction Bundle: all entries or none. */
-  transaction(
-    entries: readonly BundleEntry[],
-    options?: { readonly representation?: boolean },
-  ): Promise<Bundle>;
+  transaction(entries: readonly BundleEntry[], options?: BundleOptions): Promise<Bundle>;
   /** Resolves when the server answers its CapabilityStatement. */
   capabilities(): Promise<void>;
   /**
@@ -116,6 +128,7 @@ export function createConfiguredFhirGateway(
     ...(auth !== undefined ? { auth } : {}),
     tracing,
     sendTraceparent: config.tracing?.fhirTraceparent ?? true,
+    maxRequests: config.fhir.concurrencyMax,
   });
 }
 
@@ -125,6 +138,12 @@ export type SearchParams = Readonly<Record<string, string | readonly string[]>>;
 /** W/"3" → "3" */
 export function versionFromEtag(etag: string | null | undefined): string | undefined {
   return etag?.match(/"([^"]+)"/)?.[1];
+}
+
+interface Init {
+  readonly body?: unknown;
+  readonly headers?: Record<string, string>;
+  readonly signal?: AbortSignal;
 }
 
 interface Answer {
@@ -139,17 +158,39 @@ export function createFhirGateway(options: FhirGatewayOptions): FhirGateway {
   const tracing = options.tracing ?? TRACING_OFF;
   const server = new URL(base);
   const serverPort = Number(server.port) || (server.protocol === 'https:' ? 443 : 80);
+  // A fixed limit (min = max): FIFO slots, no adaptation.
+  const slots =
+    options.maxRequests === undefined
+      ? undefined
+      : createAdaptiveLimit({
+          min: options.maxRequests,
+          max: options.maxRequests,
+          initial: options.maxRequests,
+        });
+
+  /** One request, in a slot unless the caller paces it (BundleOptions.paced). */
+  function send(
+    method: 'GET' | 'PUT' | 'POST',
+    path: string,
+    what: string,
+    init: Init = {},
+    paced = false,
+  ): Promise<Answer> {
+    return slots === undefined || paced
+      ? sendSpan(method, path, what, init)
+      : slots.run(0, () => sendSpan(method, path, what, init));
+  }
 
   /**
    * One request (and its one resend after a 401) as a client span: method,
    * server, status. Only inside a traced job: readiness probes and admin reads
    * would otherwise make a trace each.
    */
-  async function send(
+  async function sendSpan(
     method: 'GET' | 'PUT' | 'POST',
     path: string,
     what: string,
-    init: { body?: unknown; headers?: Record<string, string>; signal?: AbortSignal } = {},
+    init: Init,
   ): Promise<Answer> {
     if (!tracing.inSpan()) return sendTraced(method, path, what, init, undefined);
     const span = tracing.start(`FHIR ${what}`, {
@@ -184,7 +225,7 @@ export function createFhirGateway(options: FhirGatewayOptions): FhirGateway {
     method: 'GET' | 'PUT' | 'POST',
     path: string,
     what: string,
-    init: { body?: unknown; headers?: Record<string, string>; signal?: AbortSignal },
+    init: Init,
     traceparent: string | undefined,
   ): Promise<Answer> {
     const url = /^https?:\/\//.test(path) ? path : `${base}/${path}`;
@@ -274,13 +315,19 @@ export function createFhirGateway(options: FhirGatewayOptions): FhirGateway {
   async function bundle(
     type: 'batch' | 'transaction',
     entries: readonly BundleEntry[],
-    representation: boolean,
+    opts: BundleOptions,
   ): Promise<Bundle> {
-    const a = await send('POST', '', type, {
-      body: { resourceType: 'Bundle', type, entry: [...entries] },
-      // FHIR R4 http.html#ops: the stored version per entry.
-      ...(representation ? { headers: { prefer: 'return=representation' } } : {}),
-    });
+    const a = await send(
+      'POST',
+      '',
+      type,
+      {
+        body: { resourceType: 'Bundle', type, entry: [...entries] },
+        // FHIR R4 http.html#ops: the stored version per entry.
+        ...(opts.representation === true ? { headers: { prefer: 'return=representation' } } : {}),
+      },
+      opts.paced === true,
+    );
     if (a.status < 200 || a.status >= 300) return fail(a, type);
     const b = a.body as Bundle | undefined;
     if (b?.resourceType !== 'Bundle') {
@@ -378,9 +425,8 @@ export function createFhirGateway(options: FhirGatewayOptions): FhirGateway {
       };
     },
 
-    batch: (entries, opts = {}) => bundle('batch', entries, opts.representation ?? false),
-    transaction: (entries, opts = {}) =>
-      bundle('transaction', entries, opts.representation ?? false),
+    batch: (entries, opts = {}) => bundle('batch', entries, opts),
+    transaction: (entries, opts = {}) => bundle('transaction', entries, opts),
 
     async capabilities() {
       const a = await send('GET', 'metadata', 'metadata');

@@ -207,8 +207,9 @@ export function createFhirStore(gateway: FhirGateway, options: FhirStoreOptions 
         resource: o,
         request: { method: 'PUT', url: `Observation/${o.id ?? ''}` },
       })),
-      // The stored version per entry, for the ClickHouse mirror (it saves a re-read).
-      { representation: true },
+      // The stored version per entry, for the ClickHouse mirror (it saves a re-read);
+      // paced: the adaptive limit above bounds these Bundles, not the gateway's slots.
+      { representation: true, paced: true },
     );
     const entries = response.entry ?? [];
     if (entries.length !== observations.length) {
