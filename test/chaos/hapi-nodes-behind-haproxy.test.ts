@@ -22,14 +22,13 @@
  * Needs: haproxy (Debian), PostgreSQL at PGHOST:PGPORT as PGUSER (default
  * 127.0.0.1:5432, postgres, trust auth), Java for the launcher.
  */
-import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { promisify } from 'node:util';
 import { afterAll, describe, expect, it } from 'vitest';
 import { startHaproxy, type Haproxy } from '../support/haproxy.js';
+import { createDatabase, dropDatabase, jdbcUrl, PG, psql } from '../support/postgres.js';
 import { uniqueId, waitFor } from '../support/harness.js';
 import { Fleet } from './support/fleet.js';
 import {
@@ -47,12 +46,6 @@ import {
   fhirProblems,
 } from './support/verify.js';
 
-const run = promisify(execFile);
-const PG = {
-  host: process.env.PGHOST ?? '127.0.0.1',
-  port: process.env.PGPORT ?? '5432',
-  user: process.env.PGUSER ?? 'postgres',
-};
 const database = `iomt_hapi_nodes_${randomBytes(4).toString('hex')}`;
 const redisUrl = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
 const prefix = uniqueId('chaos-hapi-lb');
@@ -62,14 +55,6 @@ let fleet: Fleet | undefined;
 let proxy: Haproxy | undefined;
 let dbCreated = false;
 const nodePorts: number[] = [];
-
-async function psql(sql: string, db = 'postgres'): Promise<string> {
-  const { stdout } = await run('psql', [
-    ...['-h', PG.host, '-p', PG.port, '-U', PG.user, '-d', db],
-    ...['-v', 'ON_ERROR_STOP=1', '-tAc', sql],
-  ]);
-  return stdout.trim();
-}
 
 /** One HAProxy access log line (`option httplog`), the fields this test reads. */
 interface Access {
@@ -118,8 +103,7 @@ afterAll(async () => {
     await Promise.all(
       nodePorts.map((p) => hapi('stop', p, { HAPI_RUN_DIR: runDir }).catch(() => undefined)),
     );
-  if (dbCreated)
-    await psql(`DROP DATABASE IF EXISTS "${database}" WITH (FORCE)`).catch(() => undefined);
+  if (dbCreated) await dropDatabase(database);
   await dropPrefix(redisUrl, prefix);
   if (dir) await rm(dir, { recursive: true, force: true });
 }, 120_000);
@@ -131,12 +115,7 @@ describe('two HAPI nodes on one PostgreSQL behind HAProxy', () => {
     dir = runDir;
 
     // 0. A fresh database of this test's own.
-    await psql('SELECT 1').catch((err: Error) => {
-      throw new Error(
-        `PostgreSQL does not answer at ${PG.host}:${PG.port} as ${PG.user} (trust auth expected; set PGHOST/PGPORT/PGUSER): ${err.message}`,
-      );
-    });
-    await psql(`CREATE DATABASE "${database}"`);
+    await createDatabase(database);
     dbCreated = true;
 
     // 1. Node 1 first: its boot creates the schema (hbm2ddl=update, in one burst:
@@ -146,7 +125,7 @@ describe('two HAPI nodes on one PostgreSQL behind HAProxy', () => {
     //    (two JVMs on one machine), 10 database connections each.
     const nodeEnv: Record<string, string> = {
       HAPI_DB: 'postgres',
-      HAPI_JDBC_URL: `jdbc:postgresql://${PG.host}:${PG.port}/${database}`,
+      HAPI_JDBC_URL: jdbcUrl(database),
       HAPI_JDBC_USER: PG.user,
       HAPI_RUN_DIR: runDir,
       HAPI_DB_POOL: '10',

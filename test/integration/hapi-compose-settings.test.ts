@@ -32,33 +32,11 @@ import {
 } from '../support/compose.js';
 import { waitFor } from '../support/harness.js';
 import { freePort } from '../support/free-port.js';
+import { createDatabase, dropDatabase, jdbcUrl, PG, psql } from '../support/postgres.js';
 
 const run = promisify(execFile);
 
-const PG = {
-  host: process.env.PGHOST ?? '127.0.0.1',
-  port: process.env.PGPORT ?? '5432',
-  user: process.env.PGUSER ?? 'postgres',
-};
 const database = `iomt_hapi_compose_${randomBytes(4).toString('hex')}`;
-
-async function psql(sql: string, db = 'postgres'): Promise<string> {
-  const { stdout } = await run('psql', [
-    '-h',
-    PG.host,
-    '-p',
-    PG.port,
-    '-U',
-    PG.user,
-    '-d',
-    db,
-    '-v',
-    'ON_ERROR_STOP=1',
-    '-tAc',
-    sql,
-  ]);
-  return stdout.trim();
-}
 
 // ---- what compose runs, read from the files ------------------------------------
 
@@ -137,18 +115,13 @@ beforeAll(async () => {
     maxBuffer: 16 * 1024 * 1024,
   });
   // 2. A fresh, uniquely named database.
-  await psql('SELECT 1').catch((err: Error) => {
-    throw new Error(
-      `PostgreSQL does not answer at ${PG.host}:${PG.port} as ${PG.user} (trust auth expected; set PGHOST/PGPORT/PGUSER): ${err.message}`,
-    );
-  });
-  await psql(`CREATE DATABASE "${database}"`);
+  await createDatabase(database);
   // 3. The container's settings, with only the location-specific ones replaced.
   port = await freePort();
   base = `http://127.0.0.1:${port}/fhir`;
   const settings: Record<string, string> = {
     ...containerEnv,
-    HAPI_JDBC_URL: `jdbc:postgresql://${PG.host}:${PG.port}/${database}`,
+    HAPI_JDBC_URL: jdbcUrl(database),
     HAPI_JDBC_USER: PG.user,
     HAPI_JDBC_PASSWORD: '',
     HAPI_BIND: '127.0.0.1',
@@ -186,7 +159,7 @@ afterAll(async () => {
     await gone;
     clearTimeout(timer);
   }
-  await psql(`DROP DATABASE IF EXISTS "${database}" WITH (FORCE)`).catch(() => undefined);
+  await dropDatabase(database);
   rmSync(workDir, { recursive: true, force: true });
 }, 60_000);
 
