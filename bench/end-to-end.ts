@@ -586,7 +586,12 @@ async function bundleStats(p: Pipeline) {
 async function pipelinePhases(
   config: Config,
   log: ReturnType<typeof createLogger>,
-  ceiling: { rate: number; javaCpuPer1000: number; again?: () => Promise<number> },
+  ceiling: {
+    rate: number;
+    inflight: number;
+    javaCpuPer1000: number;
+    again?: () => Promise<number>;
+  },
   hapiPid: number | undefined,
 ): Promise<void> {
   // 3. The whole pipeline in this process.
@@ -623,11 +628,20 @@ async function pipelinePhases(
     const bundles0 = await bundleStats(pipeline);
     const threads0 = args.threads ? threadCpu() : undefined;
     const started = process.hrtime.bigint();
+    // The FHIR writer's adaptive limit over the phase (iomt_fhir_bundle_slots).
+    const slots: { limit: number; inFlight: number }[] = [];
+    const slotSampler = setInterval(() => {
+      void pipeline.metrics.fhirBundleSlots.get().then((g) => {
+        const v = (state: string) => g.values.find((x) => x.labels.state === state)?.value ?? NaN;
+        slots.push({ limit: v('limit'), inFlight: v('in_flight') });
+      });
+    }, 200);
     const perDevice = Math.ceil(MESSAGES / DEVICES);
     await burst(pubs, perDevice * DEVICES, 200, clock(5 * 3600_000));
     expectedMessages += perDevice * DEVICES;
     await waitWritten(before + perDevice * DEVICES * 3, 'throughput');
     const elapsed = seconds(started);
+    clearInterval(slotSampler);
     const bundles1 = await bundleStats(pipeline);
     const obs = perDevice * DEVICES * 3;
     const throughput = obs / elapsed;
@@ -670,6 +684,13 @@ async function pipelinePhases(
       '  transaction Bundles sent',
       `${nBundles}, mean ${f0((bundles1.entries - bundles0.entries) / nBundles)} Observations, ${((bundles1.parts - bundles0.parts) / nBundles).toFixed(1)} jobs`,
       `the loader: Bundles of ${config.fhir.batchSize}`,
+    );
+    const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
+    const limits = slots.map((x) => x.limit);
+    line(
+      '  Bundle slots (adaptive limit)',
+      `limit ${Math.min(...limits)}–${Math.max(...limits)}, mean ${mean(limits).toFixed(1)}; in flight mean ${mean(slots.map((x) => x.inFlight)).toFixed(1)}`,
+      `the loader: ${ceiling.inflight} in flight; FHIR_CONCURRENCY_MAX ${config.fhir.concurrencyMax}`,
     );
 
     // 4. Latency at half the pipeline's maximum.

@@ -10,9 +10,13 @@ import { readBuildInfo, type BuildInfo } from './build-info.js';
 /** Job counts by queue and state, read from Redis when /metrics is scraped. */
 export type QueueDepthSource = () => Promise<Record<string, Record<string, number>>>;
 
+/** The FHIR writer's adaptive limit (adaptive-limit.ts), read when /metrics is scraped. */
+export type BundleSlotSource = () => { readonly limit: number; readonly inFlight: number };
+
 export function createMetrics(options: { defaultMetrics?: boolean; buildInfo?: BuildInfo } = {}) {
   const registry = new Registry();
   let queueDepths: QueueDepthSource | undefined;
+  let bundleSlots: BundleSlotSource | undefined;
   if (options.defaultMetrics ?? true) collectDefaultMetrics({ register: registry });
   const build = options.buildInfo ?? readBuildInfo();
   const metrics = {
@@ -136,6 +140,18 @@ export function createMetrics(options: { defaultMetrics?: boolean; buildInfo?: B
       buckets: [1, 2, 4, 8, 16, 32, 64],
       registers: [registry],
     }),
+    fhirBundleSlots: new Gauge({
+      name: 'iomt_fhir_bundle_slots',
+      help: 'Write Bundles this worker process may keep in flight now (state "limit": the adaptive limit, at most FHIR_CONCURRENCY_MAX) and has in flight ("in_flight"), read at scrape time',
+      labelNames: ['state'] as const,
+      registers: [registry],
+      collect() {
+        if (!bundleSlots) return;
+        const { limit, inFlight } = bundleSlots();
+        this.set({ state: 'limit' }, limit);
+        this.set({ state: 'in_flight' }, inFlight);
+      },
+    }),
     deviceToFhirSeconds: new Histogram({
       name: 'iomt_device_to_fhir_seconds',
       help: "Device timestamp (Observation.effective) to FHIR commit, seconds (includes the device's clock skew)",
@@ -228,6 +244,10 @@ export function createMetrics(options: { defaultMetrics?: boolean; buildInfo?: B
     /** Lets the process that owns the queues report their depths at scrape time. */
     setQueueDepthSource(source: QueueDepthSource): void {
       queueDepths = source;
+    },
+    /** Lets the process that writes to FHIR report its Bundle slots at scrape time. */
+    setBundleSlotSource(source: BundleSlotSource): void {
+      bundleSlots = source;
     },
   };
   metrics.buildInfo.set(

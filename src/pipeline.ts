@@ -140,9 +140,11 @@ export async function startPipeline(
   // Which Patients and Devices exist, for FHIR_SUBJECT_CACHE_TTL_S: the store's
   // Patient checks and the FHIR writer's Device syncs, which forgets what the server lost.
   const subjects = createSubjectCache({ ttlMs: config.fhir.subjectCacheTtlS * 1000 });
+  const bundleLimit = createAdaptiveLimit({ max: config.fhir.concurrencyMax });
+  if (roles.includes('worker')) metrics.setBundleSlotSource(() => bundleLimit);
   const fhirStore = createFhirStore(fhir, {
     subjects,
-    limit: createAdaptiveLimit({ max: config.fhir.concurrencyMax }),
+    limit: bundleLimit,
     maxEntries: config.fhir.batchSize,
     onBundle: (parts, entries) => {
       metrics.fhirBundleEntries.observe(entries);

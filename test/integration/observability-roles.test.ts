@@ -304,6 +304,22 @@ describe('every role serves /metrics, /healthz and /readyz on its own port', () 
     expect(build.commit).toMatch(/^[0-9a-f]{40}$/); // a git checkout: the commit is known
   });
 
+  it('the worker reports its FHIR Bundle slots (the adaptive limit); the broker has none', async () => {
+    const scrape = async (role: (typeof ROLES)[number]) =>
+      (await get(`http://127.0.0.1:${metricsPort.get(role)}/metrics`)).text();
+    const worker = await scrape('worker');
+    const limit = Number(/^iomt_fhir_bundle_slots\{state="limit"\} (\d+)$/m.exec(worker)?.[1]);
+    const inFlight = Number(
+      /^iomt_fhir_bundle_slots\{state="in_flight"\} (\d+)$/m.exec(worker)?.[1],
+    );
+    // Starts at 2, never above FHIR_CONCURRENCY_MAX (default 8), never below 1.
+    expect(limit).toBeGreaterThanOrEqual(1);
+    expect(limit).toBeLessThanOrEqual(8);
+    expect(inFlight).toBeGreaterThanOrEqual(0);
+    expect(inFlight).toBeLessThanOrEqual(8); // (above the limit for a moment after it halves)
+    expect(await scrape('broker')).not.toMatch(/^iomt_fhir_bundle_slots\{/m);
+  });
+
   it('keeps serving them on the admin API port too', async () => {
     const res = await get(`http://127.0.0.1:${adminPort}/metrics`);
     expect(res.status).toBe(200);
