@@ -33,22 +33,15 @@ interface History {
   warnings?: string[];
 }
 
-function useRevealed() {
-  const [shown, setShown] = useState<Set<string>>(new Set());
-  const reveal = async (subject: string) => {
-    // The reveal is audited before the id is shown.
-    await api('POST', '/console/api/reveal', { subject, what: 'patient id' });
-    setShown(new Set([...shown, subject]));
-  };
-  return { shown, reveal };
-}
+/** The API masks patient ids; reveal=true shows them and is audited by the API before they leave it. */
+const revealedHistory = (deviceId: string) =>
+  api<History>('GET', `/api/devices/${encodeURIComponent(deviceId)}?reveal=true`);
 
-/** The list's patient ids come masked from the API: a reveal is audited, then the device's own record is read. */
+/** The list's patient ids come masked from the API: a reveal reads the device's history unmasked. */
 function useListReveal() {
   const [revealed, setRevealed] = useState<Map<string, string>>(new Map());
   const reveal = async (deviceId: string) => {
-    await api('POST', '/console/api/reveal', { subject: deviceId, what: 'patient id of device' });
-    const h = await api<History>('GET', `/api/devices/${encodeURIComponent(deviceId)}`);
+    const h = await revealedHistory(deviceId);
     setRevealed(new Map([...revealed, [deviceId, h.currentPatient ?? '—']]));
   };
   return { revealed, reveal };
@@ -231,8 +224,9 @@ function AddDevice({ actor, onAdded }: { actor: string; onAdded: () => void }) {
   );
 }
 
-function describe(r: HistoryRecord, shown: Set<string>): string {
-  const p = r.patientId ? (shown.has(r.patientId) ? r.patientId : mask(r.patientId)) : '';
+/** `r.patientId` comes masked from the API unless the page revealed the history. */
+function describe(r: HistoryRecord): string {
+  const p = r.patientId ?? '';
   switch (r.kind) {
     case 'assign':
       return `assigned to patient ${p}`;
@@ -271,10 +265,13 @@ function DeviceDetail({
   const [gateway, setGateway] = useState('');
   const [relays, setRelays] = useState<string[]>([]);
   const [confirmDisable, setConfirmDisable] = useState(false);
-  const { shown, reveal } = useRevealed();
-  const load = async () => {
+  // Once revealed, the page reads the history unmasked again after each change (each read audited).
+  const [revealed, setRevealed] = useState(false);
+  const load = async (reveal = revealed) => {
     try {
-      const h = await api<History>('GET', `/api/devices/${encodeURIComponent(id)}`);
+      const h = reveal
+        ? await revealedHistory(id)
+        : await api<History>('GET', `/api/devices/${encodeURIComponent(id)}`);
       setHistory(h);
       setRelays(
         h.device.kind === 'gateway'
@@ -291,7 +288,8 @@ function DeviceDetail({
     }
   };
   useEffect(() => {
-    void load();
+    setRevealed(false);
+    void load(false);
   }, [id]);
   const act = async (fn: () => Promise<unknown>) => {
     setError('');
@@ -316,15 +314,18 @@ function DeviceDetail({
         <p>
           Patient now:{' '}
           {history.currentPatient ? (
-            shown.has(history.currentPatient) ? (
+            revealed ? (
               <strong class="patient-now">{history.currentPatient}</strong>
             ) : (
               <>
-                <strong class="patient-now">{mask(history.currentPatient)}</strong>{' '}
+                <strong class="patient-now">{history.currentPatient}</strong>{' '}
                 <button
                   type="button"
                   class="small"
-                  onClick={() => void reveal(history.currentPatient!)}
+                  onClick={() => {
+                    setRevealed(true);
+                    void load(true);
+                  }}
                 >
                   Reveal patient id
                 </button>
@@ -477,7 +478,7 @@ function DeviceDetail({
           .sort((a, b) => a.at - b.at || a.seq - b.seq)
           .map((r) => (
             <li key={r.seq}>
-              <time dateTime={new Date(r.at).toISOString()}>{when(r.at)}</time> {describe(r, shown)}
+              <time dateTime={new Date(r.at).toISOString()}>{when(r.at)}</time> {describe(r)}
               <span class="by">
                 {' '}
                 — by {r.actor ?? '?'} ({r.source ?? '?'}){r.note ? `: ${r.note}` : ''}

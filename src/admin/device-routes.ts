@@ -9,7 +9,8 @@
  *   GET    /api/devices/:id/messages?limit=  its most recent messages in ClickHouse's
  *                                            device_messages (raw payload, outcome), newest first
  *   POST   /api/devices                      {deviceId, kind?, patient?, at?, newPatient?} → 201 {secret}
- *   GET    /api/devices/:id                  the history and its periods
+ *   GET    /api/devices/:id?reveal=true      the history and its periods, patient ids masked
+ *                                            unless reveal=true (audited)
  *   POST   /api/devices/:id/assign           {patient, at?, newPatient?, correction?, note?}
  *   POST   /api/devices/:id/unassign         {at?, correction?, note?}
  *   POST   /api/devices/:id/rotate-secret    → {secret}
@@ -26,7 +27,12 @@ import {
   DEVICE_MESSAGES_TABLE,
   type AnalyticsStore,
 } from '../clickhouse/index.js';
-import { assertDeviceId, type Actor, type DeviceService } from '../devices/index.js';
+import {
+  assertDeviceId,
+  type Actor,
+  type DeviceHistory,
+  type DeviceService,
+} from '../devices/index.js';
 import { parseInstant } from '../dlq/index.js';
 import { PipelineError } from '../errors.js';
 
@@ -42,6 +48,19 @@ export interface DeviceRoutesDeps {
 /** A patient id as lists show it: enough to tell two apart, not enough to identify. */
 export function maskPatientId(id: string): string {
   return id.length <= 4 ? '••••' : `${id.slice(0, 2)}•••${id.slice(-2)}`;
+}
+
+/** A device's history with every patient id in it masked (records, periods, now). */
+export function maskHistory(h: DeviceHistory): DeviceHistory & { readonly patientMasked: true } {
+  return {
+    ...h,
+    records: h.records.map((r) =>
+      'patientId' in r ? { ...r, patientId: maskPatientId(r.patientId) } : r,
+    ),
+    periods: h.periods.map((p) => ({ ...p, patientId: maskPatientId(p.patientId) })),
+    currentPatient: h.currentPatient === undefined ? undefined : maskPatientId(h.currentPatient),
+    patientMasked: true,
+  };
 }
 
 interface MessageRow {
@@ -180,7 +199,19 @@ export function registerDeviceRoutes(app: FastifyInstance, deps: DeviceRoutesDep
     });
   });
 
-  app.get<WithId>('/api/devices/:id', (req) => devices.history(req.params.id));
+  // Masked like the list (the console's Reveal asks with reveal=true). The answers
+  // to changes (add, assign, unassign) carry the history unmasked: the caller named
+  // the patient, and an ADT feed reads its change back.
+  app.get<{ Params: { id: string }; Querystring: { reveal?: string } }>(
+    '/api/devices/:id',
+    async (req) => {
+      const history = await devices.history(req.params.id);
+      if (req.query.reveal !== 'true') return maskHistory(history);
+      // Recorded before the ids leave the process.
+      await deps.auditReveal(req, `patient ids of device ${history.device.deviceId}`);
+      return history;
+    },
+  );
 
   app.post<WithId>('/api/devices/:id/assign', (req) => {
     const b = req.body;

@@ -443,7 +443,7 @@ describe('devices page', () => {
     // Each change and each reveal is in the audit trail, with who did it.
     await page.getByRole('link', { name: 'Audit' }).click();
     const audit = page.locator('table tbody');
-    await expect.poll(() => audit.textContent(), WAIT).toMatch(/reveal — patient id of/);
+    await expect.poll(() => audit.textContent(), WAIT).toMatch(/reveal — patient ids of device /);
     const text = (await audit.textContent()) ?? '';
     expect(text).toContain(`POST /api/devices/${deviceId}/rotate-secret`);
     expect(text).toContain(`POST /api/devices/${deviceId}/assign`);

@@ -285,11 +285,28 @@ describe('the admin API', () => {
     await sessionEnded;
     client.end(true);
 
-    const history = (await (await call('GET', `/api/devices/${device}`)).json()) as {
+    type Read = {
       periods: { patientId: string }[];
-      records: { kind: string; source: string; actor: string }[];
+      records: { kind: string; source: string; actor: string; patientId?: string }[];
+      currentPatient?: string;
+      patientMasked?: boolean;
     };
+    // Patient ids masked, as in the list, unless reveal=true (audited).
+    const masked = (await (await call('GET', `/api/devices/${device}`)).json()) as Read;
+    const m = (id: string) => `${id.slice(0, 2)}•••${id.slice(-2)}`;
+    expect(masked.patientMasked).toBe(true);
+    expect(masked.periods.map((p) => p.patientId)).toEqual([m(p1), m(p2)]);
+    expect(masked.currentPatient).toBe(m(p2));
+    expect(masked.records.flatMap((r) => (r.patientId ? [r.patientId] : []))).toEqual([
+      m(p1),
+      m(p2),
+    ]);
+    expect(JSON.stringify(masked)).not.toContain(p1);
+    const history = (await (
+      await call('GET', `/api/devices/${device}?reveal=true`)
+    ).json()) as Read;
     expect(history.periods.map((p) => p.patientId)).toEqual([p1, p2]);
+    expect(history.currentPatient).toBe(p2);
     expect(history.records.map((r) => [r.kind, r.source, r.actor])).toEqual([
       ['registered', 'api', 'console:lee'],
       ['assign', 'api', 'console:lee'],
