@@ -314,23 +314,24 @@ function DeviceDetail({
         <p>
           Patient now:{' '}
           {history.currentPatient ? (
-            revealed ? (
+            <>
               <strong class="patient-now">{history.currentPatient}</strong>
-            ) : (
-              <>
-                <strong class="patient-now">{history.currentPatient}</strong>{' '}
-                <button
-                  type="button"
-                  class="small"
-                  onClick={() => {
-                    setRevealed(true);
-                    void load(true);
-                  }}
-                >
-                  Reveal patient id
-                </button>
-              </>
-            )
+              {!revealed && (
+                <>
+                  {' '}
+                  <button
+                    type="button"
+                    class="small"
+                    onClick={() => {
+                      setRevealed(true);
+                      void load(true);
+                    }}
+                  >
+                    Reveal patient id
+                  </button>
+                </>
+              )}
+            </>
           ) : (
             'none'
           )}
