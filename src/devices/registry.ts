@@ -143,6 +143,14 @@ export class DeviceRegistry extends PrefixedStore {
     return record(deviceId, await this.redis.hgetall(this.#key(deviceId)));
   }
 
+  /** The records of these devices (undefined when never registered), one round trip. */
+  async records(deviceIds: readonly string[]): Promise<Map<string, DeviceRecord | undefined>> {
+    const ids = [...new Set(deviceIds)];
+    // Sent together (no reply awaited in between); each key goes to its node on a cluster.
+    const hashes = await Promise.all(ids.map((id) => this.redis.hgetall(this.#key(id))));
+    return new Map(ids.map((id, i) => [id, record(id, hashes[i] ?? {})]));
+  }
+
   /** The device's record when it is active and the secret matches, else undefined. */
   async authenticate(deviceId: string, secret: string): Promise<DeviceRecord | undefined> {
     const h = DEVICE_ID_PATTERN.test(deviceId) ? await this.redis.hgetall(this.#key(deviceId)) : {};

@@ -19,8 +19,9 @@
  * time.
  *
  * Contract: forJob(authenticated ids) reads, once per job and in one round trip,
- * the association histories of the job's devices (no cache across jobs: a change
- * is in force for the next job); forMessage(id) → { resolve, patients(), devices() }:
+ * the registry records and association histories of the job's devices (no cache
+ * across jobs: a change is in force for the next job);
+ * forMessage(id) → { resolve, patients(), devices() }:
  * `resolve` is the IdentityResolver of the pure core; patients() and devices()
  * list what the FHIR writer must ensure first. FHIR reads (Lookup modes,
  * encounters) are cached for `cacheMs`; FhirUnavailable is thrown on a transient
@@ -57,7 +58,7 @@ export interface IdentityOptions {
   /** FHIR_CREATE_PATIENTS: any Patient an association names may be created. */
   readonly createPatients: boolean;
   readonly associations: AssociationReader;
-  readonly registry: Pick<DeviceRegistry, 'get'>;
+  readonly registry: Pick<DeviceRegistry, 'get' | 'records'>;
   /** How long FHIR reads (Lookup modes, encounters) are reused, ms. */
   readonly cacheMs?: number;
 }
@@ -167,20 +168,24 @@ export function createIdentityService(options: IdentityOptions): IdentityService
 
   return {
     async forJob(authenticatedIds) {
-      // One round trip for the histories of the job's devices; gateways' children on demand.
+      // One round trip for the records and histories of the job's devices; gateways'
+      // children on demand.
       const timelines = new Map<string, DeviceTimeline>();
       const put = (id: string, records: readonly AssociationRecord[]) => {
         const t = { records, periods: patientPeriods(records) };
         timelines.set(id, t);
         return t;
       };
-      if (options.mode === 'Create') {
-        for (const [id, records] of await options.associations.histories(authenticatedIds))
-          put(id, records);
-      }
+      const [histories, known] = await Promise.all([
+        options.mode === 'Create' ? options.associations.histories(authenticatedIds) : undefined,
+        options.registry.records(authenticatedIds),
+      ]);
+      for (const [id, records] of histories ?? []) put(id, records);
       const timeline = async (id: string): Promise<DeviceTimeline> =>
         timelines.get(id) ?? put(id, await options.associations.history(id));
-      const records = new Map<string, Promise<DeviceRecord | undefined>>();
+      const records = new Map<string, Promise<DeviceRecord | undefined>>(
+        [...known].map(([id, r]) => [id, Promise.resolve(r)]),
+      );
       const record = (id: string) => {
         let r = records.get(id);
         if (!r) records.set(id, (r = options.registry.get(id)));

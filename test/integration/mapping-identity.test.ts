@@ -195,6 +195,40 @@ describe('Create', () => {
       ).toBe('GatewayChildMissing');
   });
 
+  it("one job's devices: each message gets its own device's record, a stranger is DeviceNotFound", async () => {
+    const stranger = uniqueId('never-registered');
+    // The registry reads the job's records together, each device once.
+    const known = await registry.records([da, stranger, gw, da]);
+    expect([...known.keys()]).toEqual([da, stranger, gw]);
+    expect(known.get(da)).toEqual(await registry.get(da));
+    expect(known.get(gw)?.kind).toBe('gateway');
+    expect(known.get(stranger)).toBeUndefined();
+
+    const service = createIdentityService({
+      mode: 'Create',
+      fhir,
+      deviceIdentifierSystem: SYSTEM,
+      createPatients: false,
+      associations,
+      registry,
+      cacheMs: 0,
+    });
+    const job = await service.forJob([da, stranger, gw]);
+    const own = await job.forMessage(da);
+    expect(await own.resolve(claim({ authenticatedDeviceId: da, deviceId: da }))).toEqual({
+      patientId: pa,
+      deviceResourceId: `dev-${da}`,
+    });
+    // The gateway's record says gateway: its own reading names no child.
+    const relay = await job.forMessage(gw);
+    expect(
+      await failure(
+        Promise.resolve(relay.resolve(claim({ authenticatedDeviceId: gw, deviceId: gw }))),
+      ),
+    ).toBe('GatewayChildMissing');
+    expect(await failure(job.forMessage(stranger))).toBe('DeviceNotFound');
+  });
+
   it('a payload naming another patient is refused', async () => {
     const w = await who('Create', da);
     expect(
