@@ -14,8 +14,8 @@
  *
  * `lingerMs` (default 0) makes a free slot wait for company too: the oldest
  * waiting part waits at most that long, and the request goes at once when
- * `maxEntries` items or `lingerParts` parts (all the callers there can be) are
- * waiting. For a sink whose cost is per request rather than per item (an
+ * `lingerEntries` items (default `maxEntries`) or `lingerParts` parts (all the
+ * callers there can be) are waiting. For a sink whose cost is per request rather than per item (an
  * insert into ClickHouse), this turns many small requests into a few large ones
  * whatever the load.
  *
@@ -53,6 +53,8 @@ export interface GroupCommitOptions<I, R> {
   readonly lingerMs?: number;
   /** With lingerMs: send at once when this many parts wait (default: no such bound). */
   readonly lingerParts?: number;
+  /** With lingerMs: send at once when this many items wait (default: maxEntries). */
+  readonly lingerEntries?: number;
   /** For metrics and tests: called with the parts and items of every request sent. */
   readonly onBundle?: (parts: number, entries: number) => void;
   readonly now?: () => number;
@@ -98,6 +100,7 @@ export function createGroupCommit<I, R>(options: GroupCommitOptions<I, R>): Grou
   const max = Math.max(1, options.maxEntries);
   const lingerMs = options.lingerMs ?? 0;
   const lingerParts = options.lingerParts ?? Infinity;
+  const lingerEntries = Math.min(max, Math.max(1, options.lingerEntries ?? max));
   const now = options.now ?? (() => performance.now());
   const key = options.key;
   let timer: NodeJS.Timeout | undefined;
@@ -127,7 +130,7 @@ export function createGroupCommit<I, R>(options: GroupCommitOptions<I, R>): Grou
   function lingerLeft(): number {
     if (lingerMs <= 0) return 0;
     const head = queue[0]!;
-    if (head.alone || queuedEntries >= max || queue.length >= lingerParts) return 0;
+    if (head.alone || queuedEntries >= lingerEntries || queue.length >= lingerParts) return 0;
     return Math.max(0, head.at + lingerMs - now());
   }
 

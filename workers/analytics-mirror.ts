@@ -13,7 +13,7 @@
  * touched buckets recomputed; bench/analytics-mirror.ts), so the jobs the
  * stage holds share inserts: one insert at a time, whose rows and message
  * outcomes are those of every job that arrived within `lingerMs` (or as soon
- * as `lingerJobs` jobs wait). A shared insert the engine refuses is tried
+ * as `lingerJobs` jobs or `lingerRows` rows wait). A shared insert the engine refuses is tried
  * again per job, and a job's own refusal is isolated by halving, as above.
  */
 import {
@@ -44,6 +44,8 @@ export interface AnalyticsMirrorDeps {
     readonly lingerMs: number;
     /** Insert at once when this many jobs wait (the jobs the stage holds). */
     readonly lingerJobs: number;
+    /** Insert at once when this many rows and outcomes wait (CLICKHOUSE_INSERT_ROWS; default maxRows). */
+    readonly lingerRows?: number;
     /** Most rows and message outcomes in one insert. */
     readonly maxRows?: number;
   };
@@ -75,6 +77,7 @@ export function createAnalyticsStage(deps: AnalyticsMirrorDeps): Stage<Analytics
     maxEntries: deps.insert?.maxRows ?? 10_000,
     lingerMs: deps.insert?.lingerMs ?? 0,
     lingerParts: deps.insert?.lingerJobs ?? 1,
+    ...(deps.insert?.lingerRows !== undefined ? { lingerEntries: deps.insert.lingerRows } : {}),
     onBundle: (jobs) => deps.metrics?.analyticsInsertJobs.observe(jobs),
     send: (items) =>
       slot.run(async () => {

@@ -182,6 +182,7 @@ export function startWorkers(deps: WorkerDeps): RunningWorkers {
         insert: {
           lingerMs: config.clickhouse.insertWaitMs,
           lingerJobs: config.worker.analyticsConcurrency,
+          lingerRows: config.clickhouse.insertRows,
         },
       }),
       // Many jobs at once, so that they share inserts (workers/analytics-mirror.ts).

@@ -160,7 +160,12 @@ describe('group commit with a linger (the ClickHouse mirror)', () => {
   });
 
   /** One request at a time, answered at once; records what each request carried. */
-  function sink(options: { lingerMs: number; lingerParts?: number; maxEntries?: number }) {
+  function sink(options: {
+    lingerMs: number;
+    lingerParts?: number;
+    lingerEntries?: number;
+    maxEntries?: number;
+  }) {
     vi.useFakeTimers();
     const slot = fixedLimit(1);
     const sent: string[][] = [];
@@ -169,6 +174,7 @@ describe('group commit with a linger (the ClickHouse mirror)', () => {
       maxEntries: options.maxEntries ?? 100,
       lingerMs: options.lingerMs,
       ...(options.lingerParts !== undefined ? { lingerParts: options.lingerParts } : {}),
+      ...(options.lingerEntries !== undefined ? { lingerEntries: options.lingerEntries } : {}),
       now: () => Date.now(),
       send: (items) =>
         slot.run(() => {
@@ -213,6 +219,24 @@ describe('group commit with a linger (the ClickHouse mirror)', () => {
       ['b1', 'b2'],
     ]);
     await Promise.all([first, second]);
+  });
+
+  it('sends at once when lingerEntries items wait, carrying up to maxEntries', async () => {
+    const s = sink({ lingerMs: 60_000, lingerEntries: 3, maxEntries: 5 });
+    const first = s.group.write(['a1', 'a2']);
+    await vi.advanceTimersByTimeAsync(1000);
+    // Two items wait: below the bound, the part lingers.
+    expect(s.sent).toEqual([]);
+    const second = s.group.write(['b1', 'b2']);
+    await vi.advanceTimersByTimeAsync(0);
+    expect(s.sent).toEqual([['a1', 'a2', 'b1', 'b2']]);
+    // One item after: it waits out the linger alone.
+    const third = s.group.write(['c1']);
+    await vi.advanceTimersByTimeAsync(59_999);
+    expect(s.sent).toHaveLength(1);
+    await vi.advanceTimersByTimeAsync(1);
+    expect(s.sent[1]).toEqual(['c1']);
+    await Promise.all([first, second, third]);
   });
 
   it('without a linger, a part goes at once', async () => {

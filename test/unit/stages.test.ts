@@ -520,6 +520,29 @@ describe('the analytics stage', () => {
     ]);
   });
 
+  it('an insert goes as soon as lingerRows rows and outcomes wait, without waiting out the linger', async () => {
+    const s = analyticsStore(new Set());
+    const stage = createAnalyticsStage({
+      store: s.store,
+      log,
+      insert: { lingerMs: 60_000, lingerJobs: 32, lingerRows: 6 },
+    });
+    const job = (id: string, obs: string[]) =>
+      stage.run({
+        id,
+        data: {
+          traceId: 'ta',
+          committedAt: now,
+          observations: obs.map((o) => stored(o, `m-${o}`)),
+          messages: obs.map((o) => processed(`m-${o}`)),
+        },
+      });
+    // Two Observations and two outcomes each: the second job brings 8 entries waiting.
+    const [a, b] = await Promise.all([job('j1', ['a1', 'a2']), job('j2', ['b1', 'b2'])]);
+    expect(s.inserts).toEqual([['a1', 'a2', 'b1', 'b2']]);
+    expect([...a.deadLetters, ...b.deadLetters]).toEqual([]);
+  });
+
   it('ClickHouse down: the whole job is the remainder', async () => {
     const s = analyticsStore(new Set(), true);
     const data: AnalyticsJobData = {
