@@ -13,6 +13,8 @@
  *                                            unless reveal=true (audited)
  *   POST   /api/devices/:id/assign           {patient, at?, newPatient?, correction?, note?}
  *   POST   /api/devices/:id/unassign         {at?, correction?, note?}
+ * The answers to add, assign and unassign carry the history too, with every
+ * patient id masked but the one the request named (reveal=true: none, audited).
  *   POST   /api/devices/:id/rotate-secret    → {secret}
  *   DELETE /api/devices/:id                  credentials removed, association ended
  *   GET    /api/gateways/:id/devices         devices the gateway relays for now
@@ -29,6 +31,7 @@ import {
 } from '../clickhouse/index.js';
 import {
   assertDeviceId,
+  parsePatientRef,
   type Actor,
   type DeviceHistory,
   type DeviceService,
@@ -50,15 +53,20 @@ export function maskPatientId(id: string): string {
   return id.length <= 4 ? '••••' : `${id.slice(0, 2)}•••${id.slice(-2)}`;
 }
 
-/** A device's history with every patient id in it masked (records, periods, now). */
-export function maskHistory(h: DeviceHistory): DeviceHistory & { readonly patientMasked: true } {
+/**
+ * A device's history with every patient id in it masked (records, periods, now),
+ * but `named`: the patient the request itself named, which its caller knows.
+ */
+export function maskHistory(
+  h: DeviceHistory,
+  named?: string,
+): DeviceHistory & { readonly patientMasked: true } {
+  const mask = (id: string) => (id === named ? id : maskPatientId(id));
   return {
     ...h,
-    records: h.records.map((r) =>
-      'patientId' in r ? { ...r, patientId: maskPatientId(r.patientId) } : r,
-    ),
-    periods: h.periods.map((p) => ({ ...p, patientId: maskPatientId(p.patientId) })),
-    currentPatient: h.currentPatient === undefined ? undefined : maskPatientId(h.currentPatient),
+    records: h.records.map((r) => ('patientId' in r ? { ...r, patientId: mask(r.patientId) } : r)),
+    periods: h.periods.map((p) => ({ ...p, patientId: mask(p.patientId) })),
+    currentPatient: h.currentPatient === undefined ? undefined : mask(h.currentPatient),
     patientMasked: true,
   };
 }
@@ -120,7 +128,15 @@ function who(body: Body): Actor {
 
 export function registerDeviceRoutes(app: FastifyInstance, deps: DeviceRoutesDeps): void {
   const { devices } = deps;
-  type WithId = { Params: { id: string }; Body: Body };
+  type Reveal = { Querystring: { reveal?: string } };
+  type WithId = { Params: { id: string }; Body: Body } & Reveal;
+
+  /** A history as answered: masked but `named`, or whole with reveal=true, audited first. */
+  async function answer(req: FastifyRequest<Reveal>, history: DeviceHistory, named?: string) {
+    if (req.query.reveal !== 'true') return maskHistory(history, named);
+    await deps.auditReveal(req, `patient ids of device ${history.device.deviceId}`);
+    return history;
+  }
 
   app.get<{ Querystring: { reveal?: string } }>('/api/devices', async (req) => {
     const list = await devices.list();
@@ -178,7 +194,7 @@ export function registerDeviceRoutes(app: FastifyInstance, deps: DeviceRoutesDep
     },
   );
 
-  app.post<{ Body: Body }>('/api/devices', async (req, reply) => {
+  app.post<{ Body: Body } & Reveal>('/api/devices', async (req, reply) => {
     const b = req.body;
     const kind = text(b, 'kind') ?? 'device';
     if (kind !== 'device' && kind !== 'gateway')
@@ -195,45 +211,47 @@ export function registerDeviceRoutes(app: FastifyInstance, deps: DeviceRoutesDep
     await reply.code(201).send({
       deviceId: result.device.deviceId,
       secret: result.secret,
-      history: result.history,
+      // A removed device added again keeps its earlier patients: masked.
+      history: await answer(
+        req,
+        result.history,
+        patient === undefined ? undefined : parsePatientRef(patient),
+      ),
     });
   });
 
-  // Masked like the list (the console's Reveal asks with reveal=true). The answers
-  // to changes (add, assign, unassign) carry the history unmasked: the caller named
-  // the patient, and an ADT feed reads its change back.
-  app.get<{ Params: { id: string }; Querystring: { reveal?: string } }>(
-    '/api/devices/:id',
-    async (req) => {
-      const history = await devices.history(req.params.id);
-      if (req.query.reveal !== 'true') return maskHistory(history);
-      // Recorded before the ids leave the process.
-      await deps.auditReveal(req, `patient ids of device ${history.device.deviceId}`);
-      return history;
-    },
+  // Masked like the list (the console's Reveal asks with reveal=true), the ids
+  // recorded as revealed before they leave the process.
+  app.get<{ Params: { id: string } } & Reveal>('/api/devices/:id', async (req) =>
+    answer(req, await devices.history(req.params.id)),
   );
 
-  app.post<WithId>('/api/devices/:id/assign', (req) => {
+  // The answers to changes show the patient the request named (an ADT feed reads
+  // its change back), and no other: the device's earlier patients stay masked.
+  app.post<WithId>('/api/devices/:id/assign', async (req) => {
     const b = req.body;
     const note = text(b, 'note');
-    return devices.assign(req.params.id, text(b, 'patient', true), {
+    const patient = text(b, 'patient', true);
+    const history = await devices.assign(req.params.id, patient, {
       ...who(b),
       ...at(b),
       newPatient: flag(b, 'newPatient'),
       correction: flag(b, 'correction'),
       ...(note !== undefined ? { note } : {}),
     });
+    return answer(req, history, parsePatientRef(patient));
   });
 
-  app.post<WithId>('/api/devices/:id/unassign', (req) => {
+  app.post<WithId>('/api/devices/:id/unassign', async (req) => {
     const b = req.body;
     const note = text(b, 'note');
-    return devices.unassign(req.params.id, {
+    const history = await devices.unassign(req.params.id, {
       ...who(b),
       ...at(b),
       correction: flag(b, 'correction'),
       ...(note !== undefined ? { note } : {}),
     });
+    return answer(req, history);
   });
 
   app.post<WithId>('/api/devices/:id/rotate-secret', async (req) => {

@@ -274,7 +274,19 @@ describe('the admin API', () => {
       actor: 'adt-gateway',
     });
     expect(moved.status).toBe(200);
-    expect(((await moved.json()) as { currentPatient: string }).currentPatient).toBe(p2);
+    // The answer shows the patient the feed named, and masks the device's earlier one.
+    const movedBody = (await moved.json()) as {
+      currentPatient: string;
+      periods: { patientId: string }[];
+      patientMasked: boolean;
+    };
+    expect(movedBody.currentPatient).toBe(p2);
+    expect(movedBody.patientMasked).toBe(true);
+    expect(movedBody.periods.map((p) => p.patientId)).toEqual([
+      `${p1.slice(0, 2)}•••${p1.slice(-2)}`,
+      p2,
+    ]);
+    expect(JSON.stringify(movedBody)).not.toContain(p1);
 
     const client = await connectDevice(h.mqttUrl, device, secret);
     const sessionEnded = closed(client);
@@ -329,10 +341,23 @@ describe('the admin API', () => {
       'PatientNotFound',
     );
     expect((await call('GET', `/api/devices/${uniqueId('ghost')}`)).status).toBe(404);
+
+    // Unassign names no patient: its answer masks them all, unless reveal=true.
+    const released = await call('POST', `/api/devices/${device}/unassign`, { note: 'discharged' });
+    expect(released.status).toBe(200);
+    const releasedText = await released.text();
+    expect(releasedText).not.toContain(p1);
+    expect(releasedText).not.toContain(p2);
+    const revealed = (await (
+      await call('POST', `/api/devices/${device}/assign?reveal=true`, { patient: p2 })
+    ).json()) as Read;
+    expect(revealed.patientMasked).toBeUndefined();
+    expect(revealed.currentPatient).toBe(p2);
+    expect(new Set(revealed.periods.map((p) => p.patientId))).toEqual(new Set([p1, p2]));
     const after = (await (await call('GET', `/api/devices/${device}`)).json()) as {
       records: unknown[];
     };
-    expect(after.records).toHaveLength(4);
+    expect(after.records).toHaveLength(6);
 
     // Removal ends the association now and keeps the history.
     expect((await call('DELETE', `/api/devices/${device}`)).status).toBe(200);
