@@ -58,13 +58,7 @@ export async function startHarness(options: {
     mqtt: { host: '127.0.0.1', port: 0, ...options.overrides?.mqtt },
     admin: { port: 0, token: HARNESS_ADMIN_TOKEN, ...options.overrides?.admin },
     fhir: { url: options.fhirUrl, ...options.overrides?.fhir },
-    // The mirror's linger as it was before its 5 s default: tests wait on rows, not on CPU.
-    clickhouse: {
-      url: undefined,
-      dataPath: chdbDir,
-      insertWaitMs: 1000,
-      ...options.overrides?.clickhouse,
-    },
+    clickhouse: { url: undefined, dataPath: chdbDir, ...options.overrides?.clickhouse },
     log: { level: 'debug' },
   });
   const pipeline = await startPipeline(
