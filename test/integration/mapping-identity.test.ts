@@ -57,8 +57,8 @@ const devices = new DeviceService({
 });
 const fhir = createFhirGateway({ baseUrl: fhirUrl, timeoutMs: 30_000 });
 
-async function who(mode: IdentityMode, deviceId: string) {
-  const service = createIdentityService({
+const identityService = (mode: IdentityMode) =>
+  createIdentityService({
     mode,
     fhir,
     deviceIdentifierSystem: SYSTEM,
@@ -67,7 +67,9 @@ async function who(mode: IdentityMode, deviceId: string) {
     registry,
     cacheMs: 0,
   });
-  return (await service.forJob([deviceId])).forMessage(deviceId);
+
+async function who(mode: IdentityMode, deviceId: string) {
+  return (await identityService(mode).forJob([deviceId])).forMessage(deviceId);
 }
 
 /** A claim made a minute ago, naming its device in the payload unless said otherwise. */
@@ -204,16 +206,7 @@ describe('Create', () => {
     expect(known.get(gw)?.kind).toBe('gateway');
     expect(known.get(stranger)).toBeUndefined();
 
-    const service = createIdentityService({
-      mode: 'Create',
-      fhir,
-      deviceIdentifierSystem: SYSTEM,
-      createPatients: false,
-      associations,
-      registry,
-      cacheMs: 0,
-    });
-    const job = await service.forJob([da, stranger, gw]);
+    const job = await identityService('Create').forJob([da, stranger, gw]);
     const own = await job.forMessage(da);
     expect(await own.resolve(claim({ authenticatedDeviceId: da, deviceId: da }))).toEqual({
       patientId: pa,

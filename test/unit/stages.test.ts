@@ -478,14 +478,9 @@ describe('the analytics stage', () => {
     ]);
   });
 
-  it('jobs arriving within the linger share one insert; a refused shared insert is retried per job, and only the bad job isolates its Observation', async () => {
-    const s = analyticsStore(new Set(['b2']));
-    const stage = createAnalyticsStage({
-      store: s.store,
-      log,
-      insert: { lingerMs: 60_000, lingerJobs: 3 },
-    });
-    const job = (id: string, obs: string[]) =>
+  /** A mirror job of these Observations, each of its own message, processed. */
+  const mirrorJob =
+    (stage: ReturnType<typeof createAnalyticsStage>) => (id: string, obs: string[]) =>
       stage.run({
         id,
         data: {
@@ -495,6 +490,15 @@ describe('the analytics stage', () => {
           messages: obs.map((o) => processed(`m-${o}`)),
         },
       });
+
+  it('jobs arriving within the linger share one insert; a refused shared insert is retried per job, and only the bad job isolates its Observation', async () => {
+    const s = analyticsStore(new Set(['b2']));
+    const stage = createAnalyticsStage({
+      store: s.store,
+      log,
+      insert: { lingerMs: 60_000, lingerJobs: 3 },
+    });
+    const job = mirrorJob(stage);
     // Three jobs: the third is the last the stage can hold, so the insert goes then.
     const [a, b, c] = await Promise.all([
       job('j1', ['a1']),
@@ -527,16 +531,7 @@ describe('the analytics stage', () => {
       log,
       insert: { lingerMs: 60_000, lingerJobs: 32, lingerRows: 6 },
     });
-    const job = (id: string, obs: string[]) =>
-      stage.run({
-        id,
-        data: {
-          traceId: 'ta',
-          committedAt: now,
-          observations: obs.map((o) => stored(o, `m-${o}`)),
-          messages: obs.map((o) => processed(`m-${o}`)),
-        },
-      });
+    const job = mirrorJob(stage);
     // Two Observations and two outcomes each: the second job brings 8 entries waiting.
     const [a, b] = await Promise.all([job('j1', ['a1', 'a2']), job('j2', ['b1', 'b2'])]);
     expect(s.inserts).toEqual([['a1', 'a2', 'b1', 'b2']]);
