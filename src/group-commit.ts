@@ -15,9 +15,9 @@
  * `lingerMs` (default 0) makes a free slot wait for company too: the oldest
  * waiting part waits at most that long, and the request goes at once when
  * `lingerEntries` items (default `maxEntries`) or `lingerParts` parts (all the
- * callers there can be) are waiting. For a sink whose cost is per request rather than per item (an
- * insert into ClickHouse), this turns many small requests into a few large ones
- * whatever the load.
+ * callers there can be) are waiting. For a sink whose cost is per request
+ * rather than per item (an insert into ClickHouse), this turns many small
+ * requests into a few large ones whatever the load.
  *
  * All or nothing per request must not make one caller's bad item fail
  * another's good ones: when a request of several parts is refused (a

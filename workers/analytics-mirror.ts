@@ -13,8 +13,9 @@
  * touched buckets recomputed; bench/analytics-mirror.ts), so the jobs the
  * stage holds share inserts: one insert at a time, whose rows and message
  * outcomes are those of every job that arrived within `lingerMs` (or as soon
- * as `lingerJobs` jobs or `lingerRows` rows wait). A shared insert the engine refuses is tried
- * again per job, and a job's own refusal is isolated by halving, as above.
+ * as `lingerJobs` jobs or `lingerRows` rows wait). A shared insert the engine
+ * refuses is tried again per job, and a job's own refusal is isolated by
+ * halving, as above.
  */
 import {
   flattenObservation,
@@ -44,7 +45,7 @@ export interface AnalyticsMirrorDeps {
     readonly lingerMs: number;
     /** Insert at once when this many jobs wait (the jobs the stage holds). */
     readonly lingerJobs: number;
-    /** Insert at once when this many rows and outcomes wait (CLICKHOUSE_INSERT_ROWS; default maxRows). */
+    /** Insert at once when this many rows and outcomes wait (CLICKHOUSE_INSERT_ROWS). */
     readonly lingerRows?: number;
     /** Most rows and message outcomes in one insert. */
     readonly maxRows?: number;

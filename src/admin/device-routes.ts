@@ -13,13 +13,13 @@
  *                                            unless reveal=true (audited)
  *   POST   /api/devices/:id/assign           {patient, at?, newPatient?, correction?, note?}
  *   POST   /api/devices/:id/unassign         {at?, correction?, note?}
- * The answers to add, assign and unassign carry the history too, with every
- * patient id masked but the one the request named (reveal=true: none, audited).
  *   POST   /api/devices/:id/rotate-secret    → {secret}
  *   DELETE /api/devices/:id                  credentials removed, association ended
  *   GET    /api/gateways/:id/devices         devices the gateway relays for now
  *   POST   /api/gateways/:id/devices         {deviceId, at?}
  *   DELETE /api/gateways/:id/devices/:device
+ * The answers to add, assign and unassign carry the history too, with every
+ * patient id masked but the one the request named (reveal=true: none, audited).
  * Every change body may carry `actor` (who; default "admin-api") and `source`
  * ("api", default, or "feed"). `at`: ISO 8601 with its zone, or epoch ms.
  */
