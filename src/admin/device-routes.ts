@@ -138,7 +138,7 @@ export function registerDeviceRoutes(app: FastifyInstance, deps: DeviceRoutesDep
     return history;
   }
 
-  app.get<{ Querystring: { reveal?: string } }>('/api/devices', async (req) => {
+  app.get<Reveal>('/api/devices', async (req) => {
     const list = await devices.list();
     if (req.query.reveal === 'true') {
       // Recorded before the ids leave the process.
@@ -222,7 +222,7 @@ export function registerDeviceRoutes(app: FastifyInstance, deps: DeviceRoutesDep
 
   // Masked like the list (the console's Reveal asks with reveal=true), the ids
   // recorded as revealed before they leave the process.
-  app.get<{ Params: { id: string } } & Reveal>('/api/devices/:id', async (req) =>
+  app.get<WithId>('/api/devices/:id', async (req) =>
     answer(req, await devices.history(req.params.id)),
   );
 

@@ -183,14 +183,9 @@ export function createIdentityService(options: IdentityOptions): IdentityService
       for (const [id, records] of histories ?? []) put(id, records);
       const timeline = async (id: string): Promise<DeviceTimeline> =>
         timelines.get(id) ?? put(id, await options.associations.history(id));
-      const records = new Map<string, Promise<DeviceRecord | undefined>>(
-        [...known].map(([id, r]) => [id, Promise.resolve(r)]),
-      );
-      const record = (id: string) => {
-        let r = records.get(id);
-        if (!r) records.set(id, (r = options.registry.get(id)));
-        return r;
-      };
+      // Every message's device is among the job's; a read of another is the exception.
+      const record = async (id: string): Promise<DeviceRecord | undefined> =>
+        known.has(id) ? known.get(id) : options.registry.get(id);
 
       return {
         async forMessage(authenticatedDeviceId) {
