@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# `npm test`: typecheck, type-aware lint, then every test (unit, integration,
-# end to end). Integration tests use the Redis at REDIS_URL (default
-# 127.0.0.1:6379) and start a HAPI FHIR server themselves (H2, port
-# HAPI_TEST_PORT=8091) unless FHIR_TEST_URL points at one. The HAPI
+# `npm test`: typecheck, type-aware lint, formatting (prettier --check; `npm
+# run format` fixes it), then every test (unit, integration, end to end).
+# Integration tests use the Redis at REDIS_URL (default 127.0.0.1:6379) and
+# start a HAPI FHIR server themselves (H2, port HAPI_TEST_PORT=8091) unless
+# FHIR_TEST_URL points at one. The HAPI
 # compose-settings test needs PostgreSQL at PGHOST:PGPORT (127.0.0.1:5432, user
 # postgres, trust auth); the observability test starts Debian's Prometheus.
 # Extra arguments go to vitest, e.g. `npm test -- --project unit`.
@@ -35,6 +36,7 @@ npx tsc -p tsconfig.json --noEmit
 npx tsc -p console/tsconfig.json
 echo "== lint"
 npx eslint .
+npx prettier --check --log-level warn .
 echo "== tests"
 mkdir -p .run
 status=0

@@ -139,7 +139,10 @@ export async function connectRedis(url: string): Promise<RedisConnection> {
   return redis;
 }
 
-export async function withRedis<T>(config: Config, fn: (redis: RedisConnection) => Promise<T>): Promise<T> {
+export async function withRedis<T>(
+  config: Config,
+  fn: (redis: RedisConnection) => Promise<T>,
+): Promise<T> {
   const redis = await connectRedis(config.redis.url);
   try {
     return await fn(redis);

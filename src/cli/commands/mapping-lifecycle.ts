@@ -62,7 +62,9 @@ async function withLifecycle<T>(
   fn: (lc: MappingLifecycle) => Promise<T>,
 ): Promise<T> {
   return withRedis(config, async (redis) => {
-    const queues = shadow ? createQueues(redis, queuePrefix(config.redis.url, config.redis.prefix)) : undefined;
+    const queues = shadow
+      ? createQueues(redis, queuePrefix(config.redis.url, config.redis.prefix))
+      : undefined;
     const store = shadow ? createAnalyticsStore(config.clickhouse) : undefined;
     try {
       return await fn(

@@ -164,16 +164,13 @@ async function locally(
       throw err;
     });
     return await backfillMirror(
-      observationPages(
-        createConfiguredFhirGateway(config),
-        {
-          identifierSystem: config.fhir.identifierSystem,
-          pageSize: body.pageSize,
-          signal,
-          ...(body.since !== undefined ? { since: body.since } : {}),
-          ...(body.until !== undefined ? { until: body.until } : {}),
-        },
-      ),
+      observationPages(createConfiguredFhirGateway(config), {
+        identifierSystem: config.fhir.identifierSystem,
+        pageSize: body.pageSize,
+        signal,
+        ...(body.since !== undefined ? { since: body.since } : {}),
+        ...(body.until !== undefined ? { until: body.until } : {}),
+      }),
       store,
       { wipe: body.wipe, signal, onPage: (p) => process.stderr.write(progressLine(p)) },
     );
