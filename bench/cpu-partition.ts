@@ -11,6 +11,8 @@ import { availableParallelism } from 'node:os';
 
 export interface CpuPartition {
   readonly server: string;
+  /** The server side's CPU numbers (for bench/proc-stat.ts cpuTicks). */
+  readonly serverCpus: readonly number[];
   readonly pipeline: string;
   undo(): void;
 }
@@ -61,6 +63,7 @@ export function partitionCpus(serverPid: number, redisPort: number | string): Cp
   pin(pipelineSide, pipeline);
   return {
     server,
+    serverCpus: Array.from({ length: half }, (_, i) => i),
     pipeline,
     undo() {
       pin(serverSide(), all);

@@ -52,7 +52,7 @@ import { createLogger } from '../src/logger.js';
 import { loadMappings, normalizeMessage, type MappingSet } from '../src/mapping/index.js';
 import { startPipeline, type Pipeline } from '../src/pipeline.js';
 import { partitionCpus, pidListening, type CpuPartition } from './cpu-partition.js';
-import { procCpuSeconds, threadCpu } from './proc-stat.js';
+import { busyWhile, procCpuSeconds, threadCpu } from './proc-stat.js';
 import { forgetKeys } from './redis-keys.js';
 import { latencyBreakdown } from './latency-breakdown.js';
 import { freePort } from '../test/support/free-port.js';
@@ -497,7 +497,8 @@ async function main(): Promise<void> {
 
     // 2. Acknowledgements: Mosquitto, then our broker role alone.
     if (PHASES.has('acks')) await acks(config, log);
-    if (PHASES.has('pipeline')) await pipelinePhases(config, log, ceiling, hapiPid);
+    if (PHASES.has('pipeline'))
+      await pipelinePhases(config, log, ceiling, hapiPid, partition?.serverCpus);
   } finally {
     partition?.undo();
     await rm(chdb, { recursive: true, force: true });
@@ -599,6 +600,8 @@ async function pipelinePhases(
     again?: (label: string) => Promise<number>;
   },
   hapiPid: number | undefined,
+  /** Partitioned: the server side's CPUs, whose busy share each round prints. */
+  serverCpus?: readonly number[],
 ): Promise<void> {
   // 3. The whole pipeline in this process.
   const pipeline = await startPipeline(config, ['broker', 'worker'], log);
@@ -681,9 +684,11 @@ async function pipelinePhases(
           slots.push({ limit: v('limit'), inFlight: v('in_flight') });
         });
       }, 200);
-      await burst(pubs, perDevice * DEVICES, 200, clock((6 + round) * 3600_000));
-      expectedMessages += perDevice * DEVICES;
-      await waitWritten(before + perDevice * DEVICES * 3, `throughput, round ${round}`);
+      const { busy } = await busyWhile(serverCpus, async () => {
+        await burst(pubs, perDevice * DEVICES, 200, clock((6 + round) * 3600_000));
+        expectedMessages += perDevice * DEVICES;
+        await waitWritten(before + perDevice * DEVICES * 3, `throughput, round ${round}`);
+      });
       const elapsed = seconds(started);
       clearInterval(slotSampler);
       const bundles1 = await bundleStats(pipeline);
@@ -702,15 +707,21 @@ async function pipelinePhases(
           threadTotal.set(name, (threadTotal.get(name) ?? 0) + secs - (threads0.get(name) ?? 0));
       const throughput = obs / elapsed;
       let after = NaN;
+      let afterBusy = NaN;
       if (ceiling.again) {
         await mirrored(`round ${round}`);
-        after = await ceiling.again(`again-${round}`);
+        ({ value: after, busy: afterBusy } = await busyWhile(serverCpus, () =>
+          ceiling.again!(`again-${round}`),
+        ));
       }
       rounds.push({ throughput, before: loaderBefore, after });
+      const busyNote = serverCpus
+        ? `; server CPUs busy ${(busy * 100).toFixed(0)} % (loader after ${(afterBusy * 100).toFixed(0)} %)`
+        : '';
       line(
         `  round ${round}: pipeline`,
         `${f0(throughput)} Obs/s (${(throughput / Math.max(loaderBefore, after)).toFixed(2)}×)`,
-        `loader before ${f0(loaderBefore)}, after ${f0(after)} Obs/s`,
+        `loader before ${f0(loaderBefore)}, after ${f0(after)} Obs/s${busyNote}`,
       );
       loaderBefore = after;
     }

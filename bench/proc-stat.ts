@@ -40,3 +40,29 @@ export function threadCpu(): Map<string, number> {
   }
   return out;
 }
+
+/** Ticks these CPUs spent busy (anything but idle and iowait) and in all, from /proc/stat. */
+export function cpuTicks(cpus: readonly number[]): { busy: number; total: number } {
+  let busy = 0;
+  let total = 0;
+  for (const row of readFileSync('/proc/stat', 'utf8').split('\n')) {
+    const m = /^cpu(\d+) (.*)$/.exec(row);
+    if (!m || !cpus.includes(Number(m[1]))) continue;
+    const t = m[2]!.trim().split(/\s+/).map(Number);
+    const all = t.slice(0, 8).reduce((a, b) => a + b, 0); // guest time is counted in user already
+    total += all;
+    busy += all - t[3]! - t[4]!;
+  }
+  return { busy, total };
+}
+
+/** Runs `fn` and says what share of its wall time these CPUs were busy. */
+export async function busyWhile<T>(
+  cpus: readonly number[] | undefined,
+  fn: () => Promise<T>,
+): Promise<{ value: T; busy: number }> {
+  const a = cpus ? cpuTicks(cpus) : undefined;
+  const value = await fn();
+  const b = cpus ? cpuTicks(cpus) : undefined;
+  return { value, busy: a && b ? (b.busy - a.busy) / Math.max(1, b.total - a.total) : NaN };
+}
