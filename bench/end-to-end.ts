@@ -24,9 +24,11 @@
  *     ratio of the ceiling, in --rounds interleaved rounds (default 3; 1 with
  *     --short): loader, pipeline, loader, pipeline, …, loader, each round's
  *     pipeline against the higher loader run beside it (the mirror caught up
- *     before each), the median round printed; CPU-seconds per 1,000 Observations for this process
- *     (process.cpuUsage, load generator included) and for the FHIR server
- *     (/proc/<pid>/stat of the java process); RSS sampled every second.
+ *     before each), the median round printed, and with --partition how busy
+ *     the server's CPUs were under each; CPU-seconds per 1,000 Observations
+ *     for this process (process.cpuUsage, load generator included) and for the
+ *     FHIR server (/proc/<pid>/stat of the java process); RSS sampled every
+ *     second.
  *  4. Latency at 50 % of the pipeline's maximum: receipt → FHIR commit per
  *     Observation from the timestamps in ClickHouse (received_at,
  *     fhir_committed_at), p50 / p99.
@@ -656,7 +658,6 @@ async function pipelinePhases(
     // higher of the two, and the figure is the median round.
     const total = {
       obs: 0,
-      elapsed: 0,
       cpu: 0,
       java: 0,
       redis: 0,
@@ -695,7 +696,6 @@ async function pipelinePhases(
       const cpu = process.cpuUsage(cpu0);
       const obs = perDevice * DEVICES * 3;
       total.obs += obs;
-      total.elapsed += elapsed;
       total.cpu += (cpu.user + cpu.system) / 1e6;
       total.java += hapiPid ? procCpuSeconds(hapiPid) - java0 : NaN;
       total.redis += redisPid ? procCpuSeconds(redisPid) - redis0 : NaN;
